@@ -1,0 +1,39 @@
+# Two commands get a newcomer going: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The torch build that lies on this machine's disk; on a GPU host override, e.g. TORCH_SPEC="torch torchvision".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install install-dev serve test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the service
+
+install-dev: $(VENV)/.installed-dev  ## .venv plus training and test extras
+
+serve: install  ## serve the checkpoints in weights/ on $(HOST):$(PORT)
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+test: install-dev  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+bench: install-dev  ## benchmark a running server: make bench URL=http://127.0.0.1:8000
+	$(BIN)/python -m bench --url $(or $(URL),http://$(HOST):$(PORT))
+
+clean:
+	rm -rf $(VENV) .pytest_cache

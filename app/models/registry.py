@@ -1,0 +1,76 @@
+"""The registry of model families.
+
+Each family module registers its servable module class with :func:`register_family`; the checkpoint loader,
+the service and the tests look families up here instead of branching on names (timm's ``@register_model``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+_FAMILIES: dict[str, type[nn.Module]] = {}
+
+ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
+
+
+class UnknownFamilyError(KeyError):
+    """Raised when a checkpoint or request names a family nobody registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def register_family(name: str) -> Callable[[ModuleT], ModuleT]:
+    """Class decorator: make ``cls`` the servable module of family ``name``.
+
+    The class must define ``config_class`` (a frozen dataclass) and accept an instance of it as its only argument.
+    """
+
+    def decorate(cls: ModuleT) -> ModuleT:
+        if name in _FAMILIES:
+            raise ValueError(f"family {name!r} is registered twice")
+        if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
+            raise TypeError(f"{cls.__name__} needs a dataclass `config_class`")
+        cls.family = name
+        _FAMILIES[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_families() -> list[str]:
+    """Names of every registered family, sorted."""
+    return sorted(_FAMILIES)
+
+
+def family_class(name: str) -> type[nn.Module]:
+    """The module class of family ``name``."""
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise UnknownFamilyError(f"unknown model family {name!r}; known families: {', '.join(list_families())}") from None
+
+
+def config_from_dict(config_class: type, values: dict[str, Any]):
+    """Build a config dataclass, refusing unknown or missing fields with a readable message."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{config_class.__name__} has no field(s) {unknown}; valid fields: {sorted(fields)}")
+    # JSON turns tuples into lists; dataclass configs are frozen and hashable, so give tuples back.
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return config_class(**converted)
+
+
+def config_to_json(config) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """Instantiate family ``name`` from a plain dict (as stored in a checkpoint); defaults for missing fields."""
+    cls = family_class(name)
+    return cls(config_from_dict(cls.config_class, config or {}))

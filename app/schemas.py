@@ -1,0 +1,56 @@
+"""Request and response models. Limits that depend on settings (MAX_N) are checked in the routes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ImageFormat = Literal["png", "json"]
+MAX_SEED = 2**63 - 1
+
+
+class StrictModel(BaseModel):
+    # strict: "3" is not silently an int; forbid: a misspelt field is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class GenerateRequest(StrictModel):
+    n: int = Field(16, ge=1, description="number of images (at most FACEGEN_MAX_N)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images; omitted: random, reported")
+    format: ImageFormat = Field("png", description="png: one grid image; json: base64 PNGs")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"n": 16, "seed": 42, "format": "png"}]})
+
+
+class ImagesResponse(BaseModel):
+    model: str
+    seed: int
+    images: list[str] = Field(description="base64-encoded PNGs")
+
+
+class Reconstruction(BaseModel):
+    filename: str
+    mse: float = Field(description="mean squared error per pixel on the [-1, 1] scale")
+    original: str = Field(description="the preprocessed upload, base64 PNG")
+    reconstruction: str = Field(description="base64 PNG")
+
+
+class ReconstructResponse(BaseModel):
+    model: str
+    mean_mse: float
+    images: list[Reconstruction]
+
+
+class ModelCard(BaseModel):
+    name: str
+    family: str
+    file: str
+    sha256: str
+    device: str
+    parameters: int
+    config: dict[str, Any]
+    preprocess: dict[str, Any]
+    attributes: list[str]
+    metrics: dict[str, Any]
+    training: dict[str, Any]

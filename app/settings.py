@@ -1,0 +1,52 @@
+"""Service settings: one pydantic-settings class, read from ``FACEGEN_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEGEN_", extra="ignore")
+
+    weights_dir: Path = Field(Path("weights"), description="folder whose *.safetensors are loaded at startup")
+    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
+    max_n: int = Field(64, ge=1, le=1024, description="largest number of images one request may ask for")
+    max_upload_mb: float = Field(10.0, gt=0, le=512, description="cap on a whole request body, in MiB")
+    max_image_pixels: int = Field(40_000_000, ge=64 * 64, description="largest decoded upload (width x height)")
+    required: Annotated[list[str], NoDecode] = Field(default_factory=list, description="families /ready waits for")
+    request_timeout_s: float = Field(60.0, gt=0, description="inference longer than this answers 503")
+    api_key: str | None = Field(None, min_length=8, description="when set, every route but /health needs X-API-Key")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="allowed browser origins")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    @field_validator("required", "cors_origins", mode="before")
+    @classmethod
+    def comma_separated(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("device")
+    @classmethod
+    def known_device(cls, value: str) -> str:
+        if value != "auto" and value != "cpu" and value != "mps" and not value.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
+        return value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

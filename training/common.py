@@ -1,0 +1,126 @@
+"""What every training loop shares: seeding, devices, the run folder (CSV log, curves, grids), checkpoint metadata."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torchvision.utils import save_image
+
+from app.models.preprocess import PreprocessSpec
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float) -> None:
+    parser.add_argument("--data", required=True, help="CelebA folder in the official layout")
+    parser.add_argument("--out", required=True, help="checkpoint to write (.safetensors), rewritten every epoch")
+    parser.add_argument("--run-dir", help="where logs, curves and grids go (default: runs/<checkpoint name>)")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--limit", type=int, help="use only the first N training images (smoke runs)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke runs)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--crop-fraction", type=float, default=PreprocessSpec.crop_fraction)
+    parser.add_argument("--image-size", type=int, default=64)
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    return resolve_device(args.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
+    return PreprocessSpec(size=args.image_size, crop_fraction=args.crop_fraction)
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    path = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.out).stem
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def training_metadata(args: argparse.Namespace, *, images: int, epochs_done: int, steps: int, started: float) -> dict[str, Any]:
+    return {
+        "data": str(args.data),
+        "train_images": images,
+        "epochs": epochs_done,
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "code_version": code_version(),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches over one epoch; the last partial batch is dropped (BatchNorm dislikes tiny batches)."""
+    order = torch.randperm(count, generator=generator)
+    for start in range(0, count - batch_size + 1, batch_size):
+        yield order[start : start + batch_size]
+
+
+class StepLog:
+    """Per-step scalars appended to ``losses.csv``, kept in memory for plotting."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = path, ["epoch", "step", *columns]
+        self.rows: list[dict[str, float]] = []
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle).writerow(self.columns)
+
+    def append(self, **values: float) -> None:
+        row = {key: float(values[key]) for key in self.columns}
+        self.rows.append(row)
+        with open(self.path, "a", newline="") as handle:
+            csv.writer(handle).writerow([f"{row[key]:.6g}" for key in self.columns])
+
+    def plot(self, path: Path, panels: dict[str, list[str]], smooth: int = 25) -> None:
+        """One subplot per panel title, each with its columns, moving-averaged over ``smooth`` steps."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+        steps = torch.tensor([row["step"] for row in self.rows])
+        for axis, (title, columns) in zip(axes[0], panels.items()):
+            for column in columns:
+                values = torch.tensor([row[column] for row in self.rows])
+                window = max(1, min(smooth, len(values)))
+                smoothed = torch.nn.functional.avg_pool1d(values[None, None], window, 1).flatten()
+                axis.plot(steps[window - 1 :].numpy(), smoothed.numpy(), label=column)
+            axis.set_title(title)
+            axis.set_xlabel("step")
+            axis.legend()
+        figure.tight_layout()
+        figure.savefig(path, dpi=90)
+        plt.close(figure)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    save_image(images.detach().float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)

@@ -1,0 +1,149 @@
+"""The adversarial loop shared by the GAN families. DCGAN registers here; a family plugs in by supplying a
+:class:`GANRecipe` (build G and D, draw G's inputs, compute the losses)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from app.models.checkpoint import save_checkpoint
+from app.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
+from app.models.sampling import draw_noise
+
+from .common import (StepLog, add_common_arguments, preprocess_spec, run_dir, save_grid, setup, shuffled_batches,
+                     training_metadata)
+from .data import load_split
+from .registry import register_trainer
+
+
+@dataclass
+class GANRecipe:
+    """Family-specific pieces of the adversarial loop."""
+
+    generator: nn.Module  # the servable module (registered family)
+    discriminator: nn.Module
+    # (batch size, real attributes, generator) -> G inputs, on the CPU
+    draw_inputs: Callable[[int, torch.Tensor, torch.Generator], torch.Tensor]
+    # (D, real images, real attributes, fake images, G inputs) -> (D loss, scalars to log)
+    discriminator_loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]
+    # (D, fake images, G inputs) -> (G loss, scalars to log)
+    generator_loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]
+    columns: list[str]
+    panels: dict[str, list[str]]
+    preview_inputs: torch.Tensor  # fixed G inputs for the per-epoch grid
+    preview_rows: int = 8
+    d_steps: int = 1  # discriminator updates per generator update
+
+
+def add_gan_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, epochs=25, batch_size=64, lr=2e-4)
+    parser.add_argument("--beta1", type=float, default=0.5)
+    parser.add_argument("--latent-dim", type=int, default=DCGANConfig.latent_dim)
+    parser.add_argument("--g-width", type=int, default=DCGANConfig.generator_width)
+    parser.add_argument("--d-width", type=int, default=DCGANConfig.discriminator_width)
+    parser.add_argument("--ema", type=float, default=0.999,
+                        help="decay of the exponential moving average of G's weights that is shipped (0 = off)")
+
+
+def bce_real_fake(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
+
+
+def train_gan(args: argparse.Namespace, make_recipe: Callable[[argparse.Namespace, list[str]], GANRecipe]) -> None:
+    device = setup(args)
+    spec = preprocess_spec(args)
+    train_split = load_split(args.data, "train", spec, args.limit)
+    recipe = make_recipe(args, train_split.attribute_names)
+    generator, discriminator = recipe.generator.to(device), recipe.discriminator.to(device)
+    # A moving average of G smooths the GAN's oscillation; it is what gets shipped (Karras et al., progressive GAN).
+    shipped = copy.deepcopy(generator).eval().requires_grad_(False) if args.ema > 0 else generator
+    betas = (args.beta1, 0.999)
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
+    out_dir = run_dir(args)
+    log = StepLog(out_dir / "losses.csv", recipe.columns)
+    order = torch.Generator().manual_seed(args.seed)
+    noise_generator = torch.Generator().manual_seed(args.seed + 1)
+    started, step = time.time(), 0
+    for epoch in range(1, args.epochs + 1):
+        progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"{generator.family} epoch {epoch}")
+        for batch_number, indices in enumerate(progress):
+            real, attributes = train_split.batch(indices)
+            real, attributes = real.to(device), attributes.to(device)
+            inputs = recipe.draw_inputs(len(indices), attributes.cpu(), noise_generator).to(device)
+            fake = generator(inputs)
+            loss_d, scalars_d = recipe.discriminator_loss(discriminator, real, attributes, fake.detach(), inputs)
+            optimizer_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            optimizer_d.step()
+            if batch_number % recipe.d_steps:
+                continue  # D-only step: G waits for its turn
+            loss_g, scalars_g = recipe.generator_loss(discriminator, fake, inputs)
+            optimizer_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            optimizer_g.step()
+            if shipped is not generator:
+                with torch.no_grad():
+                    for ema_p, p in zip(shipped.parameters(), generator.parameters()):
+                        ema_p.lerp_(p, 1 - args.ema)
+                    for ema_b, b in zip(shipped.buffers(), generator.buffers()):
+                        ema_b.copy_(b)
+            step += 1
+            scalars = {**scalars_d, **scalars_g}
+            log.append(epoch=epoch, step=step, **scalars)
+            progress.set_postfix({k: f"{v:.3f}" for k, v in scalars.items() if k in ("loss_d", "loss_g")})
+            if args.max_steps and step >= args.max_steps:
+                break
+        with torch.inference_mode():
+            shipped.eval()
+            save_grid(shipped(recipe.preview_inputs.to(device)), out_dir / f"samples_epoch{epoch:03d}.png", nrow=recipe.preview_rows)
+        log.plot(out_dir / "curves.png", recipe.panels)
+        save_checkpoint(args.out, shipped, preprocess=spec, attributes=train_split.attribute_names,
+                        training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started))
+        if args.max_steps and step >= args.max_steps:
+            break
+
+
+def dcgan_recipe(args: argparse.Namespace, attribute_names: list[str]) -> GANRecipe:
+    config = DCGANConfig(latent_dim=args.latent_dim, generator_width=args.g_width, discriminator_width=args.d_width,
+                         image_size=args.image_size)
+    generator = DCGANGenerator(config)
+
+    def draw_inputs(n: int, attributes: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return draw_noise(generator.latent_shape, n, rng)
+
+    def discriminator_loss(d, real, attributes, fake, inputs):
+        logits_real, logits_fake = d(real), d(fake)
+        loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
+        return loss_real + loss_fake, {
+            "loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_d": (loss_real + loss_fake).item(),
+            "acc_real": (logits_real > 0).float().mean().item(), "acc_fake": (logits_fake < 0).float().mean().item(),
+        }
+
+    def generator_loss(d, fake, inputs):
+        loss = bce_real_fake(d(fake), True)  # non-saturating loss
+        return loss, {"loss_g": loss.item()}
+
+    return GANRecipe(
+        generator=generator,
+        discriminator=DCGANDiscriminator(config),
+        draw_inputs=draw_inputs,
+        discriminator_loss=discriminator_loss,
+        generator_loss=generator_loss,
+        columns=["loss_d_real", "loss_d_fake", "loss_d", "acc_real", "acc_fake", "loss_g"],
+        panels={"D loss": ["loss_d_real", "loss_d_fake"], "D accuracy": ["acc_real", "acc_fake"], "G loss": ["loss_g"]},
+        preview_inputs=draw_noise(generator.latent_shape, 32, torch.Generator().manual_seed(args.seed)),
+    )
+
+
+@register_trainer("dcgan", add_gan_arguments)
+def train_dcgan(args: argparse.Namespace) -> None:
+    train_gan(args, dcgan_recipe)
