@@ -25,39 +25,46 @@ class BodySizeLimit:
     """413 for bodies over ``max_bytes``: at once from Content-Length, or as soon as a chunked body passes the cap,
     before anything parses it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_mb: float):
+        self.app, self.max_mb, self.max_bytes = app, max_mb, int(max_mb * 1024 * 1024)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = f"request body is larger than the {self.max_bytes / 1048576:g} MiB allowed (FACEGEN_MAX_UPLOAD_MB)"
+        message = f"request body is larger than the {self.max_mb:g} MiB allowed (FACEGEN_MAX_UPLOAD_MB)"
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await send_json(send, 413, {"detail": message})
-        received = 0
-        response_started = False
+        received, exceeded, answered = 0, False, False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             incoming = await receive()
             if incoming["type"] == "http.request":
                 received += len(incoming.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise BodyTooLarge
             return incoming
 
-        async def tracking_send(outgoing: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or outgoing["type"] == "http.response.start"
-            await send(outgoing)
+        async def guarded_send(outgoing: Message) -> None:
+            nonlocal answered
+            if not exceeded:
+                answered = answered or outgoing["type"] == "http.response.start"
+                return await send(outgoing)
+            # The app may turn our exception into its own error (FastAPI answers 400 for a body it could not
+            # read): replace whatever it says with the 413 the client deserves.
+            if not answered:
+                answered = True
+                await send_json(send, 413, {"detail": message})
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except BodyTooLarge:
-            if not response_started:
-                await send_json(send, 413, {"detail": message})
+            pass
+        if exceeded and not answered:
+            await send_json(send, 413, {"detail": message})
 
 
 class APIKeyGuard:

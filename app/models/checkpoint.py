@@ -66,6 +66,10 @@ def save_checkpoint(
     dtype: torch.dtype | None = torch.float16,
 ) -> Path:
     """Write ``model`` (a registered family) and its metadata; floating tensors stored as ``dtype`` (None keeps them)."""
+    image_size = getattr(model.config, "image_size", preprocess.size)
+    if image_size != preprocess.size:
+        # Serving preprocesses uploads with this spec: a mismatch would feed the model the wrong size.
+        raise ValueError(f"preprocess size {preprocess.size} does not match the model's image_size {image_size}")
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()

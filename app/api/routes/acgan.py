@@ -1,0 +1,75 @@
+"""``POST /generate/acgan``: faces with requested CelebA attributes, and on/off pairs of one attribute.
+
+Attributes a request leaves open are drawn per image from the training-set frequencies stored in the checkpoint,
+with the request's seed (noise first, then attributes, both from one seeded CPU generator), so the same request
+gives the same bytes. The full attribute vector of every image is reported back.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from pydantic import ConfigDict, Field
+
+from app.api.attributes import FREQUENCIES_KEY, attribute_header, attribute_report, check_attribute_names, resolve_attributes
+from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
+from app.api.responses import check_count
+from app.api.routes.generate import resolve_seed
+from app.imaging import base64_pngs, grid_png
+from app.models.acgan import toggle_pairs
+from app.models.sampling import draw_noise, seeded_generator
+from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
+
+router = APIRouter(prefix="/generate", tags=["generate"])
+
+
+class ACGANRequest(StrictModel):
+    n: int = Field(8, ge=1, description="images; with `toggle`, pairs (2n images, at most FACEGEN_MAX_N in all)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images; omitted: random, reported")
+    attributes: dict[str, bool] = Field(default_factory=dict,
+                                        description="attribute name -> on/off; the model's other attributes are "
+                                                    "drawn from their training-set frequencies")
+    toggle: str | None = Field(None, description="attribute shown off (row 1) and on (row 2) for the same noise "
+                                                 "and other attributes; overrides its value in `attributes`")
+    format: ImageFormat = Field("png", description="png: one grid (header X-Attributes); json: base64 PNGs")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"n": 8, "seed": 42, "attributes": {"Male": False, "Blond_Hair": True}, "toggle": "Smiling", "format": "png"},
+    ]})
+
+
+class ACGANResponse(ImagesResponse):
+    attributes: list[dict[str, bool]] = Field(description="per image, in order, the full attribute vector used")
+    toggle: str | None = None
+
+
+@router.post("/acgan", response_class=Response, responses={
+    200: {"content": {"image/png": {}}, "model": ACGANResponse,
+          "description": "a PNG grid (X-Seed and X-Attributes headers) or JSON"}})
+async def generate_acgan(request: ACGANRequest, store: StoreDep, runner: RunnerDep, settings: SettingsDep):
+    """``n`` samples with the requested attributes; with ``toggle``, ``n`` off/on pairs (row 1 off, row 2 on)."""
+    checkpoint = require_model(store, "acgan")
+    model = checkpoint.model
+    names = model.attribute_names
+    check_attribute_names(list(request.attributes), names, "attributes")
+    if request.toggle is not None:
+        check_attribute_names([request.toggle], names, "toggle")
+    check_count("n", request.n, 1, max(1, settings.max_n // 2) if request.toggle else settings.max_n)
+
+    seed = resolve_seed(request.seed)
+    generator = seeded_generator(seed)
+    noise = draw_noise(model.latent_shape, request.n, generator)
+    vectors = resolve_attributes(request.attributes, names, checkpoint.extras.get(FREQUENCIES_KEY), request.n, generator)
+    nrow = 8
+    if request.toggle is not None:
+        noise, vectors = toggle_pairs(noise, vectors, names.index(request.toggle))
+        nrow = request.n
+    images = await runner.run(model.generate, noise.to(store.device), vectors.to(store.device))
+
+    headers = {"X-Seed": str(seed)}
+    if request.format == "json":
+        body = ACGANResponse(model="acgan", seed=seed, images=base64_pngs(images),
+                             attributes=attribute_report(vectors, names), toggle=request.toggle)
+        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+    headers["X-Attributes"] = attribute_header(vectors, names)
+    return Response(grid_png(images, nrow=nrow), media_type="image/png", headers=headers)

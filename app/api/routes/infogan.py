@@ -1,0 +1,60 @@
+"""``POST /generate/infogan``: sweeps of one categorical code. Each row is one noise vector with the other codes
+fixed (drawn with the seed); its columns walk the swept code through every category."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.deps import RunnerDep, StoreDep, require_model
+from app.api.responses import check_count
+from app.api.routes.generate import resolve_seed
+from app.imaging import base64_pngs, grid_png
+from app.models.infogan import draw_codes, sweep_inputs
+from app.models.sampling import draw_noise, seeded_generator
+from app.schemas import MAX_SEED, ImageFormat, StrictModel
+
+router = APIRouter(prefix="/generate", tags=["generate"])
+MAX_ROWS = 16
+
+
+class InfoGANRequest(StrictModel):
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images; omitted: random, reported")
+    rows: int = Field(4, ge=1, le=MAX_ROWS, description="noise vectors, one per row")
+    code: int = Field(0, description="the code to sweep, 0..n_codes-1 (0..9 in the paper's setting)")
+    format: ImageFormat = Field("png", description="png: one grid, a row per noise vector; json: base64 PNGs per row")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"seed": 7, "rows": 4, "code": 0, "format": "png"}]})
+
+
+class InfoGANResponse(BaseModel):
+    model: str
+    seed: int
+    code: int
+    rows: list[list[str]] = Field(description="per row, the base64 PNGs of the code's categories in order")
+
+
+@router.post("/infogan", response_class=Response, responses={
+    200: {"content": {"image/png": {}}, "model": InfoGANResponse, "description": "a PNG grid (rows x categories) or JSON"}})
+async def generate_infogan(request: InfoGANRequest, store: StoreDep, runner: RunnerDep):
+    """A ``rows`` x categories grid: code ``code`` walked through its categories, everything else fixed per row."""
+    checkpoint = require_model(store, "infogan")
+    model = checkpoint.model
+    check_count("code", request.code, 0, model.n_codes - 1)
+
+    seed = resolve_seed(request.seed)
+    generator = seeded_generator(seed)
+    noise = draw_noise(model.noise_shape, request.rows, generator)
+    codes = draw_codes(request.rows, model.n_codes, model.n_categories, generator)
+    noise, codes = sweep_inputs(noise, codes, request.code, model.n_categories)
+    images = await runner.run(model.generate, noise.to(store.device), codes.to(store.device))
+
+    headers = {"X-Seed": str(seed)}
+    if request.format == "json":
+        encoded = base64_pngs(images)
+        per_row = model.n_categories
+        body = InfoGANResponse(model="infogan", seed=seed, code=request.code,
+                               rows=[encoded[i:i + per_row] for i in range(0, len(encoded), per_row)])
+        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+    return Response(grid_png(images, nrow=model.n_categories), media_type="image/png", headers=headers)

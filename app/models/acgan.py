@@ -1,0 +1,98 @@
+"""ACGAN (Odena et al. 2017) conditioned on CelebA attributes: G draws a face from noise and a 0/1 attribute vector;
+D says real/fake and, from a second head, which attributes a face has (multi-label, BCE with logits). Only G is
+served; D lives here so architectures stay in one place (DESIGN.md). G and D reuse the DCGAN ladders.
+
+The conditioning attribute names are part of the config, so a checkpoint rebuilds the exact input layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .dcgan import discriminator_body, generator_trunk, init_dcgan_weights
+from .registry import register_family
+
+# The 13 attributes of the classic course set (hair, smile, make-up, sex, mouth).
+DEFAULT_ATTRIBUTES = (
+    "Bangs", "Big_Lips", "Black_Hair", "Blond_Hair", "Brown_Hair", "Heavy_Makeup", "High_Cheekbones", "Male",
+    "Mouth_Slightly_Open", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Lipstick",
+)
+
+
+@dataclass(frozen=True)
+class ACGANConfig:
+    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES  # conditioning attributes, in the order of G's input and D's head
+    latent_dim: int = 100  # length of the noise vector z (the attribute vector is appended to it)
+    generator_width: int = 64  # channels of G's last hidden layer (doubles per layer towards the input)
+    discriminator_width: int = 64  # channels of D's first layer (doubles per layer)
+    image_size: int = 64  # output side, a power of two >= 8
+
+    def __post_init__(self) -> None:
+        if not self.attributes:
+            raise ValueError("ACGAN needs at least one conditioning attribute")
+        if len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"ACGAN attributes repeat a name: {list(self.attributes)}")
+
+
+def condition_signal(attributes: torch.Tensor) -> torch.Tensor:
+    """0/1 attributes -> -1/+1: "off" is then a signal of its own, not an input that zeroes its weights."""
+    return attributes.float() * 2 - 1
+
+
+def toggle_pairs(noise: torch.Tensor, attributes: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """On/off pairs: (2N, ...) inputs, first the N with attribute ``index`` off, then the same N with it on.
+
+    Everything but that attribute (noise and the other attributes) is shared by the two halves.
+    """
+    off, on = attributes.clone(), attributes.clone()
+    off[:, index], on[:, index] = 0.0, 1.0
+    return torch.cat([noise, noise]), torch.cat([off, on])
+
+
+@register_family("acgan")
+class ACGANGenerator(nn.Module):
+    """(noise (N, latent_dim), attributes (N, A) of 0/1) -> images (N, 3, S, S) in [-1, 1]."""
+
+    config_class = ACGANConfig
+
+    def __init__(self, config: ACGANConfig):
+        super().__init__()
+        self.config = config
+        self.net = generator_trunk(config.latent_dim + len(config.attributes), config.generator_width, config.image_size)
+        self.apply(init_dcgan_weights)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.config.latent_dim,)
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return list(self.config.attributes)
+
+    def forward(self, noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        if attributes.shape != (noise.shape[0], len(self.config.attributes)):
+            raise ValueError(f"attributes must have shape ({noise.shape[0]}, {len(self.config.attributes)}), "
+                             f"got {tuple(attributes.shape)}")
+        inputs = torch.cat([noise, condition_signal(attributes).to(noise.dtype)], dim=1)
+        return self.net(inputs[:, :, None, None])
+
+    def generate(self, noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        return self(noise, attributes)
+
+
+class ACGANDiscriminator(nn.Module):
+    """Images -> (real/fake logit (N,), attribute logits (N, A)). No BatchNorm on the first layer (course report 1)."""
+
+    def __init__(self, config: ACGANConfig):
+        super().__init__()
+        self.body, channels = discriminator_body(config.discriminator_width, config.image_size, first_norm=False)
+        self.real_fake = nn.Conv2d(channels, 1, 4, 1, 0, bias=False)
+        self.classes = nn.Conv2d(channels, len(config.attributes), 4, 1, 0)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(images)
+        return self.real_fake(features).flatten(), self.classes(features).flatten(1)
