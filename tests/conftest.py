@@ -12,6 +12,7 @@ from PIL import Image
 
 from app.models import build_model
 from app.models.checkpoint import save_checkpoint
+from app.models.preprocess import PreprocessSpec
 
 FACES_DIR = Path(__file__).parent / "data" / "faces"
 ATTRIBUTE_NAMES = (
@@ -26,6 +27,10 @@ ATTRIBUTE_NAMES = (
 TINY_CONFIGS = {
     "vae": {"widths": [4, 8], "latent_dim": 6, "image_size": 16},
     "dcgan": {"latent_dim": 8, "generator_width": 4, "discriminator_width": 4, "image_size": 16},
+    "acgan": {"attributes": ["Smiling", "Male", "Blond_Hair"], "latent_dim": 8, "generator_width": 4,
+              "discriminator_width": 4, "image_size": 16},
+    "infogan": {"noise_dim": 8, "n_codes": 3, "n_categories": 10, "fc_channels": 16, "generator_width": 4,
+                "discriminator_width": 4, "q_hidden": 8, "image_size": 16},
 }
 
 
@@ -70,7 +75,9 @@ def png_of(size: tuple[int, int], colour=(200, 120, 80)) -> bytes:
 def write_tiny_checkpoint(directory: Path, family: str, **kwargs) -> Path:
     torch.manual_seed(0)
     model = build_model(family, TINY_CONFIGS[family])
-    return save_checkpoint(directory / f"{family}.safetensors", model, attributes=ATTRIBUTE_NAMES, **kwargs)
+    kwargs.setdefault("attributes", ATTRIBUTE_NAMES)
+    kwargs.setdefault("preprocess", PreprocessSpec(size=model.config.image_size))
+    return save_checkpoint(directory / f"{family}.safetensors", model, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,210 @@
+"""``python -m training evaluate CHECKPOINT --data DIR --out DIR``: metrics and figures for a trained checkpoint.
+
+Each family plugs in an evaluator with :func:`register_evaluator`: a function ``(checkpoint, args, out_dir) -> metrics``
+that writes its figures into ``out_dir``. The command checks the family and the attribute before any heavy work,
+writes ``metrics.json`` beside the figures and, unless ``--no-write-metrics``, merges the metrics into the
+checkpoint's ``metrics`` metadata (so the service's model cards show them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from app.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_metadata, update_metrics
+from app.models.sampling import draw_noise, seeded_generator
+
+from .common import resolve_device, save_grid
+from .data import SPLITS, PackedSplit, load_split
+from .registry import register_trainer
+
+Evaluator = Callable[[Checkpoint, argparse.Namespace, Path], dict[str, Any]]
+EVALUATORS: dict[str, Evaluator] = {}
+
+
+class EvaluationError(ValueError):
+    """A request the evaluation cannot honour (unknown family, unknown attribute, bad data folder)."""
+
+
+def register_evaluator(family: str) -> Callable[[Evaluator], Evaluator]:
+    """Make ``function`` the evaluator of checkpoints of ``family``."""
+
+    def decorate(function: Evaluator) -> Evaluator:
+        if family in EVALUATORS:
+            raise ValueError(f"family {family!r} has two evaluators")
+        EVALUATORS[family] = function
+        return function
+
+    return decorate
+
+
+def evaluator_for(family: str) -> Evaluator:
+    try:
+        return EVALUATORS[family]
+    except KeyError:
+        raise EvaluationError(
+            f"no evaluator for family {family!r}; families with evaluators: {', '.join(sorted(EVALUATORS))}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="the .safetensors checkpoint to evaluate")
+    parser.add_argument("--data", required=True, help="CelebA folder in the official layout")
+    parser.add_argument("--out", required=True, help="folder for the figures and metrics.json")
+    parser.add_argument("--split", default="valid", choices=sorted(SPLITS), help="split to evaluate on (default valid)")
+    parser.add_argument("--limit", type=int, help="use only the first N images of the split")
+    parser.add_argument("--attribute", default="Male", help="CelebA attribute that colours the t-SNE (default Male)")
+    parser.add_argument("--tsne-points", type=int, default=500, help="latents in the t-SNE (0 = no t-SNE)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--cache-dir", default=".cache/packs", help="where decoded splits are packed for reuse")
+    parser.add_argument("--no-write-metrics", action="store_true",
+                        help="do not merge the metrics into the checkpoint's metadata")
+
+
+def attribute_names(data: str | Path) -> list[str]:
+    """The 40 names on the second line of ``list_attr_celeba.txt`` (without reading the 200k rows)."""
+    table = Path(data) / "list_attr_celeba.txt"
+    if not table.is_file():
+        raise EvaluationError(f"{data} is not a CelebA folder: no list_attr_celeba.txt inside")
+    with open(table) as handle:
+        handle.readline()
+        return handle.readline().split()
+
+
+def check_attribute(attribute: str, names: list[str]) -> int:
+    if attribute not in names:
+        raise EvaluationError(f"unknown attribute {attribute!r}; valid attributes: {', '.join(names)}")
+    return names.index(attribute)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the evaluation of ``args.checkpoint``; returns the metrics. Raises :class:`EvaluationError`/CheckpointError."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not Path(args.checkpoint).is_file():
+        raise CheckpointError(f"{args.checkpoint}: no such file")
+    family = read_metadata(args.checkpoint).get("family")
+    if family is None:
+        raise CheckpointError(f"{args.checkpoint}: metadata names no family; is this a facegen checkpoint?")
+    evaluator = evaluator_for(family)  # before loading anything: an unknown family fails fast
+    check_attribute(args.attribute, attribute_names(args.data))
+    checkpoint = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = evaluator(checkpoint, args, out_dir)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if not args.no_write_metrics:
+        update_metrics(args.checkpoint, metrics)
+    print(f"{family} {args.checkpoint}:")
+    for key, value in sorted(metrics.items()):
+        print(f"  {key}: {value}")
+    print(f"figures and metrics.json in {out_dir}" + ("" if args.no_write_metrics else "; checkpoint metrics updated"))
+    return metrics
+
+
+@register_trainer("evaluate", add_arguments)
+def run(args: argparse.Namespace) -> None:
+    try:
+        evaluate(args)
+    except (EvaluationError, CheckpointError, FileNotFoundError) as error:
+        raise SystemExit(f"evaluate: {error}") from None
+
+
+# --- shared pieces --------------------------------------------------------------------------------------------------
+
+
+def load_eval_split(checkpoint: Checkpoint, args: argparse.Namespace) -> PackedSplit:
+    """The evaluated split, preprocessed exactly as the checkpoint was trained."""
+    try:
+        return load_split(args.data, args.split, checkpoint.preprocess, args.limit, cache_dir=args.cache_dir)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
+
+
+def tsne_figure(points: torch.Tensor, labels: torch.Tensor, attribute: str, path: Path, *, seed: int, title: str,
+                threads: int | None = None) -> int:
+    """t-SNE of ``points`` (N, D) coloured by 0/1 ``labels``, saved to ``path``; returns N, or 0 when N < 3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    data = points.detach().double().cpu().numpy()
+    count = data.shape[0]
+    if count < 3:
+        return 0
+    # perplexity must stay below the number of points; 30 is the usual value for hundreds of them.
+    perplexity = min(30.0, (count - 1) / 3)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca" if data.shape[1] >= 2 else "random",
+                random_state=seed)
+    with threadpool_limits(limits=threads):
+        embedded = tsne.fit_transform(data)
+    labels = labels.bool().cpu().numpy()
+    figure, axis = plt.subplots(figsize=(6, 5.4))
+    for value, colour, name in ((False, "tab:orange", f"not {attribute}"), (True, "tab:blue", attribute)):
+        chosen = labels == value
+        axis.scatter(embedded[chosen, 0], embedded[chosen, 1], s=8, alpha=0.7, c=colour,
+                     label=f"{name} ({int(chosen.sum())})")
+    axis.set_title(title)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.legend(loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return count
+
+
+# --- VAE ------------------------------------------------------------------------------------------------------------
+
+
+@register_evaluator("vae")
+@torch.inference_mode()
+def evaluate_vae(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """Pixel MSE of posterior-mean reconstructions, 10 faces over their reconstructions, 32 prior samples, t-SNE."""
+    from .vae import validation_mse
+
+    model = checkpoint.model
+    device = next(model.parameters()).device
+    split = load_eval_split(checkpoint, args)
+    attribute = check_attribute(args.attribute, split.attribute_names)
+
+    mse = validation_mse(model, split, device)
+    model.eval()  # validation_mse hands the model back in train mode (it serves the training loop)
+    if not math.isfinite(mse):
+        raise EvaluationError(f"{args.split} MSE is {mse}: the checkpoint produces non-finite images")
+
+    shown = min(10, len(split))
+    images, _ = split.batch(torch.arange(shown))
+    images = images.to(device)
+    save_grid(torch.cat([images, model.reconstruct(images)]), out_dir / "reconstructions.png", nrow=shown)
+
+    noise = draw_noise(model.latent_shape, 32, seeded_generator(args.seed))
+    save_grid(model.generate(noise.to(device)), out_dir / "samples.png", nrow=8)
+
+    tsne_count = 0
+    wanted = min(max(args.tsne_points, 0), len(split))
+    if wanted:
+        order = torch.randperm(len(split), generator=seeded_generator(args.seed))[:wanted].sort().values
+        means = []
+        for start in range(0, wanted, 256):
+            batch, _ = split.batch(order[start:start + 256])
+            means.append(model.encode(batch.to(device))[0].float().cpu())
+        tsne_count = tsne_figure(torch.cat(means), split.attributes[order, attribute], args.attribute,
+                                 out_dir / "tsne.png", seed=args.seed, threads=args.threads,
+                                 title=f"t-SNE of {wanted} {args.split} latent means by {args.attribute}")
+        print(f"t-SNE of {tsne_count} latent means" if tsne_count else f"t-SNE skipped: {wanted} point(s) are too few")
+
+    return {
+        f"{args.split}_mse": round(mse, 6),
+        f"{args.split}_images": len(split),
+        "evaluated_split": args.split,
+    }
