@@ -1,0 +1,42 @@
+# facegen service image for an NVIDIA GPU host.
+#
+# The torch wheel from PyPI bundles its CUDA runtime (nvidia-* wheels), so a slim Python base is enough: the host
+# provides only the driver, through the NVIDIA Container Toolkit. PyPI's torch 2.14 is built for CUDA 13 (driver
+# R580 or newer); for an older driver, build with TORCH_INDEX_URL set to PyTorch's wheel index of an older CUDA
+# (and the matching TORCH_VERSION/TORCHVISION_VERSION, e.g. with a +cu126 suffix).
+FROM python:3.11-slim-bookworm
+
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+ARG TORCH_INDEX_URL="https://pypi.org/simple"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    FACEGEN_WEIGHTS_DIR=/app/weights \
+    FACEGEN_DEVICE=auto
+
+WORKDIR /app
+
+# torch first, in its own layer: it is by far the largest and changes least.
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
+        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+
+# The service only (no training/dev extras); torch above already satisfies the dependency.
+COPY pyproject.toml README.md ./
+COPY app/ ./app/
+RUN pip install --no-cache-dir . \
+    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin facegen \
+    && mkdir -p /app/weights \
+    && chown 10001:10001 /app/weights
+
+# Checkpoints are mounted read-only at /app/weights (docker-compose.yml); nothing is baked in.
+USER 10001:10001
+
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
+
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]

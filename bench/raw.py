@@ -1,0 +1,89 @@
+"""Raw in-process throughput: the served checkpoint's ``model.generate`` on a batch, no HTTP, no PNG encoding."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.models.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from app.models.sampling import draw_noise, seeded_generator
+from bench.stats import images_per_second, median
+
+logger = logging.getLogger("bench")
+
+InputsFn = Callable[[nn.Module, int, torch.Generator], tuple]
+
+
+def noise_inputs(model: nn.Module, n: int, generator: torch.Generator) -> tuple:
+    return (draw_noise(model.latent_shape, n, generator),)
+
+
+def attribute_inputs(model: nn.Module, n: int, generator: torch.Generator) -> tuple:
+    """Noise plus an all-off attribute vector (the cost of a forward does not depend on the attribute values)."""
+    return (*noise_inputs(model, n, generator), torch.zeros(n, len(model.attribute_names)))
+
+
+# Arguments of ``model.generate`` per family (default: noise only); a family whose generate takes more adds an entry.
+RAW_INPUTS: dict[str, InputsFn] = {"acgan": attribute_inputs}
+
+
+def find_checkpoint(weights_dir: Path, family: str, file_name: str | None = None) -> Path | None:
+    """The file the server reported for ``family`` if it is in ``weights_dir``, else any file of that family."""
+    if file_name and (weights_dir / file_name).is_file():
+        return weights_dir / file_name
+    for path in sorted(weights_dir.glob("*.safetensors")):
+        try:
+            if read_metadata(path).get("family") == family:
+                return path
+        except CheckpointError:
+            continue
+    return None
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def time_call(function: Callable[[], Any], *, repeats: int, inner: int = 1, warmup: int = 2,
+              sync: Callable[[], None] = lambda: None) -> float:
+    """Median over ``repeats`` of the mean seconds per call of ``inner`` back-to-back calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        function()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            function()
+        sync()
+        samples.append((time.perf_counter() - start) / inner)
+    return median(samples)
+
+
+def measure_raw(path: Path, family: str, device: str, batches: Sequence[int] = (1, 64), repeats: int = 5) -> list[dict]:
+    """One row per batch size: median seconds per forward and images/s."""
+    checkpoint = load_checkpoint(path, device)
+    model = checkpoint.model
+    target = torch.device(device)
+    make_inputs = RAW_INPUTS.get(family, noise_inputs)
+    rows = []
+    for batch in batches:
+        inputs = tuple(t.to(target) for t in make_inputs(model, batch, seeded_generator(batch)))
+
+        def forward() -> None:
+            with torch.inference_mode():
+                model.generate(*inputs)
+
+        inner = max(1, 16 // batch)  # small batches: average a few calls so timer noise does not dominate
+        seconds = time_call(forward, repeats=repeats, inner=inner, sync=synchronizer(target))
+        rows.append({"family": family, "device": str(target), "batch": batch, "file": path.name,
+                     "seconds": seconds, "images_per_s": images_per_second(batch, seconds)})
+        logger.info("raw %s batch %d: %.1f ms", family, batch, seconds * 1000)
+    del checkpoint, model
+    return rows

