@@ -25,8 +25,8 @@ def test_health_and_ready(client):
 
 
 def test_ready_names_missing_required_families(make_client, tiny_weights):
-    response = make_client(weights_dir=tiny_weights, required="vae,glow").get("/ready")
-    assert response.status_code == 503 and response.json()["missing"] == ["glow"]
+    response = make_client(weights_dir=tiny_weights, required="vae,stylegan").get("/ready")
+    assert response.status_code == 503 and response.json()["missing"] == ["stylegan"]
 
 
 def test_ready_is_503_with_no_models(make_client, tmp_path):

@@ -8,6 +8,7 @@ import torch
 from app.models import build_model, list_families
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
+from app.models.preprocess import PreprocessSpec
 from app.models.registry import UnknownFamilyError, config_from_dict
 from app.models.sampling import draw_noise, seeded_generator
 from app.models.vae import VAE, VAEConfig, vae_loss
@@ -23,13 +24,19 @@ def test_every_family_has_a_tiny_test_config():
 def test_checkpoint_round_trip_is_exact_in_float32(family, tmp_path):
     torch.manual_seed(0)
     model = build_model(family, TINY_CONFIGS[family])
-    path = save_checkpoint(tmp_path / "m.safetensors", model, dtype=None, metrics={"x": 1.5}, training={"epochs": 2})
+    path = save_checkpoint(tmp_path / "m.safetensors", model, dtype=None, metrics={"x": 1.5}, training={"epochs": 2},
+                           preprocess=PreprocessSpec(size=model.config.image_size))
     loaded = load_checkpoint(path)
     assert loaded.family == family and loaded.metrics == {"x": 1.5} and loaded.training == {"epochs": 2}
     assert type(loaded.model) is type(model) and loaded.model.config == model.config
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor), name
     assert not loaded.model.training, "served models must be in eval mode"
+
+
+def test_preprocess_must_match_the_model_size(tmp_path):
+    with pytest.raises(ValueError, match="preprocess size 64 does not match the model's image_size 16"):
+        save_checkpoint(tmp_path / "m.safetensors", build_model("vae", TINY_CONFIGS["vae"]))
 
 
 def test_unknown_family_and_config_fields_are_refused():

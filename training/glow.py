@@ -1,0 +1,199 @@
+"""Conditional Glow training: bits/dim under uniform dequantisation (+ the class head's BCE), Adam with a linear
+warm-up then cosine decay, gradient-norm clipping, and a stop naming the step if the loss goes non-finite.
+
+Every epoch: validation bits/dim, sample grids at temperatures 0.5 / 0.7 / 1.0 (attributes drawn from the training
+frequencies, the same noise at every temperature and epoch), the attribute directions, and the checkpoint.
+
+Attribute directions: for each attribute, mean latent of training faces that have it minus mean latent of those that
+do not, over up to ``--direction-images`` faces. The flow is unconditional (y enters only the priors), so a face's
+latent z = f(x) is the same whatever attribute vector one might condition on: there is no "encode with its own y or
+a neutral y" choice to make, and the service applies the directions to uploads whose attributes it does not know.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from app.api.attributes import FREQUENCIES_KEY
+from app.models.checkpoint import save_checkpoint
+from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig
+
+from .common import (StepLog, add_common_arguments, preprocess_spec, run_dir, save_grid, setup, shuffled_batches,
+                     training_metadata)
+from .data import PackedSplit, load_split
+from .registry import register_trainer
+
+PREVIEW_TEMPERATURES = (0.5, 0.7, 1.0)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, epochs=10, batch_size=32, lr=1e-3)
+    parser.add_argument("--levels", type=int, default=GlowConfig.levels, help="L: number of scales")
+    parser.add_argument("--steps", type=int, default=GlowConfig.steps, help="K: flow steps per scale")
+    parser.add_argument("--hidden", type=int, default=GlowConfig.hidden, help="coupling-network width")
+    parser.add_argument("--coupling", choices=("affine", "additive"), default=GlowConfig.coupling)
+    parser.add_argument("--n-bits", type=int, default=GlowConfig.n_bits, help="pixel depth modelled (8, or 5 as in the Glow paper)")
+    parser.add_argument("--y-condition", type=float, default=GlowConfig.y_condition,
+                        help="weight of the class head's attribute BCE (bits per image); 0 turns it off")
+    parser.add_argument("--warmup", type=int, default=500, help="optimiser steps of linear learning-rate warm-up")
+    parser.add_argument("--clip-norm", type=float, default=50.0, help="gradient-norm clipping threshold")
+    parser.add_argument("--init-images", type=int, default=256, help="training images for the data-dependent actnorm init")
+    parser.add_argument("--direction-images", type=int, default=2000, help="training faces averaged for the attribute directions")
+
+
+def learning_rate_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0.05 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.inference_mode()
+def validation_bits_per_dim(model: Glow, split: PackedSplit, device: torch.device, seed: int, batch_size: int = 128) -> float:
+    """Mean bits/dim of a split under p(x | y) with its true attributes; uniform dequantisation from a fixed seed,
+    so the number is the same bound training optimises and comparable between epochs."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(split), batch_size):
+        images, attributes = split.batch(torch.arange(start, min(start + batch_size, len(split))))
+        total += model.bits_per_dim(images.to(device), attributes.to(device), "uniform", generator).sum().item()
+    model.train()
+    return total / len(split)
+
+
+@torch.inference_mode()
+def attribute_directions(model: Glow, split: PackedSplit, device: torch.device, count: int, seed: int,
+                         batch_size: int = 128) -> torch.Tensor:
+    """(A, latent_dim): mean latent of faces with each attribute minus mean latent of faces without it, over ``count``
+    training faces chosen at random (fixed seed). An attribute no face (or every face) has gets a zero direction."""
+    model.eval()
+    chosen = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
+    with_sum = torch.zeros(split.attributes.shape[1], model.latent_dim, dtype=torch.float64)
+    total_sum = torch.zeros(model.latent_dim, dtype=torch.float64)
+    with_count = torch.zeros(split.attributes.shape[1], dtype=torch.float64)
+    for start in range(0, len(chosen), batch_size):
+        images, attributes = split.batch(chosen[start : start + batch_size])
+        latents = model.encode_images(images.to(device)).double().cpu()
+        attributes = attributes.double()
+        with_sum += attributes.T @ latents
+        total_sum += latents.sum(0)
+        with_count += attributes.sum(0)
+    model.train()
+    without_count = len(chosen) - with_count
+    present = (with_count > 0) & (without_count > 0)
+    mean_with = with_sum / with_count.clamp(min=1)[:, None]
+    mean_without = (total_sum[None] - with_sum) / without_count.clamp(min=1)[:, None]
+    return ((mean_with - mean_without) * present[:, None]).float()
+
+
+def plot_curves(log: StepLog, valid: list[tuple[int, float]], path: Path, smooth: int = 25) -> None:
+    """Train bits/dim (moving average) with validation bits/dim at each epoch's end; the class head's bits beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = torch.tensor([row["step"] for row in log.rows])
+    for axis, column in ((left, "bits_per_dim"), (right, "class_bits")):
+        values = torch.tensor([row[column] for row in log.rows])
+        window = max(1, min(smooth, len(values)))
+        smoothed = torch.nn.functional.avg_pool1d(values[None, None], window, 1).flatten()
+        axis.plot(steps[window - 1 :].numpy(), smoothed.numpy(), label=f"train {column}")
+        axis.set_xlabel("step")
+    if valid:
+        left.plot([s for s, _ in valid], [v for _, v in valid], "o-", label="valid bits_per_dim")
+    left.set_title("bits / dim")
+    right.set_title("attribute BCE (bits / image)")
+    for axis in (left, right):
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+@register_trainer("glow", add_arguments)
+def train(args: argparse.Namespace) -> None:
+    device = setup(args)
+    spec = preprocess_spec(args)
+    train_split = load_split(args.data, "train", spec, args.limit)
+    valid_split = load_split(args.data, "valid", spec, args.limit)
+    config = GlowConfig(image_size=spec.size, levels=args.levels, steps=args.steps, hidden=args.hidden, coupling=args.coupling,
+                        n_bits=args.n_bits, num_attributes=train_split.attributes.shape[1], y_condition=args.y_condition)
+    model = Glow(config).to(device)
+    frequencies = train_split.attributes.mean(0)
+
+    # Data-dependent actnorm init on the first (larger) batch, before the optimiser sees any parameter.
+    init_indices = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(args.seed))[: args.init_images]
+    init_images, init_attributes = train_split.batch(init_indices)
+    model.initialize(init_images.to(device), init_attributes.to(device))
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    total_steps = args.epochs * (len(train_split) // args.batch_size)
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, args.warmup, total_steps))
+    out_dir = run_dir(args)
+    log = StepLog(out_dir / "losses.csv", ["loss", "bits_per_dim", "class_bits", "grad_norm", "lr"])
+    valid_curve: list[tuple[int, float]] = []
+    order = torch.Generator().manual_seed(args.seed)
+    noise = torch.Generator().manual_seed(args.seed + 1)
+    preview_attributes = (torch.rand((32, config.num_attributes), generator=torch.Generator().manual_seed(args.seed + 2))
+                          < frequencies).float().to(device)
+    started, step = time.time(), 0
+    for epoch in range(1, args.epochs + 1):
+        progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"glow epoch {epoch}")
+        epoch_bits = []
+        for indices in progress:
+            images, attributes = train_split.batch(indices)
+            loss, bits_per_dim, class_bits = model.loss(images.to(device), attributes.to(device), noise)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"glow: loss became {loss.item()} at step {step + 1} (epoch {epoch}); try a lower --lr, a longer "
+                    "--warmup, a smaller --clip-norm, --coupling additive or --n-bits 5")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
+            if not torch.isfinite(grad_norm):
+                raise FloatingPointError(f"glow: gradient norm became {grad_norm.item()} at step {step + 1} (epoch {epoch}); "
+                                         "try a lower --lr or a longer --warmup")
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            epoch_bits.append(bits_per_dim.item())
+            log.append(epoch=epoch, step=step, loss=loss.item(), bits_per_dim=bits_per_dim.item(), class_bits=class_bits.item(),
+                       grad_norm=grad_norm.item(), lr=scheduler.get_last_lr()[0])
+            progress.set_postfix(bpd=f"{bits_per_dim.item():.3f}", y=f"{class_bits.item():.1f}")
+            if args.max_steps and step >= args.max_steps:
+                break
+        valid_bits = validation_bits_per_dim(model, valid_split, device, args.seed)
+        valid_curve.append((step, valid_bits))
+        print(f"epoch {epoch}: valid bits/dim {valid_bits:.4f}", flush=True)
+
+        model.eval()
+        with torch.inference_mode():
+            for temperature in PREVIEW_TEMPERATURES:
+                samples = model.sample(preview_attributes, temperature, torch.Generator().manual_seed(args.seed + 3))
+                save_grid(samples, out_dir / f"samples_epoch{epoch:03d}_t{temperature:.1f}.png")
+        model.train()
+        plot_curves(log, valid_curve, out_dir / "curves.png")
+        directions = attribute_directions(model, train_split, device, args.direction_images, args.seed)
+        save_checkpoint(
+            args.out, model, preprocess=spec, attributes=train_split.attribute_names,
+            metrics={"valid_bits_per_dim": round(valid_bits, 5), "train_bits_per_dim": round(sum(epoch_bits) / len(epoch_bits), 5),
+                     "n_bits": config.n_bits, "valid_images": len(valid_split), "direction_images": min(args.direction_images, len(train_split))},
+            training={**training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
+                      "warmup": args.warmup, "clip_norm": args.clip_norm, "init_images": args.init_images},
+            extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies},
+            dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
+        )
+        if args.max_steps and step >= args.max_steps:
+            break
