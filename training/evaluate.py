@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for the figures and metrics.json")
     parser.add_argument("--split", default="valid", choices=sorted(SPLITS), help="split to evaluate on (default valid)")
     parser.add_argument("--limit", type=int, help="use only the first N images of the split")
+    parser.add_argument("--classifier", help="attribute classifier checkpoint that judges acgan/infogan samples "
+                                             "(default: classifier.safetensors beside CHECKPOINT)")
     parser.add_argument("--attribute", default="Male", help="CelebA attribute that colours the t-SNE (default Male)")
     parser.add_argument("--tsne-points", type=int, default=500, help="latents in the t-SNE (0 = no t-SNE)")
     parser.add_argument("--seed", type=int, default=0)

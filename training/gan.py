@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,23 +24,40 @@ from .data import load_split
 from .registry import register_trainer
 
 
+# G's inputs: one tensor, or a tuple of tensors passed as positional arguments (noise, condition)
+GInputs = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+
+
+def to_device(inputs: GInputs, device: torch.device) -> GInputs:
+    return tuple(t.to(device) for t in inputs) if isinstance(inputs, tuple) else inputs.to(device)
+
+
+def run_generator(generator: nn.Module, inputs: GInputs) -> torch.Tensor:
+    return generator(*inputs) if isinstance(inputs, tuple) else generator(inputs)
+
+
 @dataclass
 class GANRecipe:
     """Family-specific pieces of the adversarial loop."""
 
     generator: nn.Module  # the servable module (registered family)
     discriminator: nn.Module
-    # (batch size, real attributes, generator) -> G inputs, on the CPU
-    draw_inputs: Callable[[int, torch.Tensor, torch.Generator], torch.Tensor]
+    # (batch size, real attributes, generator) -> G inputs (a tensor or a tuple of tensors), on the CPU
+    draw_inputs: Callable[[int, torch.Tensor, torch.Generator], GInputs]
     # (D, real images, real attributes, fake images, G inputs) -> (D loss, scalars to log)
     discriminator_loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]
     # (D, fake images, G inputs) -> (G loss, scalars to log)
     generator_loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]
     columns: list[str]
     panels: dict[str, list[str]]
-    preview_inputs: torch.Tensor  # fixed G inputs for the per-epoch grid
-    preview_rows: int = 8
+    preview_inputs: GInputs  # fixed G inputs for the per-epoch grid
+    preview_rows: int = 8  # images per row of the per-epoch grid
     d_steps: int = 1  # discriminator updates per generator update
+    # parameters of the discriminator module that G's optimiser updates instead (InfoGAN's Q head)
+    generator_side_parameters: list[nn.Parameter] = field(default_factory=list)
+    attributes: list[str] | None = None  # the checkpoint's `attributes` (None: the data set's 40 names)
+    extras: Callable[[], dict[str, torch.Tensor]] | None = None  # extra tensors to save, called at each save
+    summary_columns: list[str] = field(default_factory=list)  # columns whose last-epoch mean goes into `metrics`
 
 
 def add_gan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,17 +74,24 @@ def bce_real_fake(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
 
 
-def train_gan(args: argparse.Namespace, make_recipe: Callable[[argparse.Namespace, list[str]], GANRecipe]) -> None:
+RecipeFactory = Callable[[argparse.Namespace, list[str], torch.Tensor], GANRecipe]
+
+
+def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
+    """``make_recipe(args, attribute names, training-set attributes (N, 40))`` supplies the family's pieces."""
     device = setup(args)
     spec = preprocess_spec(args)
     train_split = load_split(args.data, "train", spec, args.limit)
-    recipe = make_recipe(args, train_split.attribute_names)
+    recipe = make_recipe(args, train_split.attribute_names, train_split.attributes)
     generator, discriminator = recipe.generator.to(device), recipe.discriminator.to(device)
     # A moving average of G smooths the GAN's oscillation; it is what gets shipped (Karras et al., progressive GAN).
     shipped = copy.deepcopy(generator).eval().requires_grad_(False) if args.ema > 0 else generator
     betas = (args.beta1, 0.999)
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
+    generator_side = {id(p) for p in recipe.generator_side_parameters}
+    optimizer_g = torch.optim.Adam([*generator.parameters(), *recipe.generator_side_parameters], lr=args.lr,
+                                   betas=betas)
+    optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if id(p) not in generator_side], lr=args.lr,
+                                   betas=betas)
     out_dir = run_dir(args)
     log = StepLog(out_dir / "losses.csv", recipe.columns)
     order = torch.Generator().manual_seed(args.seed)
@@ -78,8 +102,8 @@ def train_gan(args: argparse.Namespace, make_recipe: Callable[[argparse.Namespac
         for batch_number, indices in enumerate(progress):
             real, attributes = train_split.batch(indices)
             real, attributes = real.to(device), attributes.to(device)
-            inputs = recipe.draw_inputs(len(indices), attributes.cpu(), noise_generator).to(device)
-            fake = generator(inputs)
+            inputs = to_device(recipe.draw_inputs(len(indices), attributes.cpu(), noise_generator), device)
+            fake = run_generator(generator, inputs)
             loss_d, scalars_d = recipe.discriminator_loss(discriminator, real, attributes, fake.detach(), inputs)
             optimizer_d.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -104,15 +128,27 @@ def train_gan(args: argparse.Namespace, make_recipe: Callable[[argparse.Namespac
                 break
         with torch.inference_mode():
             shipped.eval()
-            save_grid(shipped(recipe.preview_inputs.to(device)), out_dir / f"samples_epoch{epoch:03d}.png", nrow=recipe.preview_rows)
+            preview = run_generator(shipped, to_device(recipe.preview_inputs, device))
+            save_grid(preview, out_dir / f"samples_epoch{epoch:03d}.png", nrow=recipe.preview_rows)
         log.plot(out_dir / "curves.png", recipe.panels)
-        save_checkpoint(args.out, shipped, preprocess=spec, attributes=train_split.attribute_names,
+        save_checkpoint(args.out, shipped, preprocess=spec,
+                        attributes=train_split.attribute_names if recipe.attributes is None else recipe.attributes,
+                        metrics=epoch_means(log, epoch, recipe.summary_columns),
+                        extras=recipe.extras() if recipe.extras else None,
                         training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started))
         if args.max_steps and step >= args.max_steps:
             break
 
 
-def dcgan_recipe(args: argparse.Namespace, attribute_names: list[str]) -> GANRecipe:
+def epoch_means(log: StepLog, epoch: int, columns: list[str]) -> dict[str, Any]:
+    """``train_<column>``: the mean of each column over the steps of ``epoch`` (what the model cards show)."""
+    rows = [row for row in log.rows if row["epoch"] == epoch]
+    if not rows or not columns:
+        return {}
+    return {f"train_{column}": round(sum(row[column] for row in rows) / len(rows), 4) for column in columns}
+
+
+def dcgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: torch.Tensor | None = None) -> GANRecipe:
     config = DCGANConfig(latent_dim=args.latent_dim, generator_width=args.g_width, discriminator_width=args.d_width,
                          image_size=args.image_size)
     generator = DCGANGenerator(config)

@@ -61,7 +61,8 @@ class ACGANGenerator(nn.Module):
     def __init__(self, config: ACGANConfig):
         super().__init__()
         self.config = config
-        self.net = generator_trunk(config.latent_dim + len(config.attributes), config.generator_width, config.image_size)
+        inputs = config.latent_dim + len(config.attributes)
+        self.net = generator_trunk(inputs, config.generator_width, config.image_size)
         self.apply(init_dcgan_weights)
 
     @property

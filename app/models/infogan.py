@@ -35,7 +35,8 @@ class InfoGANConfig:
         _ladder(self.image_size)  # refuses sizes the conv ladders cannot reach
 
 
-def sweep_inputs(noise: torch.Tensor, codes: torch.Tensor, code: int, n_categories: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sweep_inputs(noise: torch.Tensor, codes: torch.Tensor, code: int,
+                 n_categories: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-major sweep: for each of the R rows (one noise vector and its codes), code ``code`` walked through every
     category. Returns (R * n_categories) noise vectors and codes; the other codes stay those of the row."""
     rows = noise.shape[0]
@@ -124,7 +125,8 @@ class InfoGANDiscriminator(nn.Module):
 RECOGNIZER_PREFIX = "recognizer."
 
 
-def recognizer_extras(discriminator: InfoGANDiscriminator, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+def recognizer_extras(discriminator: InfoGANDiscriminator,
+                      dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """D/Q weights as checkpoint extras (floating tensors in ``dtype``, like the module weights)."""
     return {RECOGNIZER_PREFIX + name: (t.detach().to(dtype) if t.is_floating_point() else t.detach())
             for name, t in discriminator.state_dict().items()}

@@ -11,7 +11,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import ConfigDict, Field
 
-from app.api.attributes import FREQUENCIES_KEY, attribute_header, attribute_report, check_attribute_names, resolve_attributes
+from app.api.attributes import (FREQUENCIES_KEY, attribute_header, attribute_report, check_attribute_names,
+                                resolve_attributes)
 from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
 from app.api.responses import check_count
 from app.api.routes.generate import resolve_seed
@@ -59,7 +60,8 @@ async def generate_acgan(request: ACGANRequest, store: StoreDep, runner: RunnerD
     seed = resolve_seed(request.seed)
     generator = seeded_generator(seed)
     noise = draw_noise(model.latent_shape, request.n, generator)
-    vectors = resolve_attributes(request.attributes, names, checkpoint.extras.get(FREQUENCIES_KEY), request.n, generator)
+    frequencies = checkpoint.extras.get(FREQUENCIES_KEY)
+    vectors = resolve_attributes(request.attributes, names, frequencies, request.n, generator)
     nrow = 8
     if request.toggle is not None:
         noise, vectors = toggle_pairs(noise, vectors, names.index(request.toggle))

@@ -36,7 +36,8 @@ class InfoGANResponse(BaseModel):
 
 
 @router.post("/infogan", response_class=Response, responses={
-    200: {"content": {"image/png": {}}, "model": InfoGANResponse, "description": "a PNG grid (rows x categories) or JSON"}})
+    200: {"content": {"image/png": {}}, "model": InfoGANResponse,
+          "description": "a PNG grid (rows x categories) or JSON"}})
 async def generate_infogan(request: InfoGANRequest, store: StoreDep, runner: RunnerDep):
     """A ``rows`` x categories grid: code ``code`` walked through its categories, everything else fixed per row."""
     checkpoint = require_model(store, "infogan")

@@ -1,0 +1,142 @@
+"""ACGAN training on the shared adversarial loop (:mod:`training.gan`).
+
+D: real/fake BCE on real and fake images plus ``--class-weight`` x the attribute BCE on *real* images only (it
+learns the attributes from labelled data, never from G's attempts). G: fool D plus ``--class-weight`` x the
+attribute BCE of its fakes against the attributes it was asked for. D takes ``--d-steps`` updates per G update
+(course report 1: twice). The checkpoint stores the trained attribute set and each attribute's training-set
+frequency, from which the service draws the attributes a request leaves open.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from app.api.attributes import FREQUENCIES_KEY
+from app.models.acgan import DEFAULT_ATTRIBUTES, ACGANConfig, ACGANDiscriminator, ACGANGenerator, toggle_pairs
+from app.models.sampling import draw_noise
+
+from .gan import GANRecipe, add_gan_arguments, bce_real_fake, train_gan
+from .registry import register_trainer
+
+FAKE_LABELS = ("batch", "shuffled", "frequencies")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_gan_arguments(parser)
+    parser.add_argument("--attributes", default=",".join(DEFAULT_ATTRIBUTES),
+                        help="comma-separated CelebA attributes to condition on, or 'all' for the 40 "
+                             "(default: the 13 of the classic course set)")
+    parser.add_argument("--d-steps", type=int, default=2, help="discriminator updates per generator update")
+    parser.add_argument("--class-weight", type=float, default=1.0,
+                        help="weight of the attribute BCE in both D's and G's loss")
+    parser.add_argument("--fake-labels", choices=FAKE_LABELS, default="batch",
+                        help="attributes asked of G: the real batch's label vectors (batch), each attribute "
+                             "shuffled independently within the batch (shuffled), or Bernoulli draws from the "
+                             "training-set frequencies (frequencies, as the service draws open attributes)")
+    parser.add_argument("--toggle", help="attribute of the per-epoch on/off grid (default Smiling, else the first)")
+
+
+def choose_attributes(text: str, available: list[str]) -> tuple[str, ...]:
+    """Parse ``--attributes``; unknown names exit with the list of valid ones."""
+    if text.strip() == "all":
+        return tuple(available)
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in available]
+    if unknown or not names:
+        raise SystemExit(f"acgan: unknown attribute(s) {unknown or [text]}; valid: {', '.join(available)}")
+    if len(set(names)) != len(names):
+        raise SystemExit(f"acgan: --attributes repeats a name: {list(names)}")
+    return names
+
+
+def preview_attribute(names: tuple[str, ...], wanted: str | None) -> int:
+    """Index of the attribute the per-epoch grid toggles."""
+    if wanted is not None:
+        if wanted not in names:
+            raise SystemExit(f"acgan: --toggle {wanted!r} is not among the trained attributes {list(names)}")
+        return names.index(wanted)
+    return names.index("Smiling") if "Smiling" in names else 0
+
+
+def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: torch.Tensor) -> GANRecipe:
+    names = choose_attributes(args.attributes, attribute_names)
+    columns = torch.tensor([attribute_names.index(name) for name in names])
+    frequencies = labels[:, columns].float().mean(0)
+    config = ACGANConfig(attributes=names, latent_dim=args.latent_dim, generator_width=args.g_width,
+                         discriminator_width=args.d_width, image_size=args.image_size)
+    generator = ACGANGenerator(config)
+    toggled = preview_attribute(names, args.toggle)
+    weight = args.class_weight
+
+    def conditions(n: int, batch_labels: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        chosen = batch_labels[:, columns].float()
+        if args.fake_labels == "batch":  # real combinations: G learns the data's correlations too
+            return chosen.clone()
+        if args.fake_labels == "shuffled":  # same marginals, correlations broken
+            order = torch.argsort(torch.rand(chosen.shape, generator=rng), dim=0)
+            return chosen.gather(0, order)
+        return (torch.rand((n, len(names)), generator=rng) < frequencies).float()
+
+    def draw_inputs(n: int, batch_labels: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return draw_noise(generator.latent_shape, n, rng), conditions(n, batch_labels, rng)
+
+    def discriminator_loss(d, real, attributes, fake, inputs):
+        logits_real, classes_real = d(real)
+        logits_fake, _ = d(fake)
+        target = attributes[:, columns.to(attributes.device)]
+        loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
+        loss_class = F.binary_cross_entropy_with_logits(classes_real, target)
+        loss = loss_real + loss_fake + weight * loss_class
+        return loss, {
+            "loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_d": loss.item(),
+            "acc_real": (logits_real > 0).float().mean().item(), "acc_fake": (logits_fake < 0).float().mean().item(),
+            "loss_cls_real": loss_class.item(),
+            "acc_cls_real": ((classes_real > 0).float() == target).float().mean().item(),
+        }
+
+    def generator_loss(d, fake, inputs):
+        logits, classes = d(fake)
+        requested = inputs[1]
+        adversarial = bce_real_fake(logits, True)  # non-saturating loss
+        loss_class = F.binary_cross_entropy_with_logits(classes, requested)
+        loss = adversarial + weight * loss_class
+        return loss, {
+            "loss_g": loss.item(), "loss_g_adv": adversarial.item(), "loss_cls_fake": loss_class.item(),
+            "acc_cls_fake": ((classes > 0).float() == requested).float().mean().item(),
+        }
+
+    # Per-epoch grid: 2 blocks of 8 pairs, each an "off" row over an "on" row from the same noise and attributes.
+    preview_rng = torch.Generator().manual_seed(args.seed)
+    noise = draw_noise(generator.latent_shape, 16, preview_rng)
+    attributes = (torch.rand((16, len(names)), generator=preview_rng) < frequencies).float()
+    blocks = [toggle_pairs(noise[i:i + 8], attributes[i:i + 8], toggled) for i in (0, 8)]
+    preview = (torch.cat([b[0] for b in blocks]), torch.cat([b[1] for b in blocks]))
+
+    return GANRecipe(
+        generator=generator,
+        discriminator=ACGANDiscriminator(config),
+        draw_inputs=draw_inputs,
+        discriminator_loss=discriminator_loss,
+        generator_loss=generator_loss,
+        columns=["loss_d_real", "loss_d_fake", "loss_d", "acc_real", "acc_fake", "loss_cls_real", "acc_cls_real",
+                 "loss_g", "loss_g_adv", "loss_cls_fake", "acc_cls_fake"],
+        panels={"D real/fake loss": ["loss_d_real", "loss_d_fake"], "D real/fake accuracy": ["acc_real", "acc_fake"],
+                "classification loss": ["loss_cls_real", "loss_cls_fake"],
+                "classification accuracy": ["acc_cls_real", "acc_cls_fake"], "G adversarial loss": ["loss_g_adv"]},
+        preview_inputs=preview,
+        preview_rows=8,
+        d_steps=args.d_steps,
+        attributes=list(names),
+        extras=lambda: {FREQUENCIES_KEY: frequencies},
+        summary_columns=["acc_real", "acc_fake", "acc_cls_real", "acc_cls_fake"],
+    )
+
+
+@register_trainer("acgan", add_arguments)
+def train_acgan(args: argparse.Namespace) -> None:
+    if args.d_steps < 1:
+        raise SystemExit(f"acgan: --d-steps must be >= 1, got {args.d_steps}")
+    train_gan(args, acgan_recipe)

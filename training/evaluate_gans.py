@@ -1,0 +1,322 @@
+"""Evaluators of the feature-disentangling GANs, plugged into ``python -m training evaluate`` (:mod:`.evaluate`).
+
+Both are judged by the project's attribute classifier (family ``classifier``; ``--classifier PATH``, by default
+``classifier.safetensors`` beside the evaluated checkpoint):
+
+- **acgan**: the classifier's agreement with the requested attributes on generated samples (overall and per
+  attribute; the requests are the evaluated split's real label vectors, so the combinations are plausible), the
+  same agreement on the split's real images as a ceiling, and the toggle success rate: for pairs drawn as the
+  service draws them (same noise and other attributes), the classifier sees the attribute off in the "off" image
+  and on in the "on" image. The toggled attribute is Smiling when trained, else the first one.
+- **infogan**: Q's accuracy at recovering the codes of fresh samples (Q is saved in the checkpoint's extras), and,
+  per code, how much each classifier attribute's mean probability moves as the code walks through its categories
+  (max minus min over categories of the probability averaged over noise vectors); the top attributes per code are
+  reported and a heat map of every code x attribute is drawn. Without a classifier only Q's accuracy is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.api.attributes import FREQUENCIES_KEY
+from app.models.acgan import ACGANGenerator, toggle_pairs
+from app.models.checkpoint import Checkpoint, load_checkpoint
+from app.models.infogan import InfoGANDiscriminator, InfoGANGenerator, draw_codes, recognizer_from_extras, sweep_inputs
+from app.models.sampling import draw_noise, seeded_generator
+
+from .common import save_grid
+from .data import CelebA
+from .evaluate import EvaluationError, load_eval_split, register_evaluator
+
+ACGAN_SAMPLES = 1000  # conditioned samples scored for agreement
+TOGGLE_PAIRS = 500  # off/on pairs scored for the toggle success rate
+Q_SAMPLES = 1000  # fresh samples whose codes Q must recover
+SWEEP_ROWS = 50  # noise vectors per code sweep when measuring attribute changes
+TOP_ATTRIBUTES = 3  # attributes reported per code
+BATCH_SIZE = 250
+
+
+@dataclass
+class AttributeJudge:
+    """The attribute classifier as a judge of generated faces: images in [-1, 1] -> P(attribute)."""
+
+    model: nn.Module  # forward: (N, 3, S, S) in [-1, 1] -> logits (N, len(attributes))
+    attributes: list[str]  # the order of the classifier's outputs
+    image_size: int  # input side it was trained on; other sizes are resized to it
+    source: str = ""  # where it came from (reported with the metrics)
+
+    def columns(self, names: list[str]) -> list[int]:
+        missing = [name for name in names if name not in self.attributes]
+        if missing:
+            raise EvaluationError(f"the classifier does not judge {missing}; it knows {self.attributes}")
+        return [self.attributes.index(name) for name in names]
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return torch.sigmoid(self.model(images).float())
+
+
+def load_judge(path: str | Path, device: torch.device) -> AttributeJudge:
+    """An :class:`AttributeJudge` from a ``classifier`` checkpoint."""
+    checkpoint = load_checkpoint(path, device)
+    if checkpoint.family != "classifier":
+        raise EvaluationError(f"{path} is a {checkpoint.family!r} checkpoint, not an attribute classifier")
+    return AttributeJudge(checkpoint.model, checkpoint.attributes, checkpoint.preprocess.size,
+                          f"{Path(path).name} sha256:{checkpoint.sha256[:12]}")
+
+
+def classifier_path(args: argparse.Namespace) -> Path | None:
+    """``--classifier``, else ``classifier.safetensors`` beside the evaluated checkpoint when it exists."""
+    given = getattr(args, "classifier", None)
+    if given:
+        if not Path(given).is_file():
+            raise EvaluationError(f"--classifier {given}: no such file")
+        return Path(given)
+    beside = Path(args.checkpoint).with_name("classifier.safetensors")
+    return beside if beside.is_file() else None
+
+
+def batched(function: Callable[..., torch.Tensor], *inputs: torch.Tensor, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """``function`` over slices of ``inputs`` (same first dimension), results concatenated on the CPU."""
+    starts = range(0, len(inputs[0]), batch_size)
+    return torch.cat([function(*(t[i:i + batch_size] for t in inputs)).cpu() for i in starts])
+
+
+def device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# --- ACGAN ----------------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: torch.Tensor,
+                 frequencies: torch.Tensor | None, *, toggle: str, pairs: int = TOGGLE_PAIRS, seed: int = 0,
+                 batch_size: int = BATCH_SIZE) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Agreement on samples conditioned on ``conditions`` (N, A) and the ``toggle`` success rate over ``pairs`` pairs.
+
+    Returns the metrics and the tensors behind them (``samples``, ``pair_images``: off images then on images).
+    """
+    names, device = generator.attribute_names, device_of(generator)
+    columns = judge.columns(names)
+    rng = seeded_generator(seed)
+
+    def judged(noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        return judge.probabilities(generator.generate(noise.to(device), attributes.to(device)))[:, columns]
+
+    noise = draw_noise(generator.latent_shape, len(conditions), rng)
+    probabilities = batched(judged, noise, conditions, batch_size=batch_size)
+    agree = ((probabilities > 0.5).float() == conditions.cpu()).float()
+
+    index = names.index(toggle)
+    chances = frequencies.float().cpu() if frequencies is not None else torch.full((len(names),), 0.5)
+    pair_noise = draw_noise(generator.latent_shape, pairs, rng)
+    others = (torch.rand((pairs, len(names)), generator=rng) < chances).float()  # as the service draws them
+    pair_noise, pair_attributes = toggle_pairs(pair_noise, others, index)
+    toggled = batched(judged, pair_noise, pair_attributes, batch_size=batch_size)[:, index]
+    off, on = toggled[:pairs], toggled[pairs:]
+    metrics = {
+        "classifier_agreement": round(agree.mean().item(), 4),
+        "classifier_agreement_per_attribute": {name: round(v, 4) for name, v in zip(names, agree.mean(0).tolist())},
+        "evaluated_samples": len(conditions),
+        "toggle_attribute": toggle,
+        "toggle_pairs": pairs,
+        "toggle_success": round(((off < 0.5) & (on > 0.5)).float().mean().item(), 4),
+        "toggle_probability_off": round(off.mean().item(), 4),
+        "toggle_probability_on": round(on.mean().item(), 4),
+    }
+    shown = torch.arange(min(10, pairs))
+    shown = torch.cat([shown, shown + pairs])  # the first pairs: off row, then on row
+    pair_images = generator.generate(pair_noise[shown].to(device), pair_attributes[shown].to(device))
+    samples = generator.generate(noise[:32].to(device), conditions[:32].to(device))
+    return metrics, {"samples": samples.cpu(), "pair_images": pair_images.cpu()}
+
+
+@torch.inference_mode()
+def real_agreement(judge: AttributeJudge, images: torch.Tensor, labels: torch.Tensor, names: list[str],
+                   batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """Per attribute, the classifier's agreement with the true labels of real images: the ceiling for generated ones."""
+    device, columns = device_of(judge.model), judge.columns(names)
+    probabilities = batched(lambda x: judge.probabilities(x.to(device))[:, columns], images, batch_size=batch_size)
+    return ((probabilities > 0.5).float() == labels).float().mean(0)
+
+
+def bar_chart(generated: dict[str, float], real: dict[str, float], path: Path, title: str) -> None:
+    """Agreement per attribute on generated samples beside the same on real images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = torch.arange(len(generated)).float()
+    figure, axis = plt.subplots(figsize=(max(5.0, 0.5 * len(generated) + 1.5), 3.8))
+    axis.bar((positions - 0.2).tolist(), list(generated.values()), width=0.4, color="tab:blue", label="generated")
+    axis.bar((positions + 0.2).tolist(), [real[name] for name in generated], width=0.4, color="tab:orange",
+             label="real images")
+    axis.legend(loc="lower right", fontsize=8)
+    axis.set_xticks(positions.tolist(), list(generated), rotation=60, ha="right", fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+@register_evaluator("acgan")
+def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    generator: ACGANGenerator = checkpoint.model
+    names = generator.attribute_names
+    path = classifier_path(args)
+    if path is None:
+        raise EvaluationError("acgan evaluation needs the attribute classifier: pass --classifier PATH "
+                              f"(no classifier.safetensors beside {args.checkpoint})")
+    judge = load_judge(path, device_of(generator))
+    judge.columns(names)  # fail before generating anything
+
+    try:
+        split = CelebA(args.data, args.split, checkpoint.preprocess, args.limit)  # labels only: nothing decoded
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
+    try:
+        label_columns = [split.attribute_names.index(name) for name in names]
+    except ValueError:
+        raise EvaluationError(f"{args.data} lacks some of the trained attributes {names}") from None
+    labels = split.attributes[:, label_columns]
+    picks = torch.randint(len(labels), (ACGAN_SAMPLES,), generator=seeded_generator(args.seed))
+    toggle = "Smiling" if "Smiling" in names else names[0]
+    metrics, images = acgan_scores(generator, judge, labels[picks], checkpoint.extras.get(FREQUENCIES_KEY),
+                                   toggle=toggle, seed=args.seed)
+
+    real = load_eval_split(checkpoint, args)
+    per_attribute = real_agreement(judge, real.batch(torch.arange(len(real)))[0], real.attributes[:, label_columns],
+                                   names)
+    metrics["classifier_agreement_real"] = round(per_attribute.mean().item(), 4)
+    metrics["classifier_agreement_real_per_attribute"] = {name: round(v, 4)
+                                                          for name, v in zip(names, per_attribute.tolist())}
+    metrics["classifier"] = judge.source
+    metrics["evaluated_split"] = args.split
+
+    shown = len(images["pair_images"]) // 2
+    save_grid(images["pair_images"], out_dir / f"toggle_{toggle}.png", nrow=shown)
+    save_grid(images["samples"], out_dir / "samples.png", nrow=8)
+    bar_chart(metrics["classifier_agreement_per_attribute"], metrics["classifier_agreement_real_per_attribute"],
+              out_dir / "agreement.png", f"classifier agreement with the attributes: generated "
+              f"{metrics['classifier_agreement']:.3f}, real {metrics['classifier_agreement_real']:.3f}")
+    return metrics
+
+
+# --- InfoGAN --------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def q_accuracy(generator: InfoGANGenerator, recognizer: InfoGANDiscriminator, samples: int = Q_SAMPLES, seed: int = 0,
+               batch_size: int = BATCH_SIZE) -> tuple[float, list[float]]:
+    """Share of codes Q recovers from fresh samples (overall and per code).
+
+    Q runs with batch statistics in its BatchNorm layers, as it did in training (always on whole batches of fakes);
+    the batches are large, so the result does not depend on how they are cut.
+    """
+    device = device_of(generator)
+    rng = seeded_generator(seed)
+    noise = draw_noise(generator.noise_shape, samples, rng)
+    codes = draw_codes(samples, generator.n_codes, generator.n_categories, rng)
+    recognizer = recognizer.to(device).train()
+    predicted = batched(lambda z, c: recognizer(generator.generate(z.to(device), c.to(device)))[1].argmax(-1),
+                        noise, codes, batch_size=batch_size)
+    recognizer.eval()
+    hits = (predicted == codes).float()
+    return hits.mean().item(), hits.mean(0).tolist()
+
+
+@torch.inference_mode()
+def code_effects(generator: InfoGANGenerator, judge: AttributeJudge, rows: int = SWEEP_ROWS, seed: int = 0,
+                 batch_size: int = BATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Per code, the classifier's mean probabilities per category, (codes, categories, attributes), their spread
+    (max - min over categories, (codes, attributes)) and the first 4 rows of each sweep's images."""
+    device = device_of(generator)
+    rng = seeded_generator(seed)
+    noise = draw_noise(generator.noise_shape, rows, rng)
+    codes = draw_codes(rows, generator.n_codes, generator.n_categories, rng)
+    means, sweeps = [], []
+    for code in range(generator.n_codes):
+        swept_noise, swept_codes = sweep_inputs(noise, codes, code, generator.n_categories)
+        images = batched(lambda z, c: generator.generate(z.to(device), c.to(device)), swept_noise, swept_codes,
+                         batch_size=batch_size)
+        probabilities = batched(lambda x: judge.probabilities(x.to(device)), images, batch_size=batch_size)
+        means.append(probabilities.view(rows, generator.n_categories, -1).mean(0))
+        sweeps.append(images[: min(rows, 4) * generator.n_categories])
+    means = torch.stack(means)
+    return means, means.amax(1) - means.amin(1), sweeps
+
+
+def top_effects(means: torch.Tensor, spread: torch.Tensor, attributes: list[str],
+                top: int = TOP_ATTRIBUTES) -> dict[str, list[dict[str, Any]]]:
+    """Per code, the ``top`` attributes that move most, with the categories where they are lowest and highest."""
+    report = {}
+    for code in range(spread.shape[0]):
+        order = spread[code].argsort(descending=True)[:top].tolist()
+        report[str(code)] = [{"attribute": attributes[a], "spread": round(spread[code, a].item(), 4),
+                              "low_category": int(means[code, :, a].argmin()),
+                              "high_category": int(means[code, :, a].argmax())} for a in order]
+    return report
+
+
+def heat_map(spread: torch.Tensor, attributes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.28 * len(attributes) + 2), 0.4 * spread.shape[0] + 2.2))
+    image = axis.imshow(spread.numpy(), aspect="auto", cmap="viridis", vmin=0)
+    axis.set_xticks(range(len(attributes)), attributes, rotation=75, ha="right", fontsize=7)
+    axis.set_yticks(range(spread.shape[0]), [f"code {k}" for k in range(spread.shape[0])], fontsize=8)
+    axis.set_title("change of the classifier's mean attribute probability across each code's categories")
+    figure.colorbar(image, ax=axis, fraction=0.03)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+@register_evaluator("infogan")
+def evaluate_infogan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    generator: InfoGANGenerator = checkpoint.model
+    metrics: dict[str, Any] = {}
+    recognizer = recognizer_from_extras(generator.config, checkpoint.extras)
+    if recognizer is None:
+        print("no recognizer (D/Q) weights in this checkpoint: Q's accuracy is not measured")
+    else:
+        overall, per_code = q_accuracy(generator, recognizer, seed=args.seed)
+        metrics["q_accuracy"] = round(overall, 4)
+        metrics["q_accuracy_per_code"] = [round(v, 4) for v in per_code]
+        metrics["q_samples"] = Q_SAMPLES
+
+    path = classifier_path(args)
+    if path is None:
+        print("no classifier (--classifier PATH): attribute changes per code are not measured")
+    else:
+        judge = load_judge(path, device_of(generator))
+        means, spread, sweeps = code_effects(generator, judge, seed=args.seed)
+        metrics["code_effects"] = top_effects(means, spread, judge.attributes)
+        strongest = int(spread.argmax())
+        code, attribute = divmod(strongest, spread.shape[1])
+        metrics["strongest_code_effect"] = {"code": code, "attribute": judge.attributes[attribute],
+                                            "spread": round(spread[code, attribute].item(), 4)}
+        metrics["classifier"] = judge.source
+        metrics["sweep_rows"] = SWEEP_ROWS
+        heat_map(spread, judge.attributes, out_dir / "code_effects.png")
+        for code, images in enumerate(sweeps):
+            save_grid(images, out_dir / f"sweep_code{code}.png", nrow=generator.n_categories)
+    if not metrics:
+        raise EvaluationError("nothing to measure: the checkpoint has no recognizer weights and no classifier "
+                              "was given (--classifier PATH)")
+    return metrics

@@ -1,0 +1,95 @@
+"""InfoGAN training on the shared adversarial loop (:mod:`training.gan`).
+
+D learns real/fake only. G and Q are updated together (Q's head is in G's optimiser): G's loss is the
+non-saturating adversarial loss plus ``--info-weight`` x the mutual-information term, the cross-entropy of Q's
+prediction of the codes G was given, summed over the codes (the paper's lambda = 1 for categorical codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from app.models.infogan import (InfoGANConfig, InfoGANDiscriminator, InfoGANGenerator, draw_codes, recognizer_extras,
+                                sweep_inputs)
+from app.models.sampling import draw_noise
+
+from .gan import GANRecipe, add_gan_arguments, bce_real_fake, train_gan
+from .registry import register_trainer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_gan_arguments(parser)
+    parser.set_defaults(latent_dim=InfoGANConfig.noise_dim, g_width=InfoGANConfig.generator_width,
+                        d_width=InfoGANConfig.discriminator_width)
+    parser.add_argument("--codes", type=int, default=InfoGANConfig.n_codes, help="number of categorical codes")
+    parser.add_argument("--categories", type=int, default=InfoGANConfig.n_categories, help="categories per code")
+    parser.add_argument("--fc-channels", type=int, default=InfoGANConfig.fc_channels,
+                        help="channels of G's first 2x2 map (paper: 448)")
+    parser.add_argument("--q-hidden", type=int, default=InfoGANConfig.q_hidden, help="width of Q's hidden layer")
+    parser.add_argument("--info-weight", type=float, default=1.0,
+                        help="weight of the mutual-information loss (sum over codes of Q's cross-entropy)")
+
+
+def code_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch and the codes of Q's cross-entropy; (N, K, C) logits, (N, K) codes."""
+    return F.cross_entropy(logits.flatten(0, 1), codes.flatten())
+
+
+def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: torch.Tensor) -> GANRecipe:
+    config = InfoGANConfig(noise_dim=args.latent_dim, n_codes=args.codes, n_categories=args.categories,
+                           fc_channels=args.fc_channels, generator_width=args.g_width, discriminator_width=args.d_width,
+                           q_hidden=args.q_hidden, image_size=args.image_size)
+    generator, discriminator = InfoGANGenerator(config), InfoGANDiscriminator(config)
+
+    def draw_inputs(n: int, batch_labels: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return draw_noise(generator.noise_shape, n, rng), draw_codes(n, config.n_codes, config.n_categories, rng)
+
+    def discriminator_loss(d, real, attributes, fake, inputs):
+        logits_real, logits_fake = d.real_fake(real), d.real_fake(fake)
+        loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
+        return loss_real + loss_fake, {
+            "loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_d": (loss_real + loss_fake).item(),
+            "acc_real": (logits_real > 0).float().mean().item(), "acc_fake": (logits_fake < 0).float().mean().item(),
+        }
+
+    def generator_loss(d, fake, inputs):
+        codes = inputs[1]
+        logits, code_logits = d(fake)
+        adversarial = bce_real_fake(logits, True)  # non-saturating loss
+        info = code_cross_entropy(code_logits, codes)
+        loss = adversarial + args.info_weight * config.n_codes * info
+        return loss, {
+            "loss_g": loss.item(), "loss_g_adv": adversarial.item(), "loss_info": info.item(),
+            "acc_q": (code_logits.argmax(-1) == codes).float().mean().item(),
+        }
+
+    # Per-epoch grid: 8 rows, each one noise vector with code 0 walked through its categories.
+    preview_rng = torch.Generator().manual_seed(args.seed)
+    preview = sweep_inputs(draw_noise(generator.noise_shape, 8, preview_rng),
+                           draw_codes(8, config.n_codes, config.n_categories, preview_rng), 0, config.n_categories)
+
+    return GANRecipe(
+        generator=generator,
+        discriminator=discriminator,
+        draw_inputs=draw_inputs,
+        discriminator_loss=discriminator_loss,
+        generator_loss=generator_loss,
+        columns=["loss_d_real", "loss_d_fake", "loss_d", "acc_real", "acc_fake", "loss_g", "loss_g_adv", "loss_info",
+                 "acc_q"],
+        panels={"D loss": ["loss_d_real", "loss_d_fake"], "D accuracy": ["acc_real", "acc_fake"],
+                "G adversarial loss": ["loss_g_adv"], "Q cross-entropy per code": ["loss_info"],
+                "Q code accuracy": ["acc_q"]},
+        preview_inputs=preview,
+        preview_rows=config.n_categories,
+        generator_side_parameters=list(discriminator.q_head.parameters()),
+        extras=lambda: recognizer_extras(discriminator),
+        summary_columns=["acc_real", "acc_fake", "acc_q"],
+    )
+
+
+@register_trainer("infogan", add_arguments)
+def train_infogan(args: argparse.Namespace) -> None:
+    train_gan(args, infogan_recipe)
