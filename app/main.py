@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Metrics, registry=registry)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"],
-                           expose_headers=["X-Seed"])
+                           expose_headers=["X-Seed", "X-Attributes", "X-Strengths"])
     app.add_middleware(APIKeyGuard, api_key=settings.api_key)
     app.add_middleware(BodySizeLimit, max_mb=settings.max_upload_mb)
     return app
