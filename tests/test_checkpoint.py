@@ -149,3 +149,14 @@ def test_config_that_does_not_build(saved):
     rewrite(path, metadata={**metadata, "config": json.dumps({"depth": 3})})
     with pytest.raises(CheckpointError, match="bad metadata.*no field"):
         load_checkpoint(path)
+
+
+def test_allow_missing_is_only_for_named_tensors(saved):
+    path, model = saved
+    tensors = load_file(path)
+    del tensors["prior_mean"], tensors["prior_scale_tril"]
+    rewrite(path, tensors)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(path)
+    upgraded = load_checkpoint(path, allow_missing=("prior_mean", "prior_scale_tril"))
+    assert torch.equal(upgraded.model.prior_scale_tril, torch.eye(6))

@@ -85,3 +85,16 @@ def test_same_seed_same_noise_and_images():
     second = draw_noise(model.latent_shape, 4, seeded_generator(7))
     assert torch.equal(first, second) and not torch.equal(first, draw_noise(model.latent_shape, 4, seeded_generator(8)))
     assert torch.equal(model.generate(first), model.generate(second))
+
+
+def test_vae_prior_starts_standard_and_fits_the_latents():
+    model = VAE(VAEConfig(widths=(4, 8), latent_dim=3, image_size=16)).eval()
+    noise = torch.randn(5, 3)
+    assert torch.equal(model.generate(noise), model.decode(noise)), "before fitting, the prior is N(0, I)"
+    mixing = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, -1.0, 0.3]])
+    latents = torch.randn(20_000, 3, generator=torch.Generator().manual_seed(0)) @ mixing.T + torch.tensor([1.0, -2.0, 0.5])
+    model.fit_prior(latents)
+    draws = model.prior_mean + torch.randn(20_000, 3) @ model.prior_scale_tril.T
+    assert torch.allclose(draws.mean(0), latents.mean(0), atol=0.05)
+    assert torch.allclose(torch.cov(draws.T), torch.cov(latents.T), atol=0.1)
+    assert torch.equal(model.generate(noise), model.decode(model.prior_mean + noise @ model.prior_scale_tril.T))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from app.models.checkpoint import load_checkpoint
 from training.__main__ import main
@@ -55,3 +56,21 @@ def test_cli_refuses_unknown_family(capsys):
     with pytest.raises(SystemExit):
         main(["stylegan", "--data", "x", "--out", "y"])
     assert "invalid choice: 'stylegan'" in capsys.readouterr().err
+
+
+def test_vae_fit_prior_upgrades_a_checkpoint_without_one(tiny_celeba, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    out, _ = run_training("vae", tiny_celeba, tmp_path, "--widths", "4,8", "--latent-dim", "6", "--max-steps", "2")
+    trained = load_checkpoint(out)
+    assert not torch.equal(trained.model.prior_scale_tril, torch.eye(6)), "training fits the prior"
+    with safe_open(str(out), framework="pt") as handle:
+        metadata = handle.metadata()
+    old = {k: v for k, v in load_file(out).items() if not k.startswith("prior_")}
+    save_file(old, str(out), metadata=metadata)  # as written before the prior existed
+    main(["vae-fit-prior", str(out), "--data", str(tiny_celeba), "--threads", "1"])
+    refitted = load_checkpoint(out)
+    assert torch.allclose(refitted.model.prior_scale_tril, trained.model.prior_scale_tril, atol=1e-3)
+    assert refitted.metrics["valid_mse"] == trained.metrics["valid_mse"]
+    assert refitted.metrics["sampling_prior"].startswith("gaussian fitted to 18")

@@ -12,8 +12,8 @@ from app.models.checkpoint import save_checkpoint
 from app.models.sampling import draw_noise
 from app.models.vae import VAE, VAEConfig, vae_loss
 
-from .common import (StepLog, add_common_arguments, preprocess_spec, run_dir, save_grid, setup, shuffled_batches,
-                     training_metadata)
+from .common import (StepLog, add_common_arguments, preprocess_spec, resolve_device, run_dir, save_grid, setup,
+                     shuffled_batches, training_metadata)
 from .data import PackedSplit, load_split
 from .registry import register_trainer
 
@@ -38,6 +38,49 @@ def validation_mse(model: VAE, split: PackedSplit, device: torch.device, batch_s
         count += images.numel()
     model.train()
     return total / count
+
+
+@torch.inference_mode()
+def encode_means(model: VAE, split: PackedSplit, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means of every image of ``split``, (N, latent_dim) on the CPU."""
+    was_training = model.training
+    model.eval()
+    means = [model.encode(split.batch(torch.arange(start, min(start + batch_size, len(split))))[0].to(device))[0].cpu()
+             for start in range(0, len(split), batch_size)]
+    model.train(was_training)
+    return torch.cat(means)
+
+
+def fit_sampling_prior(model: VAE, split: PackedSplit, device: torch.device) -> dict[str, object]:
+    """Fit the VAE's sampling prior to the training latents; returns what goes into the checkpoint's metrics."""
+    model.fit_prior(encode_means(model, split, device))
+    return {"sampling_prior": f"gaussian fitted to {len(split)} training latents"}
+
+
+def add_fit_prior_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="VAE checkpoint whose sampling prior is (re)fitted in place")
+    parser.add_argument("--data", required=True, help="CelebA folder in the official layout (train split used)")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int)
+
+
+@register_trainer("vae-fit-prior", add_fit_prior_arguments)
+def refit_prior(args: argparse.Namespace) -> None:
+    """Refit the sampling prior of a trained VAE (checkpoints written before the prior existed get one too)."""
+    from app.models.checkpoint import load_checkpoint, read_metadata
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint, device, allow_missing=("prior_mean", "prior_scale_tril"))
+    if checkpoint.family != "vae":
+        raise SystemExit(f"vae-fit-prior: {args.checkpoint} is a {checkpoint.family} checkpoint, not a vae")
+    split = load_split(args.data, "train", checkpoint.preprocess, args.limit)
+    metrics = {**checkpoint.metrics, **fit_sampling_prior(checkpoint.model, split, device)}
+    save_checkpoint(args.checkpoint, checkpoint.model, preprocess=checkpoint.preprocess, attributes=checkpoint.attributes,
+                    metrics=metrics, training=checkpoint.training, extras=checkpoint.extras)
+    print(f"{args.checkpoint}: {metrics['sampling_prior']}")
 
 
 @register_trainer("vae", add_arguments)
@@ -75,13 +118,14 @@ def train(args: argparse.Namespace) -> None:
                 break
         valid_mse = validation_mse(model, valid_split, device)
         print(f"epoch {epoch}: valid MSE {valid_mse:.5f}", flush=True)
+        metrics = {"valid_mse": round(valid_mse, 6), "valid_images": len(valid_split),
+                   **fit_sampling_prior(model, train_split, device)}
         model.eval()
         with torch.inference_mode():
             save_grid(model.generate(fixed_noise.to(device)), out_dir / f"samples_epoch{epoch:03d}.png")
         model.train()
         log.plot(out_dir / "curves.png", {"reconstruction (MSE)": ["mse"], "KL": ["kl"]})
-        save_checkpoint(args.out, model, preprocess=spec, attributes=train_split.attribute_names,
-                        metrics={"valid_mse": round(valid_mse, 6), "valid_images": len(valid_split)},
+        save_checkpoint(args.out, model, preprocess=spec, attributes=train_split.attribute_names, metrics=metrics,
                         training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started))
         if args.max_steps and step >= args.max_steps:
             break

@@ -103,8 +103,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild, strictly load, check and move a checkpoint. Raises :class:`CheckpointError` with the reason."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", allow_missing: tuple[str, ...] = ()) -> Checkpoint:
+    """Rebuild, strictly load, check and move a checkpoint. Raises :class:`CheckpointError` with the reason.
+
+    ``allow_missing`` names tensors that may be absent and then keep the module's initial values: only for offline
+    tools that upgrade older checkpoints (the service always loads strictly).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -133,6 +137,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     extras = {name[len(EXTRA_PREFIX):]: t for name, t in tensors.items() if name.startswith(EXTRA_PREFIX)}
     weights = {name: t for name, t in tensors.items() if not name.startswith(EXTRA_PREFIX)}
     expected = model.state_dict()
+    for name in allow_missing:
+        if name in expected and name not in weights:
+            weights[name] = expected[name]
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{path}: tensors do not match the {metadata['family']} config: missing {missing[:5]}, unexpected {unexpected[:5]}")

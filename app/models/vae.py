@@ -47,6 +47,13 @@ class VAE(nn.Module):
         layers += [nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1), nn.Tanh()]
         self.decoder = nn.Sequential(*layers)
 
+        # The sampling prior: N(prior_mean, L L^T). Identity at first (the textbook N(0, I)); after training,
+        # :meth:`fit_prior` sets it to a Gaussian fitted to the training latents. With the small lambda_KL that sharp
+        # reconstructions need, the encoder's codes do not fill N(0, I), and decoding draws from N(0, I) gives mush;
+        # a fitted Gaussian ("ex-post density estimation", Ghosh et al. 2020) samples where the decoder has learned.
+        self.register_buffer("prior_mean", torch.zeros(config.latent_dim))
+        self.register_buffer("prior_scale_tril", torch.eye(config.latent_dim))
+
     @property
     def latent_shape(self) -> tuple[int, ...]:
         return (self.config.latent_dim,)
@@ -70,8 +77,19 @@ class VAE(nn.Module):
         return self.decode(self.encode(images)[0])
 
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
-        """Decode prior samples; ``noise`` comes from :func:`app.models.sampling.draw_noise`."""
-        return self.decode(noise)
+        """Decode samples of the prior; ``noise`` is standard normal from :func:`app.models.sampling.draw_noise`."""
+        return self.decode(self.prior_mean + noise @ self.prior_scale_tril.T)
+
+    @torch.no_grad()
+    def fit_prior(self, latent_means: torch.Tensor, shrinkage: float = 1e-3) -> None:
+        """Set the sampling prior to a full-covariance Gaussian fitted to encoder means (N, latent_dim)."""
+        latent_means = latent_means.double()
+        mean = latent_means.mean(0)
+        covariance = torch.cov(latent_means.T)
+        # Shrink towards the diagonal's scale so the factorisation is stable with N not >> latent_dim.
+        covariance += shrinkage * covariance.diagonal().mean() * torch.eye(len(mean), dtype=covariance.dtype)
+        self.prior_mean.copy_(mean.float())
+        self.prior_scale_tril.copy_(torch.linalg.cholesky(covariance).float())
 
 
 def vae_loss(
