@@ -74,3 +74,27 @@ def test_vae_fit_prior_upgrades_a_checkpoint_without_one(tiny_celeba, tmp_path):
     assert torch.allclose(refitted.model.prior_scale_tril, trained.model.prior_scale_tril, atol=1e-3)
     assert refitted.metrics["valid_mse"] == trained.metrics["valid_mse"]
     assert refitted.metrics["sampling_prior"].startswith("gaussian fitted to 18")
+
+
+def test_batchnorm_recalibration_matches_the_generators_own_statistics(tmp_path):
+    from app.models import build_model
+    from app.models.checkpoint import save_checkpoint
+    from app.models.preprocess import PreprocessSpec
+
+    from .conftest import TINY_CONFIGS
+
+    torch.manual_seed(0)
+    model = build_model("dcgan", TINY_CONFIGS["dcgan"])
+    first_norm = model.net[1]
+    first_norm.running_mean.fill_(5.0)  # statistics that belong to some other weights
+    path = save_checkpoint(tmp_path / "dcgan.safetensors", model, preprocess=PreprocessSpec(size=16), dtype=None)
+    main(["gan-recalibrate", str(path), "--batches", "8", "--threads", "1"])
+    recalibrated = load_checkpoint(path)
+    assert recalibrated.metrics["batchnorm_recalibrated"] is True
+    norm = recalibrated.model.net[1]
+    # The first layer's pre-BN activations of N(0, I) noise have mean ~0: the stale 5.0 is gone.
+    assert norm.running_mean.abs().max() < 0.5 and norm.momentum == 0.1
+    with pytest.raises(SystemExit, match="only dcgan"):
+        other = build_model("vae", TINY_CONFIGS["vae"])
+        main(["gan-recalibrate", str(save_checkpoint(tmp_path / "vae.safetensors", other, preprocess=PreprocessSpec(size=16))),
+              "--threads", "1"])

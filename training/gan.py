@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from app.models.checkpoint import save_checkpoint
+from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
 from app.models.sampling import draw_noise
 
@@ -126,6 +126,9 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
             progress.set_postfix({k: f"{v:.3f}" for k, v in scalars.items() if k in ("loss_d", "loss_g")})
             if args.max_steps and step >= args.max_steps:
                 break
+        if shipped is not generator:
+            recalibrate_batchnorm(shipped, lambda n, rng: recipe.draw_inputs(
+                n, train_split.attributes[torch.randint(len(train_split), (n,), generator=rng)], rng), device)
         with torch.inference_mode():
             shipped.eval()
             preview = run_generator(shipped, to_device(recipe.preview_inputs, device))
@@ -138,6 +141,52 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
                         training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started))
         if args.max_steps and step >= args.max_steps:
             break
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(generator: nn.Module, draw_inputs: Callable[[int, torch.Generator], Any], device: torch.device,
+                          batches: int = 32, batch_size: int = 64, seed: int = 0) -> None:
+    """Re-estimate the BatchNorm statistics of an averaged (EMA) generator by running it on fresh inputs.
+
+    The running statistics copied from the live generator belong to other weights than the averaged ones; served
+    as they are, they give washed-out, low-contrast faces. A cumulative average (momentum None) over ``batches``
+    forward passes in train mode gives the statistics the averaged weights really produce.
+    """
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    rng = torch.Generator().manual_seed(seed)
+    generator.train()
+    for _ in range(batches):
+        run_generator(generator, to_device(draw_inputs(batch_size, rng), device))
+    for norm in norms:
+        norm.momentum = 0.1  # PyTorch's default, so later training steps behave as usual
+    generator.eval()
+
+
+def add_recalibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="noise-only GAN generator checkpoint (dcgan) to recalibrate in place")
+    parser.add_argument("--batches", type=int, default=32)
+    parser.add_argument("--threads", type=int)
+
+
+@register_trainer("gan-recalibrate", add_recalibrate_arguments)
+def recalibrate_checkpoint(args: argparse.Namespace) -> None:
+    """Recalibrate the BatchNorm statistics of a checkpoint written before training did it (see above)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoint = load_checkpoint(args.checkpoint)
+    if checkpoint.family != "dcgan":
+        raise SystemExit(f"gan-recalibrate: only dcgan checkpoints (noise-only inputs); got {checkpoint.family}")
+    model = checkpoint.model
+    recalibrate_batchnorm(model, lambda n, rng: draw_noise(model.latent_shape, n, rng), torch.device("cpu"), args.batches)
+    save_checkpoint(args.checkpoint, model, preprocess=checkpoint.preprocess, attributes=checkpoint.attributes,
+                    metrics={**checkpoint.metrics, "batchnorm_recalibrated": True}, training=checkpoint.training,
+                    extras=checkpoint.extras or None)
+    print(f"{args.checkpoint}: BatchNorm statistics recalibrated over {args.batches} batches")
 
 
 def epoch_means(log: StepLog, epoch: int, columns: list[str]) -> dict[str, Any]:
