@@ -160,3 +160,8 @@ def test_allow_missing_is_only_for_named_tensors(saved):
         load_checkpoint(path)
     upgraded = load_checkpoint(path, allow_missing=("prior_mean", "prior_scale_tril"))
     assert torch.equal(upgraded.model.prior_scale_tril, torch.eye(6))
+
+
+def test_checkpoints_are_readable_by_other_users(saved):
+    path, _ = saved
+    assert path.stat().st_mode & 0o044 == 0o044  # a container's non-root user reads mounted weights

@@ -91,6 +91,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    tmp.chmod(0o644)  # safetensors writes 0600; a container user must be able to read a mounted checkpoint
     tmp.replace(path)  # atomic: a crash mid-write never leaves a half checkpoint under the real name
     return path
 
@@ -177,5 +178,6 @@ def update_metrics(path: str | Path, new_metrics: dict[str, Any]) -> dict[str, A
     metadata["metrics"] = json.dumps(metrics, sort_keys=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    tmp.chmod(0o644)
     tmp.replace(path)
     return metrics
