@@ -8,7 +8,6 @@ import warnings
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.utils import make_grid
 
 from app.models.preprocess import to_uint8
 
@@ -54,9 +53,23 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def tile(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: int = 255) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> one (3, H', W') mosaic, ``nrow`` per row, with gutters (torchvision's make_grid layout;
+    written here so the service does not import torchvision, which doubles its start-up time)."""
+    count, channels, height, width = images.shape
+    columns = min(nrow, count)
+    rows = -(-count // columns)
+    cell_h, cell_w = height + padding, width + padding
+    canvas = torch.full((channels, rows * cell_h + padding, columns * cell_w + padding), pad_value, dtype=images.dtype)
+    for index, image in enumerate(images):
+        top, left = (index // columns) * cell_h + padding, (index % columns) * cell_w + padding
+        canvas[:, top : top + height, left : left + width] = image
+    return canvas
+
+
 def grid_png(images: torch.Tensor, nrow: int) -> bytes:
     """[-1, 1] float images (N, 3, H, W) -> one PNG grid, ``nrow`` images per row, 2-px white gutters."""
-    return png_bytes(make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=255))
+    return png_bytes(tile(to_uint8(images), nrow=nrow))
 
 
 def gif_bytes(frames: torch.Tensor, duration_ms: int = 120) -> bytes:
