@@ -33,6 +33,16 @@ def attribute_inputs(model: nn.Module, n: int, generator: torch.Generator) -> tu
 RAW_INPUTS: dict[str, InputsFn] = {"acgan": attribute_inputs}
 
 
+def glow_forward(model: nn.Module, n: int, device: torch.device) -> Callable[[], Any]:
+    """Glow samples through ``sample`` (noise drawn on the CPU from a seed, as the service does)."""
+    conditions = torch.zeros(n, model.config.num_attributes, device=device)
+    return lambda: model.sample(conditions, 0.7, seeded_generator(n))
+
+
+# Families whose raw forward is not ``generate(*inputs)``: (model, batch, device) -> a call to time.
+RAW_FORWARDS: dict[str, Callable[[nn.Module, int, torch.device], Callable[[], Any]]] = {"glow": glow_forward}
+
+
 def find_checkpoint(weights_dir: Path, family: str, file_name: str | None = None) -> Path | None:
     """The file the server reported for ``family`` if it is in ``weights_dir``, else any file of that family."""
     if file_name and (weights_dir / file_name).is_file():
@@ -74,11 +84,15 @@ def measure_raw(path: Path, family: str, device: str, batches: Sequence[int] = (
     make_inputs = RAW_INPUTS.get(family, noise_inputs)
     rows = []
     for batch in batches:
-        inputs = tuple(t.to(target) for t in make_inputs(model, batch, seeded_generator(batch)))
+        if family in RAW_FORWARDS:
+            call = RAW_FORWARDS[family](model, batch, target)
+        else:
+            inputs = tuple(t.to(target) for t in make_inputs(model, batch, seeded_generator(batch)))
+            call = lambda inputs=inputs: model.generate(*inputs)  # noqa: E731
 
         def forward() -> None:
             with torch.inference_mode():
-                model.generate(*inputs)
+                call()
 
         inner = max(1, 16 // batch)  # small batches: average a few calls so timer noise does not dominate
         seconds = time_call(forward, repeats=repeats, inner=inner, sync=synchronizer(target))
