@@ -19,8 +19,8 @@ def test_tile_matches_torchvision_layout():
 
 def test_png_and_grid_round_trip():
     image = torch.randint(0, 256, (3, 6, 9), dtype=torch.uint8)
-    decoded = torch.tensor(list(Image.open(io.BytesIO(png_bytes(image))).getdata()), dtype=torch.uint8)
-    assert torch.equal(decoded.T.reshape(3, 6, 9), image)
+    decoded = torch.frombuffer(bytearray(Image.open(io.BytesIO(png_bytes(image))).tobytes()), dtype=torch.uint8)
+    assert torch.equal(decoded.view(6, 9, 3).permute(2, 0, 1), image)
     grid = Image.open(io.BytesIO(grid_png(torch.zeros(3, 3, 4, 4), nrow=2)))
     assert grid.size == (2 * 6 + 2, 2 * 6 + 2)
 
