@@ -14,6 +14,7 @@ import torch
 from torchvision.utils import save_image
 
 from app.models.preprocess import PreprocessSpec
+from app.services.model_store import resolve_device  # noqa: F401  (one definition, shared with the service)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float) -> None:
@@ -38,12 +39,6 @@ def setup(args: argparse.Namespace) -> torch.device:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     return resolve_device(args.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
