@@ -68,7 +68,7 @@ def add_fit_prior_arguments(parser: argparse.ArgumentParser) -> None:
 @register_trainer("vae-fit-prior", add_fit_prior_arguments)
 def refit_prior(args: argparse.Namespace) -> None:
     """Refit the sampling prior of a trained VAE (checkpoints written before the prior existed get one too)."""
-    from app.models.checkpoint import load_checkpoint, read_metadata
+    from app.models.checkpoint import load_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 
 import torch
-from fastapi import HTTPException
+
+from app.api.responses import field_error
 
 FREQUENCIES_KEY = "attribute_frequencies"
 
@@ -19,8 +20,7 @@ def check_attribute_names(names: list[str], valid: list[str], field: str = "attr
     """422 listing the valid names when any requested name is not one the model was trained on."""
     unknown = [name for name in names if name not in valid]
     if unknown:
-        raise HTTPException(422, [{"loc": ["body", field], "type": "value_error",
-                                   "msg": f"unknown or untrained attribute(s) {unknown}; valid: {valid}"}])
+        raise field_error(field, f"unknown or untrained attribute(s) {unknown}; valid: {valid}")
 
 
 def resolve_attributes(

@@ -17,8 +17,12 @@ def image_output(images: torch.Tensor, *, model: str, seed: int, format: str, nr
     return Response(grid_png(images, nrow=nrow), media_type="image/png", headers={"X-Seed": str(seed)})
 
 
+def field_error(field: str, message: str) -> HTTPException:
+    """422 in FastAPI's validation-error shape, for checks pydantic cannot express (limits from settings, names
+    that depend on the loaded model)."""
+    return HTTPException(422, [{"loc": ["body", field], "msg": message, "type": "value_error"}])
+
+
 def check_count(field: str, value: int, low: int, high: int) -> None:
-    """422 in FastAPI's validation-error shape for limits that come from settings."""
     if not low <= value <= high:
-        raise HTTPException(422, [{"loc": ["body", field], "msg": f"{field} must be between {low} and {high}, got {value}",
-                                   "type": "value_error"}])
+        raise field_error(field, f"{field} must be between {low} and {high}, got {value}")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.attributes import FREQUENCIES_KEY, attribute_header, attribute_report, check_attribute_names, resolve_attributes
 from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
-from app.api.responses import check_count
+from app.api.responses import check_count, field_error
 from app.api.routes.generate import resolve_seed
 from app.api.uploads import read_upload_batch
 from app.imaging import base64_pngs, gif_bytes, grid_png
@@ -87,11 +87,6 @@ def require_glow(store) -> Checkpoint:
         raise HTTPException(503, f"the glow checkpoint names {len(checkpoint.attributes)} attributes but its model is "
                                  f"conditioned on {checkpoint.model.config.num_attributes}")
     return checkpoint
-
-
-def field_error(field: str, message: str) -> HTTPException:
-    """422 in FastAPI's validation-error shape, for checks pydantic cannot express."""
-    return HTTPException(422, [{"loc": ["body", field], "msg": message, "type": "value_error"}])
 
 
 def sequence_output(frames: torch.Tensor, format: str, json_body, headers: dict[str, str] | None = None) -> Response:
