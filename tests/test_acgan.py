@@ -19,6 +19,7 @@ from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
 from training.__main__ import main
+from training.acgan import attribute_loss
 from training.evaluate_gans import AttributeJudge, acgan_scores
 
 from .conftest import TINY_CONFIGS, write_tiny_checkpoint
@@ -254,6 +255,16 @@ def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_c
     response = post(client, n=2, seed=1, toggle="Smiling", format="json")
     assert response.status_code == 200 and len(response.json()["images"]) == 4
     assert "Blond_Hair" in post(client, n=1, toggle="Blond_Hair").json()["detail"][0]["msg"]
+
+
+def test_attribute_loss_is_the_vector_log_likelihood_summed_over_attributes():
+    # Uninformed logits: each attribute costs ln 2, so a vector of A attributes costs A ln 2, whatever the batch.
+    for attributes in (1, 13):
+        target = (torch.rand(5, attributes) < 0.5).float()
+        loss = attribute_loss(torch.zeros(5, attributes), target)
+        assert loss.item() == pytest.approx(attributes * torch.log(torch.tensor(2.0)).item(), rel=1e-6)
+    confident = torch.tensor([[8.0, -8.0]])
+    assert attribute_loss(confident, torch.tensor([[1.0, 0.0]])) < 1e-3 < attribute_loss(confident, torch.tensor([[0.0, 1.0]]))
 
 
 def test_training_refuses_unknown_attributes(tiny_celeba, tmp_path, monkeypatch):

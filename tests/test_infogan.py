@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from app.models.infogan import (InfoGANConfig, InfoGANDiscriminator, InfoGANGene
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
 from training.__main__ import main
+from training.infogan import add_arguments, infogan_recipe
 from training.evaluate_gans import AttributeJudge, code_effects, q_accuracy, top_effects
 
 from .conftest import TINY_CONFIGS, write_tiny_checkpoint
@@ -244,6 +246,27 @@ class Brightness(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.stack([20 * images.mean((1, 2, 3)), torch.zeros(len(images))], dim=1)
+
+
+def test_the_d_q_step_learns_the_codes_too():
+    """Q's head and the shared body must learn from the codes on D's side as well, not only through G's step."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data", "unused", "--out", "unused", "--image-size", "16", "--latent-dim", "8",
+                              "--codes", "3", "--fc-channels", "16", "--g-width", "4", "--d-width", "4",
+                              "--q-hidden", "8"])
+    recipe = infogan_recipe(args, [], torch.zeros(0, 40))
+    torch.manual_seed(0)
+    noise, codes = recipe.draw_inputs(6, torch.zeros(6, 40), torch.Generator().manual_seed(0))
+    fake = recipe.generator(noise, codes).detach()
+    real = torch.rand(6, 3, 16, 16) * 2 - 1
+    d = recipe.discriminator
+    loss, _ = recipe.discriminator_loss(d, real, None, fake, (noise, codes))
+    other_loss, _ = recipe.discriminator_loss(d, real, None, fake, (noise, (codes + 1) % 10))
+    assert loss.item() != pytest.approx(other_loss.item())  # the codes asked of G enter D's loss
+    d.zero_grad()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.q_head.parameters())
 
 
 def test_code_effects_find_the_code_that_moves_an_attribute():

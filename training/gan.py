@@ -53,8 +53,6 @@ class GANRecipe:
     preview_inputs: GInputs  # fixed G inputs for the per-epoch grid
     preview_rows: int = 8  # images per row of the per-epoch grid
     d_steps: int = 1  # discriminator updates per generator update
-    # parameters of the discriminator module that G's optimiser updates instead (InfoGAN's Q head)
-    generator_side_parameters: list[nn.Parameter] = field(default_factory=list)
     attributes: list[str] | None = None  # the checkpoint's `attributes` (None: the data set's 40 names)
     extras: Callable[[], dict[str, torch.Tensor]] | None = None  # extra tensors to save, called at each save
     summary_columns: list[str] = field(default_factory=list)  # columns whose last-epoch mean goes into `metrics`
@@ -87,11 +85,8 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     # A moving average of G smooths the GAN's oscillation; it is what gets shipped (Karras et al., progressive GAN).
     shipped = copy.deepcopy(generator).eval().requires_grad_(False) if args.ema > 0 else generator
     betas = (args.beta1, 0.999)
-    generator_side = {id(p) for p in recipe.generator_side_parameters}
-    optimizer_g = torch.optim.Adam([*generator.parameters(), *recipe.generator_side_parameters], lr=args.lr,
-                                   betas=betas)
-    optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if id(p) not in generator_side], lr=args.lr,
-                                   betas=betas)
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
     out_dir = run_dir(args)
     log = StepLog(out_dir / "losses.csv", recipe.columns)
     order = torch.Generator().manual_seed(args.seed)

@@ -1,8 +1,10 @@
 """InfoGAN training on the shared adversarial loop (:mod:`training.gan`).
 
-D learns real/fake only. G and Q are updated together (Q's head is in G's optimiser): G's loss is the
-non-saturating adversarial loss plus ``--info-weight`` x the mutual-information term, the cross-entropy of Q's
-prediction of the codes G was given, summed over the codes (the paper's lambda = 1 for categorical codes).
+Both players maximise the mutual-information lower bound, as in the paper's reference code: the D/Q side
+(shared body, real/fake head, Q head) minimises real/fake BCE plus ``--info-weight`` x Q's cross-entropy on the
+codes of the (detached) fakes, and G minimises the non-saturating adversarial loss plus the same term through
+its images. Summed over the codes (the paper's lambda = 1 for categorical codes). Training Q only through G's
+step, on a body shaped by the real/fake task alone, left Q at 26% code accuracy after 5 epochs.
 """
 
 from __future__ import annotations
@@ -48,10 +50,13 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
         return draw_noise(generator.noise_shape, n, rng), draw_codes(n, config.n_codes, config.n_categories, rng)
 
     def discriminator_loss(d, real, attributes, fake, inputs):
-        logits_real, logits_fake = d.real_fake(real), d.real_fake(fake)
+        logits_real = d.real_fake(real)
+        logits_fake, code_logits = d(fake)
         loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
-        return loss_real + loss_fake, {
-            "loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_d": (loss_real + loss_fake).item(),
+        info = code_cross_entropy(code_logits, inputs[1])
+        loss = loss_real + loss_fake + args.info_weight * config.n_codes * info
+        return loss, {
+            "loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_d": loss.item(),
             "acc_real": (logits_real > 0).float().mean().item(), "acc_fake": (logits_fake < 0).float().mean().item(),
         }
 
@@ -84,7 +89,6 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
                 "Q code accuracy": ["acc_q"]},
         preview_inputs=preview,
         preview_rows=config.n_categories,
-        generator_side_parameters=list(discriminator.q_head.parameters()),
         extras=lambda: recognizer_extras(discriminator),
         summary_columns=["acc_real", "acc_fake", "acc_q"],
     )
