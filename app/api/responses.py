@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from fastapi import HTTPException
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from app.imaging import base64_pngs, grid_png
-from app.schemas import ImagesResponse
 
 
-def image_output(images: torch.Tensor, *, model: str, seed: int, format: str, nrow: int = 8):
+def image_output(images: torch.Tensor, *, format: str, seed: int, json_body: Callable[[list[str]], BaseModel],
+                 nrow: int = 8, png_headers: dict[str, str] | None = None) -> Response:
+    """The generated images as one PNG grid (``nrow`` per row) or as JSON; both carry ``X-Seed``.
+
+    ``json_body(base64 PNGs)`` builds the family's JSON model, only when JSON is asked for (encoding each image
+    separately costs more than the grid). ``png_headers`` carry on a PNG what the JSON body says in fields.
+    """
+    headers = {"X-Seed": str(seed)}
     if format == "json":
-        body = ImagesResponse(model=model, seed=seed, images=base64_pngs(images))
-        return Response(body.model_dump_json(), media_type="application/json", headers={"X-Seed": str(seed)})
-    return Response(grid_png(images, nrow=nrow), media_type="image/png", headers={"X-Seed": str(seed)})
+        return Response(json_body(base64_pngs(images)).model_dump_json(), media_type="application/json",
+                        headers=headers)
+    return Response(grid_png(images, nrow=nrow), media_type="image/png", headers={**headers, **(png_headers or {})})
 
 
 def field_error(field: str, message: str) -> HTTPException:

@@ -14,9 +14,8 @@ from pydantic import ConfigDict, Field
 from app.api.attributes import (FREQUENCIES_KEY, attribute_header, attribute_report, check_attribute_names,
                                 resolve_attributes)
 from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
-from app.api.responses import check_count
+from app.api.responses import check_count, image_output
 from app.api.routes.generate import resolve_seed
-from app.imaging import base64_pngs, grid_png
 from app.models.acgan import toggle_pairs
 from app.models.sampling import draw_noise, seeded_generator
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
@@ -68,10 +67,8 @@ async def generate_acgan(request: ACGANRequest, store: StoreDep, runner: RunnerD
         nrow = request.n
     images = await runner.run(model.generate, noise.to(store.device), vectors.to(store.device))
 
-    headers = {"X-Seed": str(seed)}
-    if request.format == "json":
-        body = ACGANResponse(model="acgan", seed=seed, images=base64_pngs(images),
-                             attributes=attribute_report(vectors, names), toggle=request.toggle)
-        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
-    headers["X-Attributes"] = attribute_header(vectors, names)
-    return Response(grid_png(images, nrow=nrow), media_type="image/png", headers=headers)
+    return image_output(images, format=request.format, seed=seed, nrow=nrow,
+                        json_body=lambda encoded: ACGANResponse(model="acgan", seed=seed, images=encoded,
+                                                                attributes=attribute_report(vectors, names),
+                                                                toggle=request.toggle),
+                        png_headers={"X-Attributes": attribute_header(vectors, names)})

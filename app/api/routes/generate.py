@@ -28,7 +28,8 @@ async def sample_unconditional(family: str, request: GenerateRequest, store, run
     seed = resolve_seed(request.seed)
     noise = draw_noise(checkpoint.model.latent_shape, request.n, seeded_generator(seed)).to(store.device)
     images = await runner.run(checkpoint.model.generate, noise)
-    return image_output(images, model=family, seed=seed, format=request.format)
+    return image_output(images, format=request.format, seed=seed,
+                        json_body=lambda encoded: ImagesResponse(model=family, seed=seed, images=encoded))
 
 
 @router.post("/vae", responses=IMAGE_RESPONSES, response_class=Response)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.attributes import FREQUENCIES_KEY, attribute_header, attribute_report, check_attribute_names, resolve_attributes
 from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
-from app.api.responses import check_count, field_error
+from app.api.responses import check_count, field_error, image_output
 from app.api.routes.generate import resolve_seed
 from app.api.uploads import read_upload_batch
 from app.imaging import base64_pngs, gif_bytes, grid_png
@@ -116,13 +116,11 @@ async def generate_glow(request: GlowRequest, store: StoreDep, runner: RunnerDep
     vectors = resolve_attributes(request.attributes, names, checkpoint.extras.get(FREQUENCIES_KEY), request.n, generator)
     images = await runner.run(checkpoint.model.sample, vectors.to(store.device), request.temperature, generator)
 
-    headers = {"X-Seed": str(seed)}
-    if request.format == "json":
-        body = GlowImagesResponse(model="glow", seed=seed, temperature=request.temperature, images=base64_pngs(images),
-                                  attributes=attribute_report(vectors, names))
-        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
-    headers["X-Attributes"] = attribute_header(vectors, names)
-    return Response(grid_png(images, nrow=8), media_type="image/png", headers=headers)
+    return image_output(images, format=request.format, seed=seed,
+                        json_body=lambda encoded: GlowImagesResponse(model="glow", seed=seed, images=encoded,
+                                                                     temperature=request.temperature,
+                                                                     attributes=attribute_report(vectors, names)),
+                        png_headers={"X-Attributes": attribute_header(vectors, names)})
 
 
 @router.post("/glow/interpolate", response_class=Response, responses=SEQUENCE_RESPONSES)

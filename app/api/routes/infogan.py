@@ -8,9 +8,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import RunnerDep, StoreDep, require_model
-from app.api.responses import check_count
+from app.api.responses import check_count, image_output
 from app.api.routes.generate import resolve_seed
-from app.imaging import base64_pngs, grid_png
 from app.models.infogan import draw_codes, sweep_inputs
 from app.models.sampling import draw_noise, seeded_generator
 from app.schemas import MAX_SEED, ImageFormat, StrictModel
@@ -51,11 +50,8 @@ async def generate_infogan(request: InfoGANRequest, store: StoreDep, runner: Run
     noise, codes = sweep_inputs(noise, codes, request.code, model.n_categories)
     images = await runner.run(model.generate, noise.to(store.device), codes.to(store.device))
 
-    headers = {"X-Seed": str(seed)}
-    if request.format == "json":
-        encoded = base64_pngs(images)
-        per_row = model.n_categories
-        body = InfoGANResponse(model="infogan", seed=seed, code=request.code,
-                               rows=[encoded[i:i + per_row] for i in range(0, len(encoded), per_row)])
-        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
-    return Response(grid_png(images, nrow=model.n_categories), media_type="image/png", headers=headers)
+    per_row = model.n_categories
+    return image_output(images, format=request.format, seed=seed, nrow=per_row,
+                        json_body=lambda encoded: InfoGANResponse(
+                            model="infogan", seed=seed, code=request.code,
+                            rows=[encoded[i:i + per_row] for i in range(0, len(encoded), per_row)]))
