@@ -22,6 +22,7 @@ from app.models.classifier import AttributeClassifier, ClassifierConfig
 from .common import (StepLog, add_common_arguments, preprocess_spec, run_dir, setup, shuffled_batches,
                      training_metadata)
 from .data import PackedSplit, load_split
+from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
 
 
@@ -78,29 +79,17 @@ def accuracy_metrics(names: list[str], accuracy: torch.Tensor, baseline: torch.T
 
 def plot_curves(path: Path, log: StepLog, epochs: list[dict[str, float]], baseline: float, smooth: int = 25) -> None:
     """Two panels: smoothed training BCE per step; validation mean accuracy per epoch against the majority baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps = torch.tensor([row["step"] for row in log.rows])
-    losses = torch.tensor([row["loss"] for row in log.rows])
-    window = max(1, min(smooth, len(losses)))
-    smoothed = F.avg_pool1d(losses[None, None], window, 1).flatten()
-    loss_axis.plot(steps[window - 1 :].numpy(), smoothed.numpy(), label="train BCE")
-    loss_axis.plot([row["step"] for row in epochs], [row["valid_loss"] for row in epochs], "o-", label="valid BCE")
-    loss_axis.set_title("loss")
-    loss_axis.set_xlabel("step")
-    loss_axis.legend()
-    accuracy_axis.plot([row["epoch"] for row in epochs], [row["valid_mean_accuracy"] for row in epochs], "o-", label="valid mean accuracy")
-    accuracy_axis.axhline(baseline, color="grey", linestyle="--", label="majority baseline")
-    accuracy_axis.set_title("validation accuracy (mean of 40 attributes)")
-    accuracy_axis.set_xlabel("epoch")
-    accuracy_axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    with saved_figure(path, panels=2) as (_, (loss_axis, accuracy_axis)):
+        plot_smoothed(loss_axis, log.rows, "loss", label="train BCE", smooth=smooth)
+        loss_axis.plot([row["step"] for row in epochs], [row["valid_loss"] for row in epochs], "o-", label="valid BCE")
+        loss_axis.set_title("loss")
+        loss_axis.legend()
+        accuracy_axis.plot([row["epoch"] for row in epochs], [row["valid_mean_accuracy"] for row in epochs], "o-",
+                           label="valid mean accuracy")
+        accuracy_axis.axhline(baseline, color="grey", linestyle="--", label="majority baseline")
+        accuracy_axis.set_title("validation accuracy (mean of 40 attributes)")
+        accuracy_axis.set_xlabel("epoch")
+        accuracy_axis.legend()
 
 
 @register_trainer("classifier", add_arguments)

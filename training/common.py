@@ -16,6 +16,8 @@ from torchvision.utils import save_image
 from app.models.preprocess import PreprocessSpec
 from app.services.model_store import resolve_device  # noqa: F401  (one definition, shared with the service)
 
+from .plots import plot_smoothed, saved_figure
+
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float) -> None:
     parser.add_argument("--data", required=True, help="CelebA folder in the official layout")
@@ -96,25 +98,12 @@ class StepLog:
 
     def plot(self, path: Path, panels: dict[str, list[str]], smooth: int = 25) -> None:
         """One subplot per panel title, each with its columns, moving-averaged over ``smooth`` steps."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-        steps = torch.tensor([row["step"] for row in self.rows])
-        for axis, (title, columns) in zip(axes[0], panels.items()):
-            for column in columns:
-                values = torch.tensor([row[column] for row in self.rows])
-                window = max(1, min(smooth, len(values)))
-                smoothed = torch.nn.functional.avg_pool1d(values[None, None], window, 1).flatten()
-                axis.plot(steps[window - 1 :].numpy(), smoothed.numpy(), label=column)
-            axis.set_title(title)
-            axis.set_xlabel("step")
-            axis.legend()
-        figure.tight_layout()
-        figure.savefig(path, dpi=90)
-        plt.close(figure)
+        with saved_figure(path, panels=len(panels)) as (_, axes):
+            for axis, (title, columns) in zip(axes, panels.items()):
+                for column in columns:
+                    plot_smoothed(axis, self.rows, column, smooth=smooth)
+                axis.set_title(title)
+                axis.legend()
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:

@@ -21,6 +21,7 @@ from app.models.sampling import draw_noise, seeded_generator
 
 from .common import resolve_device, save_grid
 from .data import SPLITS, PackedSplit, load_split
+from .plots import saved_figure
 from .registry import register_trainer
 
 Evaluator = Callable[[Checkpoint, argparse.Namespace, Path], dict[str, Any]]
@@ -132,10 +133,6 @@ def load_eval_split(checkpoint: Checkpoint, args: argparse.Namespace) -> PackedS
 def tsne_figure(points: torch.Tensor, labels: torch.Tensor, attribute: str, path: Path, *, seed: int, title: str,
                 threads: int | None = None) -> int:
     """t-SNE of ``points`` (N, D) coloured by 0/1 ``labels``, saved to ``path``; returns N, or 0 when N < 3."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
@@ -150,18 +147,15 @@ def tsne_figure(points: torch.Tensor, labels: torch.Tensor, attribute: str, path
     with threadpool_limits(limits=threads):
         embedded = tsne.fit_transform(data)
     labels = labels.bool().cpu().numpy()
-    figure, axis = plt.subplots(figsize=(6, 5.4))
-    for value, colour, name in ((False, "tab:orange", f"not {attribute}"), (True, "tab:blue", attribute)):
-        chosen = labels == value
-        axis.scatter(embedded[chosen, 0], embedded[chosen, 1], s=8, alpha=0.7, c=colour,
-                     label=f"{name} ({int(chosen.sum())})")
-    axis.set_title(title)
-    axis.set_xticks([])
-    axis.set_yticks([])
-    axis.legend(loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with saved_figure(path, size=(6, 5.4), dpi=100) as (_, (axis,)):
+        for value, colour, name in ((False, "tab:orange", f"not {attribute}"), (True, "tab:blue", attribute)):
+            chosen = labels == value
+            axis.scatter(embedded[chosen, 0], embedded[chosen, 1], s=8, alpha=0.7, c=colour,
+                         label=f"{name} ({int(chosen.sum())})")
+        axis.set_title(title)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.legend(loc="best")
     return count
 
 

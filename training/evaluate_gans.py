@@ -34,6 +34,7 @@ from app.models.sampling import draw_noise, seeded_generator
 from .common import save_grid
 from .data import CelebA
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
+from .plots import saved_figure
 
 ACGAN_SAMPLES = 1000  # conditioned samples scored for agreement
 TOGGLE_PAIRS = 500  # off/on pairs scored for the toggle success rate
@@ -152,23 +153,15 @@ def real_agreement(judge: AttributeJudge, images: torch.Tensor, labels: torch.Te
 
 def bar_chart(generated: dict[str, float], real: dict[str, float], path: Path, title: str) -> None:
     """Agreement per attribute on generated samples beside the same on real images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     positions = torch.arange(len(generated)).float()
-    figure, axis = plt.subplots(figsize=(max(5.0, 0.5 * len(generated) + 1.5), 3.8))
-    axis.bar((positions - 0.2).tolist(), list(generated.values()), width=0.4, color="tab:blue", label="generated")
-    axis.bar((positions + 0.2).tolist(), [real[name] for name in generated], width=0.4, color="tab:orange",
-             label="real images")
-    axis.legend(loc="lower right", fontsize=8)
-    axis.set_xticks(positions.tolist(), list(generated), rotation=60, ha="right", fontsize=8)
-    axis.set_ylim(0, 1)
-    axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with saved_figure(path, size=(max(5.0, 0.5 * len(generated) + 1.5), 3.8), dpi=100) as (_, (axis,)):
+        axis.bar((positions - 0.2).tolist(), list(generated.values()), width=0.4, color="tab:blue", label="generated")
+        axis.bar((positions + 0.2).tolist(), [real[name] for name in generated], width=0.4, color="tab:orange",
+                 label="real images")
+        axis.legend(loc="lower right", fontsize=8)
+        axis.set_xticks(positions.tolist(), list(generated), rotation=60, ha="right", fontsize=8)
+        axis.set_ylim(0, 1)
+        axis.set_title(title)
 
 
 @register_evaluator("acgan")
@@ -271,20 +264,13 @@ def top_effects(means: torch.Tensor, spread: torch.Tensor, attributes: list[str]
 
 
 def heat_map(spread: torch.Tensor, attributes: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.28 * len(attributes) + 2), 0.4 * spread.shape[0] + 2.2))
-    image = axis.imshow(spread.numpy(), aspect="auto", cmap="viridis", vmin=0)
-    axis.set_xticks(range(len(attributes)), attributes, rotation=75, ha="right", fontsize=7)
-    axis.set_yticks(range(spread.shape[0]), [f"code {k}" for k in range(spread.shape[0])], fontsize=8)
-    axis.set_title("change of the classifier's mean attribute probability across each code's categories")
-    figure.colorbar(image, ax=axis, fraction=0.03)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    size = (max(6.0, 0.28 * len(attributes) + 2), 0.4 * spread.shape[0] + 2.2)
+    with saved_figure(path, size=size, dpi=100) as (figure, (axis,)):
+        image = axis.imshow(spread.numpy(), aspect="auto", cmap="viridis", vmin=0)
+        axis.set_xticks(range(len(attributes)), attributes, rotation=75, ha="right", fontsize=7)
+        axis.set_yticks(range(spread.shape[0]), [f"code {k}" for k in range(spread.shape[0])], fontsize=8)
+        axis.set_title("change of the classifier's mean attribute probability across each code's categories")
+        figure.colorbar(image, ax=axis, fraction=0.03)
 
 
 @register_evaluator("infogan")

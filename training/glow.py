@@ -27,6 +27,7 @@ from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig
 from .common import (StepLog, add_common_arguments, preprocess_spec, run_dir, save_grid, setup, shuffled_batches,
                      training_metadata)
 from .data import PackedSplit, load_split
+from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
 
 PREVIEW_TEMPERATURES = (0.5, 0.7, 1.0)
@@ -96,28 +97,15 @@ def attribute_directions(model: Glow, split: PackedSplit, device: torch.device, 
 
 def plot_curves(log: StepLog, valid: list[tuple[int, float]], path: Path, smooth: int = 25) -> None:
     """Train bits/dim (moving average) with validation bits/dim at each epoch's end; the class head's bits beside."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps = torch.tensor([row["step"] for row in log.rows])
-    for axis, column in ((left, "bits_per_dim"), (right, "class_bits")):
-        values = torch.tensor([row[column] for row in log.rows])
-        window = max(1, min(smooth, len(values)))
-        smoothed = torch.nn.functional.avg_pool1d(values[None, None], window, 1).flatten()
-        axis.plot(steps[window - 1 :].numpy(), smoothed.numpy(), label=f"train {column}")
-        axis.set_xlabel("step")
-    if valid:
-        left.plot([s for s, _ in valid], [v for _, v in valid], "o-", label="valid bits_per_dim")
-    left.set_title("bits / dim")
-    right.set_title("attribute BCE (bits / image)")
-    for axis in (left, right):
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    with saved_figure(path, panels=2) as (_, (left, right)):
+        for axis, column in ((left, "bits_per_dim"), (right, "class_bits")):
+            plot_smoothed(axis, log.rows, column, label=f"train {column}", smooth=smooth)
+        if valid:
+            left.plot([s for s, _ in valid], [v for _, v in valid], "o-", label="valid bits_per_dim")
+        left.set_title("bits / dim")
+        right.set_title("attribute BCE (bits / image)")
+        for axis in (left, right):
+            axis.legend()
 
 
 @register_trainer("glow", add_arguments)
