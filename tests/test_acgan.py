@@ -312,6 +312,23 @@ def test_acgan_scores_agreement_and_toggle_success(sign, expected):
     assert images["pair_images"].shape == (20, 3, 8, 8) and images["samples"].shape == (32, 3, 8, 8)
 
 
+class MaleSuppressesSmiles(AttributeWriter):
+    """Writes Smiling only for faces asked not to be Male: a conflict between two conditions."""
+
+    def generate(self, noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        suppressed = attributes.clone()
+        suppressed[:, 1] *= 1 - attributes[:, 0]
+        return super().generate(noise, suppressed)
+
+
+def test_toggle_success_is_split_by_each_other_attribute():
+    judge = AttributeJudge(PixelReader(2), ["Male", "Smiling"], image_size=8)
+    metrics, _ = acgan_scores(MaleSuppressesSmiles(["Male", "Smiling"]), judge, torch.zeros(4, 2),
+                              torch.tensor([0.5, 0.5]), toggle="Smiling", pairs=40)
+    assert metrics["toggle_success_by_other_attribute"] == {"Male": [1.0, 0.0]}
+    assert 0 < metrics["toggle_success"] < 1
+
+
 def test_acgan_scores_need_the_classifier_to_know_the_attributes():
     from training.evaluate import EvaluationError
 

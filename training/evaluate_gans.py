@@ -125,13 +125,20 @@ def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: t
     pair_noise, pair_attributes = toggle_pairs(pair_noise, others, index)
     toggled = batched(judged, pair_noise, pair_attributes, batch_size=batch_size)[:, index]
     off, on = toggled[:pairs], toggled[pairs:]
+    success = (off < 0.5) & (on > 0.5)
     metrics = {
         "classifier_agreement": round(agree.mean().item(), 4),
         "classifier_agreement_per_attribute": {name: round(v, 4) for name, v in zip(names, agree.mean(0).tolist())},
         "evaluated_samples": len(conditions),
         "toggle_attribute": toggle,
         "toggle_pairs": pairs,
-        "toggle_success": round(((off < 0.5) & (on > 0.5)).float().mean().item(), 4),
+        "toggle_success": round(success.float().mean().item(), 4),
+        # Per other attribute, the success rate over the pairs where it was off and where it was on: attributes
+        # that co-occur with the toggled one in the data (High_Cheekbones with Smiling) show where pairs fail.
+        "toggle_success_by_other_attribute": {
+            name: [round(success[others[:, k] == value].float().mean().item(), 4) if (others[:, k] == value).any()
+                   else None for value in (0, 1)]
+            for k, name in enumerate(names) if k != index},
         "toggle_probability_off": round(off.mean().item(), 4),
         "toggle_probability_on": round(on.mean().item(), 4),
     }
