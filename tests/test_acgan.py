@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
@@ -19,7 +20,7 @@ from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
 from training.__main__ import main
-from training.acgan import attribute_loss
+from training.acgan import acgan_recipe, add_arguments, attribute_loss
 from training.evaluate_gans import AttributeJudge, acgan_scores
 
 from .conftest import TINY_CONFIGS, write_tiny_checkpoint
@@ -265,6 +266,22 @@ def test_attribute_loss_is_the_vector_log_likelihood_summed_over_attributes():
         assert loss.item() == pytest.approx(attributes * torch.log(torch.tensor(2.0)).item(), rel=1e-6)
     confident = torch.tensor([[8.0, -8.0]])
     assert attribute_loss(confident, torch.tensor([[1.0, 0.0]])) < 1e-3 < attribute_loss(confident, torch.tensor([[0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("options, expected_weight", [([], 1.0), (["--class-weight", "0.5"], 0.5),
+                                                     (["--g-class-weight", "3"], 3.0), (["--g-class-weight", "0"], 0.0)])
+def test_generator_attribute_weight(options, expected_weight):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data", "unused", "--out", "unused", "--image-size", "16", "--latent-dim", "8",
+                              "--g-width", "4", "--d-width", "4", "--attributes", "Male,Smiling", *options])
+    names = ["Male", "Smiling"]
+    recipe = acgan_recipe(args, names, torch.tensor([[1, 0], [0, 1], [1, 1]]))
+    torch.manual_seed(0)
+    inputs = recipe.draw_inputs(4, torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]]), torch.Generator().manual_seed(0))
+    fake = recipe.generator(*inputs)
+    loss, scalars = recipe.generator_loss(recipe.discriminator, fake, inputs)
+    assert loss.item() == pytest.approx(scalars["loss_g_adv"] + expected_weight * scalars["loss_cls_fake"], rel=1e-5)
 
 
 def test_training_refuses_unknown_attributes(tiny_celeba, tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 D: real/fake BCE on real and fake images plus ``--class-weight`` x the attribute loss on *real* images only (it
 learns the attributes from labelled data, never from G's attempts). G: fool D plus ``--class-weight`` x the
-attribute loss of its fakes against the attributes it was asked for. The attribute loss is the negative
+attribute loss of its fakes against the attributes it was asked for (``--g-class-weight`` x when given). The attribute loss is the negative
 log-likelihood of the whole attribute vector (BCE summed over attributes, averaged over the batch), the multi-label
 analogue of the paper's class cross-entropy: averaged over attributes instead, each attribute weighed 1/13 as much
 as realism and the shipped G obeyed Smiling in only 39% of on/off pairs. D takes ``--d-steps`` updates per G update
@@ -34,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the 13 of the classic course set)")
     parser.add_argument("--d-steps", type=int, default=2, help="discriminator updates per generator update")
     parser.add_argument("--class-weight", type=float, default=1.0,
-                        help="weight of the attribute BCE in both D's and G's loss")
+                        help="weight of the attribute loss in D's loss (and in G's, unless --g-class-weight)")
+    parser.add_argument("--g-class-weight", type=float,
+                        help="weight of the attribute loss in G's loss (default: --class-weight); above 1, G shows "
+                             "the requested attributes more unmistakably than real faces do")
     parser.add_argument("--fake-labels", choices=FAKE_LABELS, default="batch",
                         help="attributes asked of G: the real batch's label vectors (batch), each attribute "
                              "shuffled independently within the batch (shuffled), or Bernoulli draws from the "
@@ -78,6 +81,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
     generator = ACGANGenerator(config)
     toggled = preview_attribute(names, args.toggle)
     weight = args.class_weight
+    generator_weight = weight if args.g_class_weight is None else args.g_class_weight
 
     def conditions(n: int, batch_labels: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         chosen = batch_labels[:, columns].float()
@@ -110,7 +114,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
         requested = inputs[1]
         adversarial = bce_real_fake(logits, True)  # non-saturating loss
         loss_class = attribute_loss(classes, requested)
-        loss = adversarial + weight * loss_class
+        loss = adversarial + generator_weight * loss_class
         return loss, {
             "loss_g": loss.item(), "loss_g_adv": adversarial.item(), "loss_cls_fake": loss_class.item(),
             "acc_cls_fake": ((classes > 0).float() == requested).float().mean().item(),
@@ -145,6 +149,8 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
 
 @register_trainer("acgan", add_arguments)
 def train_acgan(args: argparse.Namespace) -> None:
+    if args.class_weight < 0 or (args.g_class_weight or 0) < 0:
+        raise SystemExit("acgan: --class-weight and --g-class-weight must be >= 0")
     if args.d_steps < 1:
         raise SystemExit(f"acgan: --d-steps must be >= 1, got {args.d_steps}")
     train_gan(args, acgan_recipe)
