@@ -29,7 +29,7 @@ TINY_CONFIGS = {
     "dcgan": {"latent_dim": 8, "generator_width": 4, "discriminator_width": 4, "image_size": 16},
     "acgan": {"attributes": ["Smiling", "Male", "Blond_Hair"], "latent_dim": 8, "generator_width": 4,
               "discriminator_width": 4, "image_size": 16},
-    "infogan": {"noise_dim": 8, "n_codes": 3, "n_categories": 10, "fc_channels": 16, "generator_width": 4,
+    "infogan": {"noise_dim": 8, "n_codes": 3, "n_categories": 10, "generator_width": 4,
                 "discriminator_width": 4, "q_hidden": 8, "image_size": 16},
     "glow": {"image_size": 16, "levels": 2, "steps": 2, "hidden": 8},
     "classifier": {"image_size": 16, "widths": [4, 8], "num_attributes": 40, "dropout": 0.0},

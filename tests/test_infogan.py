@@ -71,9 +71,9 @@ def test_shapes_ranges_and_d_q_heads():
 
 def test_paper_setting_is_the_default():
     config = InfoGANConfig()
-    assert (config.noise_dim, config.n_codes, config.n_categories, config.fc_channels) == (128, 10, 10, 448)
+    assert (config.noise_dim, config.n_codes, config.n_categories) == (128, 10, 10)
     generator = InfoGANGenerator(config).eval()
-    assert generator.project[0].out_features == 448 * 2 * 2  # the fully connected layer to 448x2x2
+    assert generator.net[0].in_channels == 128 + 10 * 10  # noise and one-hot codes enter the ladder together
     assert generator.generate(torch.randn(2, 128), torch.zeros(2, 10, dtype=torch.long)).shape == (2, 3, 64, 64)
     slopes = {m.negative_slope for m in InfoGANDiscriminator(config).modules() if isinstance(m, nn.LeakyReLU)}
     assert slopes == {0.1}
@@ -194,7 +194,7 @@ def test_training_smoke_run_is_served_and_evaluated(tiny_celeba, tmp_path, monke
     monkeypatch.chdir(tmp_path)  # the split pack cache (.cache/) lands here, not in the repository
     out = tmp_path / "weights" / "infogan.safetensors"
     main(["infogan", "--data", str(tiny_celeba), "--out", str(out), "--run-dir", str(tmp_path / "run"),
-          "--image-size", "16", "--latent-dim", "8", "--codes", "3", "--categories", "5", "--fc-channels", "16",
+          "--image-size", "16", "--latent-dim", "8", "--codes", "3", "--categories", "5",
           "--q-hidden", "8", "--g-width", "4", "--d-width", "4", "--batch-size", "4", "--max-steps", "3",
           "--threads", "1", "--device", "cpu"])
 
@@ -253,7 +253,7 @@ def test_the_d_q_step_learns_the_codes_too():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--data", "unused", "--out", "unused", "--image-size", "16", "--latent-dim", "8",
-                              "--codes", "3", "--fc-channels", "16", "--g-width", "4", "--d-width", "4",
+                              "--codes", "3", "--g-width", "4", "--d-width", "4",
                               "--q-hidden", "8"])
     recipe = infogan_recipe(args, [], torch.zeros(0, 40))
     torch.manual_seed(0)

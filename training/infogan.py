@@ -28,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         d_width=InfoGANConfig.discriminator_width)
     parser.add_argument("--codes", type=int, default=InfoGANConfig.n_codes, help="number of categorical codes")
     parser.add_argument("--categories", type=int, default=InfoGANConfig.n_categories, help="categories per code")
-    parser.add_argument("--fc-channels", type=int, default=InfoGANConfig.fc_channels,
-                        help="channels of G's first 2x2 map (paper: 448)")
     parser.add_argument("--q-hidden", type=int, default=InfoGANConfig.q_hidden, help="width of Q's hidden layer")
     parser.add_argument("--info-weight", type=float, default=1.0,
                         help="weight of the mutual-information loss (sum over codes of Q's cross-entropy)")
@@ -42,7 +40,7 @@ def code_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
 
 def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: torch.Tensor) -> GANRecipe:
     config = InfoGANConfig(noise_dim=args.latent_dim, n_codes=args.codes, n_categories=args.categories,
-                           fc_channels=args.fc_channels, generator_width=args.g_width, discriminator_width=args.d_width,
+                           generator_width=args.g_width, discriminator_width=args.d_width,
                            q_hidden=args.q_hidden, image_size=args.image_size)
     generator, discriminator = InfoGANGenerator(config), InfoGANDiscriminator(config)
 

@@ -1,9 +1,10 @@
 """InfoGAN (Chen et al. 2016) in the paper's CelebA setting: noise plus 10 categorical codes of 10 categories each.
 
-G: a fully connected layer to 448x2x2 (paper and course report), then 4x4 stride-2 transposed convs with BatchNorm
-and ReLU up to the image side, Tanh out. D and the recognition network Q share a convolutional body (LeakyReLU
-0.1); D's head says real/fake, Q's head gives logits for every category of every code. Only G is served; D/Q live
-here too so architectures stay in one place.
+G: the DCGAN ladder the other GANs here use, fed the noise and the one-hot codes (a 4x4 transposed conv from 1x1,
+then stride-2 transposed convs with BatchNorm and ReLU, Tanh out). The paper's stem (a fully connected layer to
+448x2x2) collapsed here: after 3 CPU epochs every noise vector gave the same face. D and the recognition network
+Q share a convolutional body (LeakyReLU 0.1); D's head says real/fake, Q's head gives logits for every category of
+every code. Only G is served; D/Q live here too so architectures stay in one place.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dcgan import _ladder, discriminator_body, init_dcgan_weights
+from .dcgan import _ladder, discriminator_body, generator_trunk, init_dcgan_weights
 from .registry import register_family
 
 
@@ -23,7 +24,6 @@ class InfoGANConfig:
     noise_dim: int = 128  # length of the incompressible noise z
     n_codes: int = 10  # number of categorical latent codes c_1..c_K
     n_categories: int = 10  # categories per code (each code is fed to G one-hot)
-    fc_channels: int = 448  # channels of G's first 2x2 map, right after the fully connected layer
     generator_width: int = 32  # channels of G's last hidden layer (doubles per layer towards the input)
     discriminator_width: int = 64  # channels of the D/Q body's first layer (doubles per layer)
     q_hidden: int = 128  # width of Q's hidden layer on top of the shared body
@@ -60,18 +60,7 @@ class InfoGANGenerator(nn.Module):
         super().__init__()
         self.config = config
         inputs = config.noise_dim + config.n_codes * config.n_categories
-        self.project = nn.Sequential(nn.Linear(inputs, config.fc_channels * 4, bias=False),
-                                     nn.BatchNorm1d(config.fc_channels * 4), nn.ReLU(True))
-        stages = _ladder(config.image_size) + 1  # 2x2 -> image_size
-        channels = config.generator_width * 2 ** (stages - 2)
-        layers: list[nn.Module] = [nn.ConvTranspose2d(config.fc_channels, channels, 4, 2, 1, bias=False),
-                                   nn.BatchNorm2d(channels), nn.ReLU(True)]
-        for _ in range(stages - 2):
-            layers += [nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(channels // 2),
-                       nn.ReLU(True)]
-            channels //= 2
-        layers += [nn.ConvTranspose2d(channels, 3, 4, 2, 1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        self.net = generator_trunk(inputs, config.generator_width, config.image_size)
         self.apply(init_dcgan_weights)
 
     @property
@@ -90,8 +79,7 @@ class InfoGANGenerator(nn.Module):
         if codes.shape != (noise.shape[0], self.n_codes):
             raise ValueError(f"codes must have shape ({noise.shape[0]}, {self.n_codes}), got {tuple(codes.shape)}")
         one_hot = F.one_hot(codes.long(), self.n_categories).flatten(1).to(noise.dtype)
-        features = self.project(torch.cat([noise, one_hot], dim=1))
-        return self.net(features.view(-1, self.config.fc_channels, 2, 2))
+        return self.net(torch.cat([noise, one_hot], dim=1)[:, :, None, None])
 
     def generate(self, noise: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return self(noise, codes)
