@@ -248,8 +248,8 @@ class Brightness(nn.Module):
         return torch.stack([20 * images.mean((1, 2, 3)), torch.zeros(len(images))], dim=1)
 
 
-def test_the_d_q_step_learns_the_codes_too():
-    """Q's head and the shared body must learn from the codes on D's side as well, not only through G's step."""
+def test_the_d_q_step_trains_q_head_on_the_codes_but_not_the_body():
+    """Q's head learns the codes on D's side too, not only through G's step; the shared body stays D's."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--data", "unused", "--out", "unused", "--image-size", "16", "--latent-dim", "8",
@@ -264,8 +264,14 @@ def test_the_d_q_step_learns_the_codes_too():
     loss, _ = recipe.discriminator_loss(d, real, None, fake, (noise, codes))
     other_loss, _ = recipe.discriminator_loss(d, real, None, fake, (noise, (codes + 1) % 10))
     assert loss.item() != pytest.approx(other_loss.item())  # the codes asked of G enter D's loss
-    d.zero_grad()
-    loss.backward()
+
+    def body_gradients(loss: torch.Tensor) -> list[torch.Tensor]:
+        d.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in d.body.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(body_gradients(loss), body_gradients(other_loss))), \
+        "the shared body learns the real/fake task only"
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.q_head.parameters())
 
 

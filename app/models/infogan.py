@@ -102,10 +102,13 @@ class InfoGANDiscriminator(nn.Module):
     def real_fake(self, images: torch.Tensor) -> torch.Tensor:
         return self.real_fake_head(self.body(images)).flatten()
 
+    def code_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Q's head on body features: (N, n_codes, n_categories) logits."""
+        return self.q_head(features).view(-1, self.config.n_codes, self.config.n_categories)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(images)
-        logits = self.q_head(features).view(-1, self.config.n_codes, self.config.n_categories)
-        return self.real_fake_head(features).flatten(), logits
+        return self.real_fake_head(features).flatten(), self.code_logits(features)
 
 
 # The D/Q module is training-only, but evaluation measures Q's accuracy on fresh samples, so trainers save its
