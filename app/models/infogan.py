@@ -1,10 +1,12 @@
 """InfoGAN (Chen et al. 2016) in the paper's CelebA setting: noise plus 10 categorical codes of 10 categories each.
 
 G: the DCGAN ladder the other GANs here use, fed the noise and the one-hot codes (a 4x4 transposed conv from 1x1,
-then stride-2 transposed convs with BatchNorm and ReLU, Tanh out). The paper's stem (a fully connected layer to
-448x2x2) collapsed here: after 3 CPU epochs every noise vector gave the same face. D and the recognition network
-Q share a convolutional body (LeakyReLU 0.1); D's head says real/fake, Q's head gives logits for every category of
-every code. Only G is served; D/Q live here too so architectures stay in one place.
+then stride-2 transposed convs with BatchNorm and ReLU, Tanh out), which trains well here for the DCGAN and ACGAN.
+With the paper's stem (a fully connected layer to 448x2x2) two CPU runs collapsed to one face for every noise vector
+by epoch 3, and a third barely varied; the two also let the info loss train D's body, so the stem is not the only
+suspect (see training/infogan.py). D and the recognition network Q share a convolutional body (LeakyReLU 0.1); D's
+head says real/fake, Q's head gives logits for every category of every code. Only G is served; D/Q live here too so
+architectures stay in one place.
 """
 
 from __future__ import annotations
