@@ -1,13 +1,13 @@
 """ACGAN training on the shared adversarial loop (:mod:`training.gan`).
 
 D: real/fake BCE on real and fake images plus ``--class-weight`` x the attribute loss on *real* images only (it
-learns the attributes from labelled data, never from G's attempts). G: fool D plus ``--class-weight`` x the
-attribute loss of its fakes against the attributes it was asked for (``--g-class-weight`` x when given). The attribute loss is the negative
-log-likelihood of the whole attribute vector (BCE summed over attributes, averaged over the batch), the multi-label
-analogue of the paper's class cross-entropy: averaged over attributes instead, each attribute weighed 1/13 as much
-as realism and the shipped G obeyed Smiling in only 39% of on/off pairs. D takes ``--d-steps`` updates per G update
-(course report 1: twice). The checkpoint stores the trained attribute set and each attribute's training-set
-frequency, from which the service draws the attributes a request leaves open.
+learns the attributes from labelled data, never from G's attempts). G: fool D plus ``--g-class-weight`` (default
+``--class-weight``) x the attribute loss of its fakes against the attributes it was asked for. The attribute loss
+is the negative log-likelihood of the whole attribute vector (BCE summed over attributes, averaged over the batch),
+the multi-label analogue of the paper's class cross-entropy: averaged over attributes instead, each attribute
+weighed 1/13 as much as realism and the shipped G obeyed Smiling in only 39% of on/off pairs. D takes
+``--d-steps`` updates per G update (course report 1: twice). The checkpoint stores the trained attribute set and
+each attribute's training-set frequency, from which the service draws the attributes a request leaves open.
 """
 
 from __future__ import annotations
