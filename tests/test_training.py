@@ -98,3 +98,27 @@ def test_batchnorm_recalibration_matches_the_generators_own_statistics(tmp_path)
         other = build_model("vae", TINY_CONFIGS["vae"])
         main(["gan-recalibrate", str(save_checkpoint(tmp_path / "vae.safetensors", other, preprocess=PreprocessSpec(size=16))),
               "--threads", "1"])
+
+
+def test_a_resumed_gan_run_takes_the_same_steps_as_an_uninterrupted_one(tiny_celeba, tmp_path):
+    options = ["--data", str(tiny_celeba), "--image-size", "16", "--batch-size", "4", "--threads", "1",
+               "--latent-dim", "8", "--g-width", "4", "--d-width", "4", "--attributes", "Male,Smiling",
+               "--ema", "0.9", "--fake-labels", "shuffled"]
+    whole, stopped = tmp_path / "whole.safetensors", tmp_path / "stopped.safetensors"
+    main(["acgan", *options, "--out", str(whole), "--run-dir", str(tmp_path / "whole"), "--epochs", "3"])
+    main(["acgan", *options, "--out", str(stopped), "--run-dir", str(tmp_path / "stopped"), "--epochs", "1"])
+    assert load_checkpoint(stopped).training["epochs"] == 1
+    main(["acgan", *options, "--out", str(stopped), "--run-dir", str(tmp_path / "stopped"), "--epochs", "3",
+          "--resume"])
+
+    expected, resumed = load_checkpoint(whole), load_checkpoint(stopped)
+    assert resumed.training["epochs"] == 3 and resumed.training["steps"] == expected.training["steps"]
+    for name, tensor in expected.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert read_log(tmp_path / "stopped") == read_log(tmp_path / "whole")  # the log goes on, not over
+
+
+def test_resume_without_a_training_state_says_where_it_looked(tiny_celeba, tmp_path):
+    with pytest.raises(SystemExit, match="no training state at .*train_state.safetensors"):
+        run_training("dcgan", tiny_celeba, tmp_path, "--latent-dim", "8", "--g-width", "4", "--d-width", "4",
+                     "--resume")

@@ -84,9 +84,14 @@ def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) ->
 class StepLog:
     """Per-step scalars appended to ``losses.csv``, kept in memory for plotting."""
 
-    def __init__(self, path: Path, columns: list[str]):
+    def __init__(self, path: Path, columns: list[str], resume: bool = False):
+        """``resume``: keep the rows already in ``path`` (a continued run) instead of starting the file afresh."""
         self.path, self.columns = path, ["epoch", "step", *columns]
         self.rows: list[dict[str, float]] = []
+        if resume and path.is_file():
+            with open(path, newline="") as handle:
+                self.rows = [{key: float(row[key]) for key in self.columns} for row in csv.DictReader(handle)]
+            return
         with open(path, "w", newline="") as handle:
             csv.writer(handle).writerow(self.columns)
 

@@ -22,6 +22,7 @@ from .common import (StepLog, add_common_arguments, preprocess_spec, run_dir, sa
                      training_metadata)
 from .data import load_split
 from .registry import register_trainer
+from .train_state import STATE_FILE, RunPosition, load_train_state, save_train_state
 
 
 # G's inputs: one tensor, or a tuple of tensors passed as positional arguments (noise, condition)
@@ -66,6 +67,9 @@ def add_gan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--d-width", type=int, default=DCGANConfig.discriminator_width)
     parser.add_argument("--ema", type=float, default=0.999,
                         help="decay of the exponential moving average of G's weights that is shipped (0 = off)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue a stopped run from its run folder's {STATE_FILE} (written every epoch) up "
+                             "to --epochs; give the options the run started with")
 
 
 def bce_real_fake(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -88,11 +92,15 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
     out_dir = run_dir(args)
-    log = StepLog(out_dir / "losses.csv", recipe.columns)
     order = torch.Generator().manual_seed(args.seed)
     noise_generator = torch.Generator().manual_seed(args.seed + 1)
-    started, step = time.time(), 0
-    for epoch in range(1, args.epochs + 1):
+    state = {"modules": {"generator": generator, "discriminator": discriminator, "shipped": shipped},
+             "optimizers": {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
+             "generators": {"order": order, "noise": noise_generator}}
+    position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
+    log = StepLog(out_dir / "losses.csv", recipe.columns, resume=args.resume)
+    started, step = time.time() - position.seconds, position.step
+    for epoch in range(position.epoch + 1, args.epochs + 1):
         progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"{generator.family} epoch {epoch}")
         for batch_number, indices in enumerate(progress):
             real, attributes = train_split.batch(indices)
@@ -134,6 +142,7 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
                         metrics=epoch_means(log, epoch, recipe.summary_columns),
                         extras=recipe.extras() if recipe.extras else None,
                         training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started))
+        save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
         if args.max_steps and step >= args.max_steps:
             break
 

@@ -1,0 +1,80 @@
+"""Everything a GAN run needs to continue where it stopped, in one safetensors file beside its logs.
+
+The served checkpoint holds only the averaged generator; a stopped run also needs D, the live G, both optimisers'
+moments and the random streams that order the batches and draw G's inputs. Restored, the continued run takes the
+same steps the uninterrupted one would have (sessions here end at a fixed time, so long runs span several).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+STATE_FILE = "train_state.safetensors"
+
+
+@dataclass
+class RunPosition:
+    epoch: int  # epochs completed
+    step: int  # optimiser steps of G completed
+    seconds: float  # training time so far
+
+
+def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"{name}.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors
+
+
+def _load_optimizer(name: str, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(name + "."):
+            index, entry = key[len(name) + 1:].split(".", 1)
+            state.setdefault(int(index), {})[entry] = value
+    # The hyper-parameters come from this run's arguments; only the per-parameter moments are restored.
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def save_train_state(directory: Path, position: RunPosition, modules: dict[str, nn.Module],
+                     optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator]) -> Path:
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        tensors.update({f"{name}.{key}": value.detach().cpu().contiguous() for key, value in module.state_dict().items()})
+    for name, optimizer in optimizers.items():
+        tensors.update({key: value.cpu().contiguous() for key, value in _optimizer_tensors(name, optimizer).items()})
+    for name, generator in generators.items():
+        tensors[f"rng.{name}"] = generator.get_state()
+    path = directory / STATE_FILE
+    partial = path.with_suffix(".partial")
+    save_file(tensors, str(partial), metadata={"epoch": str(position.epoch), "step": str(position.step),
+                                               "seconds": f"{position.seconds:.1f}"})
+    partial.replace(path)  # atomic: a run killed mid-write keeps the previous epoch's state
+    return path
+
+
+def load_train_state(directory: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                     generators: dict[str, torch.Generator]) -> RunPosition:
+    """Restore ``modules``, ``optimizers`` and ``generators`` in place (strictly) and say where the run stopped."""
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise SystemExit(f"--resume: no training state at {path}; it is written after every epoch of a run")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    tensors = load_file(str(path))
+    for name, module in modules.items():
+        prefix = name + "."
+        device = next(module.parameters()).device
+        module.load_state_dict({key[len(prefix):]: value.to(device) for key, value in tensors.items()
+                                if key.startswith(prefix)}, strict=True)
+    for name, optimizer in optimizers.items():
+        _load_optimizer(name, optimizer, tensors)
+    for name, generator in generators.items():
+        generator.set_state(tensors[f"rng.{name}"])
+    return RunPosition(int(metadata["epoch"]), int(metadata["step"]), float(metadata["seconds"]))
