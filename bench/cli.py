@@ -67,7 +67,7 @@ def measure_raw_all(families: dict[str, dict], args: argparse.Namespace) -> list
         try:
             rows += raw.measure_raw(path, family, args.device or card.get("device", "cpu"), SIZES, args.repeats)
         except (RuntimeError, ValueError, TypeError) as error:  # e.g. no cuda here, or generate takes other inputs
-            logger.warning("raw %s failed (%s); raw figures n/a (see bench.raw.RAW_INPUTS)", family, error)
+            logger.warning("raw %s failed (%s); raw figures n/a (see bench.raw.RAW_FORWARDS)", family, error)
     return rows
 
 

@@ -17,7 +17,7 @@ from bench.stats import images_per_second, median
 
 logger = logging.getLogger("bench")
 
-InputsFn = Callable[[nn.Module, int, torch.Generator], tuple]
+ForwardFn = Callable[[nn.Module, int, torch.device], Callable[[], Any]]
 
 
 def noise_inputs(model: nn.Module, n: int, generator: torch.Generator) -> tuple:
@@ -29,8 +29,14 @@ def attribute_inputs(model: nn.Module, n: int, generator: torch.Generator) -> tu
     return (*noise_inputs(model, n, generator), torch.zeros(n, len(model.attribute_names)))
 
 
-# Arguments of ``model.generate`` per family (default: noise only); a family whose generate takes more adds an entry.
-RAW_INPUTS: dict[str, InputsFn] = {"acgan": attribute_inputs}
+def generate_with(make_inputs: Callable[[nn.Module, int, torch.Generator], tuple]) -> ForwardFn:
+    """A raw forward through ``model.generate(*make_inputs(...))``, the inputs made once, outside the timing."""
+
+    def forward(model: nn.Module, n: int, device: torch.device) -> Callable[[], Any]:
+        inputs = tuple(t.to(device) for t in make_inputs(model, n, seeded_generator(n)))
+        return lambda: model.generate(*inputs)
+
+    return forward
 
 
 def glow_forward(model: nn.Module, n: int, device: torch.device) -> Callable[[], Any]:
@@ -39,8 +45,9 @@ def glow_forward(model: nn.Module, n: int, device: torch.device) -> Callable[[],
     return lambda: model.sample(conditions, 0.7, seeded_generator(n))
 
 
-# Families whose raw forward is not ``generate(*inputs)``: (model, batch, device) -> a call to time.
-RAW_FORWARDS: dict[str, Callable[[nn.Module, int, torch.device], Callable[[], Any]]] = {"glow": glow_forward}
+# The call timed per family, (model, batch, device) -> call; default: ``generate`` on noise. A family whose generate
+# takes more inputs, or that samples another way, adds an entry.
+RAW_FORWARDS: dict[str, ForwardFn] = {"acgan": generate_with(attribute_inputs), "glow": glow_forward}
 
 
 def find_checkpoint(weights_dir: Path, family: str, file_name: str | None = None) -> Path | None:
@@ -81,14 +88,10 @@ def measure_raw(path: Path, family: str, device: str, batches: Sequence[int] = (
     checkpoint = load_checkpoint(path, device)
     model = checkpoint.model
     target = torch.device(device)
-    make_inputs = RAW_INPUTS.get(family, noise_inputs)
+    make_forward = RAW_FORWARDS.get(family, generate_with(noise_inputs))
     rows = []
     for batch in batches:
-        if family in RAW_FORWARDS:
-            call = RAW_FORWARDS[family](model, batch, target)
-        else:
-            inputs = tuple(t.to(target) for t in make_inputs(model, batch, seeded_generator(batch)))
-            call = lambda inputs=inputs: model.generate(*inputs)  # noqa: E731
+        call = make_forward(model, batch, target)
 
         def forward() -> None:
             with torch.inference_mode():

@@ -84,22 +84,28 @@ def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) ->
 class StepLog:
     """Per-step scalars appended to ``losses.csv``, kept in memory for plotting."""
 
-    def __init__(self, path: Path, columns: list[str], resume: bool = False):
-        """``resume``: keep the rows already in ``path`` (a continued run) instead of starting the file afresh."""
+    def __init__(self, path: Path, columns: list[str], resume_after_step: int | None = None):
+        """``resume_after_step``: a continued run keeps the rows in ``path`` up to that step (a run stopped mid-epoch
+        logged steps its saved state does not hold; they are taken again) instead of starting the file afresh."""
         self.path, self.columns = path, ["epoch", "step", *columns]
         self.rows: list[dict[str, float]] = []
-        if resume and path.is_file():
+        if resume_after_step is not None and path.is_file():
             with open(path, newline="") as handle:
-                self.rows = [{key: float(row[key]) for key in self.columns} for row in csv.DictReader(handle)]
-            return
+                rows = [{key: float(row[key]) for key in self.columns} for row in csv.DictReader(handle)]
+            self.rows = [row for row in rows if row["step"] <= resume_after_step]
         with open(path, "w", newline="") as handle:
-            csv.writer(handle).writerow(self.columns)
+            writer = csv.writer(handle)
+            writer.writerow(self.columns)
+            writer.writerows([self._formatted(row) for row in self.rows])
+
+    def _formatted(self, row: dict[str, float]) -> list[str]:
+        return [f"{row[key]:.6g}" for key in self.columns]
 
     def append(self, **values: float) -> None:
         row = {key: float(values[key]) for key in self.columns}
         self.rows.append(row)
         with open(self.path, "a", newline="") as handle:
-            csv.writer(handle).writerow([f"{row[key]:.6g}" for key in self.columns])
+            csv.writer(handle).writerow(self._formatted(row))
 
     def plot(self, path: Path, panels: dict[str, list[str]], smooth: int = 25) -> None:
         """One subplot per panel title, each with its columns, moving-averaged over ``smooth`` steps."""

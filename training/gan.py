@@ -98,7 +98,7 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
              "optimizers": {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
              "generators": {"order": order, "noise": noise_generator}}
     position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
-    log = StepLog(out_dir / "losses.csv", recipe.columns, resume=args.resume)
+    log = StepLog(out_dir / "losses.csv", recipe.columns, resume_after_step=position.step if args.resume else None)
     started, step = time.time() - position.seconds, position.step
     for epoch in range(position.epoch + 1, args.epochs + 1):
         progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"{generator.family} epoch {epoch}")

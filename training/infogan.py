@@ -50,9 +50,7 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
 
     def discriminator_loss(d, real, attributes, fake, inputs):
         logits_real = d.real_fake(real)
-        features = d.body(fake)
-        logits_fake = d.real_fake_head(features).flatten()
-        code_logits = d.code_logits(features.detach())  # Q's head learns here; the body stays D's alone
+        logits_fake, code_logits = d(fake, detach_q=True)  # Q's head learns here; the body stays D's alone
         loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
         info = code_cross_entropy(code_logits, inputs[1])
         loss = loss_real + loss_fake + args.info_weight * config.n_codes * info

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors import safe_open
 from torch import nn
+
+from app.models.checkpoint import write_safetensors
 
 STATE_FILE = "train_state.safetensors"
 
@@ -51,12 +53,9 @@ def save_train_state(directory: Path, position: RunPosition, modules: dict[str, 
         tensors.update({key: value.cpu().contiguous() for key, value in _optimizer_tensors(name, optimizer).items()})
     for name, generator in generators.items():
         tensors[f"rng.{name}"] = generator.get_state()
-    path = directory / STATE_FILE
-    partial = path.with_suffix(".partial")
-    save_file(tensors, str(partial), metadata={"epoch": str(position.epoch), "step": str(position.step),
-                                               "seconds": f"{position.seconds:.1f}"})
-    partial.replace(path)  # atomic: a run killed mid-write keeps the previous epoch's state
-    return path
+    # atomic: a run killed mid-write keeps the previous epoch's state
+    return write_safetensors(directory / STATE_FILE, tensors, {"epoch": str(position.epoch), "step": str(position.step),
+                                                               "seconds": f"{position.seconds:.1f}"})
 
 
 def load_train_state(directory: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
@@ -67,7 +66,7 @@ def load_train_state(directory: Path, modules: dict[str, nn.Module], optimizers:
         raise SystemExit(f"--resume: no training state at {path}; it is written after every epoch of a run")
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-    tensors = load_file(str(path))
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     for name, module in modules.items():
         prefix = name + "."
         device = next(module.parameters()).device

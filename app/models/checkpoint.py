@@ -87,12 +87,18 @@ def save_checkpoint(
         "metrics": json.dumps(metrics or {}, sort_keys=True),
         "training": json.dumps(training or {}, sort_keys=True),
     }
+    return write_safetensors(path, tensors, metadata)
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a safetensors file atomically (a crash mid-write never leaves a half file under the real name) and
+    world-readable (safetensors writes 0600; a container user must be able to read a mounted checkpoint)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
-    tmp.chmod(0o644)  # safetensors writes 0600; a container user must be able to read a mounted checkpoint
-    tmp.replace(path)  # atomic: a crash mid-write never leaves a half checkpoint under the real name
+    tmp.chmod(0o644)
+    tmp.replace(path)
     return path
 
 
@@ -176,8 +182,5 @@ def update_metrics(path: str | Path, new_metrics: dict[str, Any]) -> dict[str, A
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     metrics = {**json.loads(metadata.get("metrics", "{}")), **new_metrics}
     metadata["metrics"] = json.dumps(metrics, sort_keys=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.chmod(0o644)
-    tmp.replace(path)
+    write_safetensors(path, tensors, metadata)
     return metrics

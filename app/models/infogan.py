@@ -108,9 +108,10 @@ class InfoGANDiscriminator(nn.Module):
         """Q's head on body features: (N, n_codes, n_categories) logits."""
         return self.q_head(features).view(-1, self.config.n_codes, self.config.n_categories)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, detach_q: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``detach_q``: Q's head reads the body's features without passing gradients back into the body."""
         features = self.body(images)
-        return self.real_fake_head(features).flatten(), self.code_logits(features)
+        return self.real_fake_head(features).flatten(), self.code_logits(features.detach() if detach_q else features)
 
 
 # The D/Q module is training-only, but evaluation measures Q's accuracy on fresh samples, so trainers save its
