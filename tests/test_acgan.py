@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
 from training.__main__ import main
-from training.acgan import acgan_recipe, add_arguments, attribute_loss
+from training.acgan import acgan_recipe, add_arguments, attribute_loss, parse_attribute_weights
 from training.evaluate_gans import AttributeJudge, acgan_scores
 
 from .conftest import TINY_CONFIGS, write_tiny_checkpoint
@@ -266,6 +267,26 @@ def test_attribute_loss_is_the_vector_log_likelihood_summed_over_attributes():
         assert loss.item() == pytest.approx(attributes * torch.log(torch.tensor(2.0)).item(), rel=1e-6)
     confident = torch.tensor([[8.0, -8.0]])
     assert attribute_loss(confident, torch.tensor([[1.0, 0.0]])) < 1e-3 < attribute_loss(confident, torch.tensor([[0.0, 1.0]]))
+
+
+def test_attribute_weights_scale_only_the_named_terms():
+    names = ("Male", "Smiling", "Bangs")
+    weights = parse_attribute_weights("Smiling=3, Bangs=0", names)
+    assert weights.tolist() == [1.0, 3.0, 0.0]
+    assert parse_attribute_weights("  ", names) is None
+    logits, target = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.2, -0.4]]), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    terms = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    expected = (terms[:, 0] + 3 * terms[:, 1]).sum() / 2
+    assert attribute_loss(logits, target, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert attribute_loss(logits, target, torch.ones(3)).item() == pytest.approx(attribute_loss(logits, target).item())
+
+
+@pytest.mark.parametrize("text, fragment", [("Sparkly=2", "'Sparkly', not a trained attribute; trained: Male, Smiling"),
+                                            ("Smiling", "NAME=WEIGHT"), ("Smiling=-1", "WEIGHT >= 0"),
+                                            ("Smiling=abc", "'Smiling=abc'"), ("Smiling=nan", "WEIGHT >= 0")])
+def test_attribute_weights_refuse_bad_items(text, fragment):
+    with pytest.raises(SystemExit, match=re.escape(fragment)):
+        parse_attribute_weights(text, ("Male", "Smiling"))
 
 
 @pytest.mark.parametrize("options, expected_weight", [([], 1.0), (["--class-weight", "0.5"], 0.5),

@@ -5,7 +5,9 @@ learns the attributes from labelled data, never from G's attempts). G: fool D pl
 ``--class-weight``) x the attribute loss of its fakes against the attributes it was asked for. The attribute loss
 is the negative log-likelihood of the whole attribute vector (BCE summed over attributes, averaged over the batch),
 the multi-label analogue of the paper's class cross-entropy: averaged over attributes instead, each attribute
-weighed 1/13 as much as realism and the shipped G obeyed Smiling in only 39% of on/off pairs. D takes
+weighed 1/13 as much as realism and the shipped G obeyed Smiling in only 39% of on/off pairs.
+``--attribute-weights`` scales single attributes' terms, so that one attribute can win where a request contradicts
+the data's correlations (Smiling off with High_Cheekbones and Mouth_Slightly_Open on). D takes
 ``--d-steps`` updates per G update (course report 1: twice). The checkpoint stores the trained attribute set and
 each attribute's training-set frequency, from which the service draws the attributes a request leaves open.
 """
@@ -38,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--g-class-weight", type=float,
                         help="weight of the attribute loss in G's loss (default: --class-weight); above 1, G shows "
                              "the requested attributes more unmistakably than real faces do")
+    parser.add_argument("--attribute-weights", default="",
+                        help="comma-separated NAME=WEIGHT: that attribute's term of the attribute loss (D's and G's) "
+                             "is multiplied by WEIGHT (others 1), e.g. Smiling=3 so that the toggled attribute wins "
+                             "where the requested attributes contradict the data's correlations")
     parser.add_argument("--fake-labels", choices=FAKE_LABELS, default="batch",
                         help="attributes asked of G: the real batch's label vectors (batch), each attribute "
                              "shuffled independently within the batch (shuffled), or Bernoulli draws from the "
@@ -45,9 +51,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--toggle", help="attribute of the per-epoch on/off grid (default Smiling, else the first)")
 
 
-def attribute_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of each attribute vector under D's independent Bernoullis, averaged over the batch."""
-    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
+def attribute_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood of each attribute vector under D's independent Bernoullis, averaged over the batch;
+    ``weights`` (A,) scales each attribute's term."""
+    terms = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if weights is not None:
+        terms = terms * weights.to(terms.device)
+    return terms.sum() / len(logits)
+
+
+def parse_attribute_weights(text: str, names: tuple[str, ...]) -> torch.Tensor | None:
+    """``--attribute-weights`` -> an (A,) weight per trained attribute (1 where not named), or None when empty."""
+    if not text.strip():
+        return None
+    weights = torch.ones(len(names))
+    for item in text.split(","):
+        name, separator, value = item.strip().partition("=")
+        if name not in names:
+            raise SystemExit(f"acgan: --attribute-weights names {name!r}, not a trained attribute; "
+                             f"trained: {', '.join(names)}")
+        try:
+            weight = float(value) if separator else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if not weight >= 0:  # also refuses NaN
+            raise SystemExit(f"acgan: --attribute-weights needs NAME=WEIGHT with WEIGHT >= 0, got {item.strip()!r}")
+        weights[names.index(name)] = weight
+    return weights
 
 
 def choose_attributes(text: str, available: list[str]) -> tuple[str, ...]:
@@ -81,6 +111,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
     generator = ACGANGenerator(config)
     toggled = preview_attribute(names, args.toggle)
     weight = args.class_weight
+    per_attribute = parse_attribute_weights(args.attribute_weights, names)
     generator_weight = weight if args.g_class_weight is None else args.g_class_weight
 
     def conditions(n: int, batch_labels: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -100,7 +131,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
         logits_fake, _ = d(fake)
         target = attributes[:, columns.to(attributes.device)]
         loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
-        loss_class = attribute_loss(classes_real, target)
+        loss_class = attribute_loss(classes_real, target, per_attribute)
         loss = loss_real + loss_fake + weight * loss_class
         return loss, {
             "loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_d": loss.item(),
@@ -113,7 +144,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
         logits, classes = d(fake)
         requested = inputs[1]
         adversarial = bce_real_fake(logits, True)  # non-saturating loss
-        loss_class = attribute_loss(classes, requested)
+        loss_class = attribute_loss(classes, requested, per_attribute)
         loss = adversarial + generator_weight * loss_class
         return loss, {
             "loss_g": loss.item(), "loss_g_adv": adversarial.item(), "loss_cls_fake": loss_class.item(),
