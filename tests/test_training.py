@@ -9,6 +9,7 @@ import torch
 
 from app.models.checkpoint import load_checkpoint
 from training.__main__ import main
+from training.gan import epoch_lr
 
 
 def run_training(family: str, data, tmp_path, *extra: str):
@@ -126,3 +127,27 @@ def test_resume_without_a_training_state_says_where_it_looked(tiny_celeba, tmp_p
     with pytest.raises(SystemExit, match="no training state at .*train_state.safetensors"):
         run_training("dcgan", tiny_celeba, tmp_path, "--latent-dim", "8", "--g-width", "4", "--d-width", "4",
                      "--resume")
+
+
+def test_epoch_lr_falls_linearly_after_the_decay_epoch():
+    assert [epoch_lr(0.3, epoch, 5, None) for epoch in range(1, 6)] == [0.3] * 5
+    assert [epoch_lr(0.3, epoch, 5, 2) for epoch in range(1, 6)] == pytest.approx([0.3, 0.3, 0.225, 0.15, 0.075])
+
+
+def test_lr_decay_after_sets_both_optimizers_rates_each_epoch(tiny_celeba, tmp_path, monkeypatch):
+    rates = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    out, _ = run_training("dcgan", tiny_celeba, tmp_path, "--latent-dim", "8", "--g-width", "4", "--d-width", "4",
+                          "--lr", "0.01", "--lr-decay-after", "0")
+    # 2 epochs, decaying from the start: epoch 1 takes 2/3 of the rate, epoch 2 1/3; G and D alike.
+    half = len(rates) // 2
+    assert rates[:half] == pytest.approx([0.01 * 2 / 3] * half) and rates[half:] == pytest.approx([0.01 / 3] * half)
+    assert load_checkpoint(out).training["lr_decay_after"] == 0
+    with pytest.raises(SystemExit, match=r"--lr-decay-after must be in \[0, --epochs\), got 2 with --epochs 2"):
+        run_training("dcgan", tiny_celeba, tmp_path, "--lr-decay-after", "2")

@@ -67,9 +67,21 @@ def add_gan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--d-width", type=int, default=DCGANConfig.discriminator_width)
     parser.add_argument("--ema", type=float, default=0.999,
                         help="decay of the exponential moving average of G's weights that is shipped (0 = off)")
+    parser.add_argument("--lr-decay-after", type=int, metavar="EPOCH",
+                        help="after this epoch both learning rates fall linearly, epoch by epoch, towards 0 at "
+                             "--epochs (default: constant), to settle G where a constant rate keeps it drifting")
     parser.add_argument("--resume", action="store_true",
                         help=f"continue a stopped run from its run folder's {STATE_FILE} (written every epoch) up "
                              "to --epochs; give the options the run started with")
+
+
+def epoch_lr(base: float, epoch: int, epochs: int, decay_after: int | None) -> float:
+    """The learning rate of ``epoch`` (1-based): ``base`` up to ``decay_after``, then a linear fall whose last
+    epoch still takes 1/(epochs - decay_after + 1) of ``base``. A function of the epoch alone, so resuming needs no
+    scheduler state."""
+    if decay_after is None or epoch <= decay_after:
+        return base
+    return base * (1 - (epoch - decay_after) / (epochs - decay_after + 1))
 
 
 def bce_real_fake(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -81,6 +93,8 @@ RecipeFactory = Callable[[argparse.Namespace, list[str], torch.Tensor], GANRecip
 
 def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     """``make_recipe(args, attribute names, training-set attributes (N, 40))`` supplies the family's pieces."""
+    if args.lr_decay_after is not None and not 0 <= args.lr_decay_after < args.epochs:
+        raise SystemExit(f"--lr-decay-after must be in [0, --epochs), got {args.lr_decay_after} with --epochs {args.epochs}")
     device = setup(args)
     spec = preprocess_spec(args)
     train_split = load_split(args.data, "train", spec, args.limit)
@@ -101,6 +115,9 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     log = StepLog(out_dir / "losses.csv", recipe.columns, resume_after_step=position.step if args.resume else None)
     started, step = time.time() - position.seconds, position.step
     for epoch in range(position.epoch + 1, args.epochs + 1):
+        for optimizer in (optimizer_g, optimizer_d):
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr(args.lr, epoch, args.epochs, args.lr_decay_after)
         progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"{generator.family} epoch {epoch}")
         for batch_number, indices in enumerate(progress):
             real, attributes = train_split.batch(indices)
