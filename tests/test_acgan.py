@@ -22,7 +22,7 @@ from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
 from training.__main__ import main
 from training.acgan import acgan_recipe, add_arguments, attribute_loss, parse_attribute_weights
-from training.evaluate_gans import AttributeJudge, acgan_scores
+from training.evaluate_gans import AttributeJudge, acgan_scores, real_face_toggle_success
 
 from .conftest import TINY_CONFIGS, write_tiny_checkpoint
 
@@ -396,3 +396,18 @@ def test_evaluate_command_without_a_classifier_says_how_to_give_one(tiny_celeba,
     with pytest.raises(SystemExit, match="--classifier"):
         main(["evaluate", str(weights_dir / "acgan.safetensors"), "--data", str(tiny_celeba), "--out",
               str(tmp_path / "eval"), "--device", "cpu", "--cache-dir", str(tmp_path / "packs")])
+
+
+def test_real_face_toggle_success_weights_each_combination_by_its_share():
+    # One other attribute, on for 1/4 of the faces. With it off the judge is always right; with it on the judge
+    # calls every face "on": right on the toggled-on face, wrong on the toggled-off one, so those pairs all fail.
+    toggle = torch.tensor([0, 0, 1, 1, 0, 1, 0, 1])
+    other = torch.tensor([[0], [0], [0], [0], [1], [1], [0], [0]])
+    judged_on = torch.tensor([False, False, True, True, True, True, False, True])
+    success, rows = real_face_toggle_success(judged_on, toggle, other)
+    assert [row["share"] for row in rows] == pytest.approx([0.75, 0.25])
+    assert rows[0]["accuracy"] == [1.0, 1.0] and rows[1]["accuracy"] == [0.0, 1.0]
+    assert rows[0]["faces"] == [3, 3] and rows[1]["faces"] == [1, 1]
+    assert success == pytest.approx(0.75)
+    perfect, _ = real_face_toggle_success(toggle.bool(), toggle, other)
+    assert perfect == pytest.approx(1.0)

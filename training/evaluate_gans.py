@@ -158,6 +158,34 @@ def real_agreement(judge: AttributeJudge, images: torch.Tensor, labels: torch.Te
     return ((probabilities > 0.5).float() == labels).float().mean(0)
 
 
+def real_face_toggle_success(judged_on: torch.Tensor, toggle: torch.Tensor, others: torch.Tensor
+                             ) -> tuple[float, list[dict[str, Any]]]:
+    """The toggle success a generator would reach if it drew *real* faces for each requested attribute vector.
+
+    ``judged_on`` (N,) bool: the judge's call on the toggled attribute of N real faces; ``toggle`` (N,) and
+    ``others`` (N, K) their 0/1 labels. Pairs hold the K other attributes at values drawn independently from their
+    frequencies in these labels (as the service draws them); for each such combination, the judge's accuracy on the
+    real faces with the toggle off times its accuracy on those with it on is that combination's pair success
+    (the two images judged independently). Returns the frequency-weighted success and one row per combination.
+    A judge that learnt the data's correlations misjudges real faces whose combination is rare, so this is the bar
+    a generator as realistic as the data would meet.
+    """
+    frequencies = others.float().mean(0)
+    total, rows = 0.0, []
+    for combination in range(2 ** others.shape[1]):
+        values = torch.tensor([(combination >> k) & 1 for k in range(others.shape[1])])
+        matching = (others == values).all(1)
+        accuracy = []
+        for state in (0, 1):
+            faces = matching & (toggle == state)
+            accuracy.append((judged_on[faces] == bool(state)).float().mean().item() if faces.any() else float("nan"))
+        share = torch.where(values.bool(), frequencies, 1 - frequencies).prod().item()
+        total += share * accuracy[0] * accuracy[1]
+        rows.append({"others": values.tolist(), "faces": [int((matching & (toggle == state)).sum()) for state in (0, 1)],
+                     "accuracy": accuracy, "share": share})
+    return total, rows
+
+
 def bar_chart(generated: dict[str, float], real: dict[str, float], path: Path, title: str) -> None:
     """Agreement per attribute on generated samples beside the same on real images."""
     positions = torch.arange(len(generated)).float()
