@@ -148,6 +148,7 @@ def test_lr_decay_after_sets_both_optimizers_rates_each_epoch(tiny_celeba, tmp_p
     # 2 epochs, decaying from the start: epoch 1 takes 2/3 of the rate, epoch 2 1/3; G and D alike.
     half = len(rates) // 2
     assert rates[:half] == pytest.approx([0.01 * 2 / 3] * half) and rates[half:] == pytest.approx([0.01 / 3] * half)
-    assert load_checkpoint(out).training["lr_decay_after"] == 0
+    options = load_checkpoint(out).training["options"]
+    assert options["lr_decay_after"] == 0 and options["lr"] == 0.01 and options["g_width"] == 4
     with pytest.raises(SystemExit, match=r"--lr-decay-after must be in \[0, --epochs\), got 2 with --epochs 2"):
         run_training("dcgan", tiny_celeba, tmp_path, "--lr-decay-after", "2")

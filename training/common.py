@@ -68,10 +68,12 @@ def training_metadata(args: argparse.Namespace, *, images: int, epochs_done: int
         "steps": steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        **({"lr_decay_after": args.lr_decay_after} if getattr(args, "lr_decay_after", None) is not None else {}),
         "seed": args.seed,
         "code_version": code_version(),
         "seconds": round(time.time() - started, 1),
+        # Every command-line option, so a checkpoint says which recipe made it (loss weights, schedules, widths).
+        "options": {name: value for name, value in sorted(vars(args).items())
+                    if value is None or isinstance(value, (str, int, float, bool))},
     }
 
 
