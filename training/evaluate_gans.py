@@ -175,13 +175,13 @@ def real_face_toggle_success(judged_on: torch.Tensor, toggle: torch.Tensor, othe
     for combination in range(2 ** others.shape[1]):
         values = torch.tensor([(combination >> k) & 1 for k in range(others.shape[1])])
         matching = (others == values).all(1)
-        accuracy = []
-        for state in (0, 1):
-            faces = matching & (toggle == state)
-            accuracy.append((judged_on[faces] == bool(state)).float().mean().item() if faces.any() else float("nan"))
+        faces = [matching & (toggle == state) for state in (0, 1)]
+        # NaN where a combination has no real face of one state: the bar cannot be estimated from these labels
+        accuracy = [(judged_on[chosen] == bool(state)).float().mean().item() if chosen.any() else float("nan")
+                    for state, chosen in enumerate(faces)]
         share = torch.where(values.bool(), frequencies, 1 - frequencies).prod().item()
         total += share * accuracy[0] * accuracy[1]
-        rows.append({"others": values.tolist(), "faces": [int((matching & (toggle == state)).sum()) for state in (0, 1)],
+        rows.append({"others": values.tolist(), "faces": [int(chosen.sum()) for chosen in faces],
                      "accuracy": accuracy, "share": share})
     return total, rows
 
