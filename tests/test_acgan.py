@@ -16,14 +16,12 @@ from torch import nn
 from app.api.attributes import FREQUENCIES_KEY, resolve_attributes
 from app.imaging import base64_pngs, grid_png
 from app.models import build_model
-from app.models.acgan import (ACGANConfig, ACGANDiscriminator, ACGANGenerator, ConditionalBatchNorm2d,
-                              condition_signal, toggle_pairs)
+from app.models.acgan import ACGANConfig, ACGANDiscriminator, ACGANGenerator, toggle_pairs
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
 from training.__main__ import main
 from training.acgan import acgan_recipe, add_arguments, attribute_loss, parse_attribute_weights
-from training.gan import recalibrate_batchnorm
 from training.evaluate_gans import AttributeJudge, acgan_scores, real_face_toggle_success
 
 from .conftest import TINY_CONFIGS, write_tiny_checkpoint
@@ -96,58 +94,6 @@ def test_changing_only_an_attribute_changes_the_output_and_same_inputs_same_outp
     assert torch.equal(first, generator.generate(noise.clone(), attributes.clone()))
     changed = (generator.generate(noise, flipped) - first).abs().flatten(1).amax(1)
     assert (changed > 0).all(), "every image reacts to its attribute"
-
-
-def conditional_generator() -> ACGANGenerator:
-    torch.manual_seed(0)
-    return build_model("acgan", {**TINY_CONFIGS["acgan"], "conditional_norm": True}).eval()
-
-
-def silence_attribute_input(generator: ACGANGenerator) -> None:
-    """Zero the first layer's weights from the attribute inputs: only conditional norms can then carry them."""
-    with torch.no_grad():
-        generator.net[0].weight[generator.config.latent_dim:] = 0
-
-
-@pytest.mark.parametrize("conditional_norm", [False, True])
-def test_conditional_norm_carries_the_attributes_past_the_input(conditional_norm):
-    torch.manual_seed(0)
-    generator = build_model("acgan", {**TINY_CONFIGS["acgan"], "conditional_norm": conditional_norm}).eval()
-    silence_attribute_input(generator)
-    noise = draw_noise(generator.latent_shape, 4, seeded_generator(1))
-    off, on = toggle_pairs(noise, torch.zeros(4, 3), 0)[1].chunk(2)
-    change = (generator.generate(noise, on) - generator.generate(noise, off)).abs().amax().item()
-    assert (change > 1e-4) == conditional_norm
-
-
-def test_conditional_norm_replaces_every_batchnorm_and_starts_near_plain_batchnorm():
-    generator = conditional_generator()
-    norms = [m for m in generator.net if isinstance(m, ConditionalBatchNorm2d)]
-    assert norms and not any(type(m) is nn.BatchNorm2d for m in generator.net)
-    assert all(not m.norm.affine for m in norms), "gain and bias come from the condition only"
-    gain = 1 + norms[0].gain(condition_signal(torch.ones(1, 3)))
-    assert gain.sub(1).abs().max() < 0.2, "DCGAN init: gains start close to 1"
-
-
-def test_conditional_norm_survives_the_checkpoint_and_old_configs_default_to_off(tmp_path):
-    generator = conditional_generator()
-    path = save_checkpoint(tmp_path / "c.safetensors", generator, attributes=NAMES, dtype=None,
-                           preprocess=PreprocessSpec(size=16), extras={FREQUENCIES_KEY: FREQUENCIES})
-    loaded = load_checkpoint(path)
-    assert loaded.model.config.conditional_norm and loaded.model.config == generator.config
-    noise, attributes = torch.randn(2, 8), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
-    assert torch.equal(loaded.model.generate(noise, attributes), generator.generate(noise, attributes))
-    assert not build_model("acgan", TINY_CONFIGS["acgan"]).config.conditional_norm
-
-
-def test_recalibration_reaches_the_statistics_inside_conditional_norms():
-    generator = conditional_generator()
-    norm = next(m for m in generator.net if isinstance(m, ConditionalBatchNorm2d)).norm
-    before = norm.running_mean.clone()
-    recalibrate_batchnorm(generator, lambda n, rng: (draw_noise(generator.latent_shape, n, rng),
-                                                     (torch.rand(n, 3, generator=rng) < 0.5).float()),
-                          torch.device("cpu"), batches=2)
-    assert not torch.equal(norm.running_mean, before)
 
 
 def test_toggle_pairs_share_noise_and_other_attributes():
@@ -286,12 +232,10 @@ def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_c
     out = tmp_path / "weights" / "acgan.safetensors"
     main(["acgan", "--data", str(tiny_celeba), "--out", str(out), "--run-dir", str(tmp_path / "run"),
           "--image-size", "16", "--latent-dim", "8", "--g-width", "4", "--d-width", "4", "--batch-size", "4",
-          "--epochs", "2", "--max-steps", "3", "--threads", "1", "--device", "cpu", "--attributes", "Male,Smiling",
-          "--conditional-norm"])
+          "--epochs", "2", "--max-steps", "3", "--threads", "1", "--device", "cpu", "--attributes", "Male,Smiling"])
 
     checkpoint = load_checkpoint(out)
     assert checkpoint.family == "acgan" and checkpoint.attributes == ["Male", "Smiling"]
-    assert checkpoint.config["conditional_norm"] is True
     assert checkpoint.config["attributes"] == ["Male", "Smiling"] and checkpoint.training["steps"] == 3
     # The frequencies are the training split's (18 images of the synthetic set).
     lines = (tiny_celeba / "list_attr_celeba.txt").read_text().splitlines()

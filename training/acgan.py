@@ -48,9 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attributes asked of G: the real batch's label vectors (batch), each attribute "
                              "shuffled independently within the batch (shuffled), or Bernoulli draws from the "
                              "training-set frequencies (frequencies, as the service draws open attributes)")
-    parser.add_argument("--conditional-norm", action="store_true",
-                        help="the attributes also set the gain and bias of G's every BatchNorm (conditional "
-                             "BatchNorm), not only G's input")
     parser.add_argument("--toggle", help="attribute of the per-epoch on/off grid (default Smiling, else the first)")
 
 
@@ -110,8 +107,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
     columns = torch.tensor([attribute_names.index(name) for name in names])
     frequencies = labels[:, columns].float().mean(0)
     config = ACGANConfig(attributes=names, latent_dim=args.latent_dim, generator_width=args.g_width,
-                         discriminator_width=args.d_width, image_size=args.image_size,
-                         conditional_norm=args.conditional_norm)
+                         discriminator_width=args.d_width, image_size=args.image_size)
     generator = ACGANGenerator(config)
     toggled = preview_attribute(names, args.toggle)
     weight = args.class_weight

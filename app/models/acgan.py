@@ -29,10 +29,6 @@ class ACGANConfig:
     generator_width: int = 64  # channels of G's last hidden layer (doubles per layer towards the input)
     discriminator_width: int = 64  # channels of D's first layer (doubles per layer)
     image_size: int = 64  # output side, a power of two >= 8
-    # False: the attributes enter only with the noise, at the 1x1 input (classic ACGAN). True: they also set the
-    # gain and bias of every hidden BatchNorm (conditional BatchNorm), so every resolution sees them directly; a
-    # smile is a mouth-sized detail that the input alone must carry through four upsamplings.
-    conditional_norm: bool = False
 
     def __post_init__(self) -> None:
         if not self.attributes:
@@ -56,25 +52,6 @@ def toggle_pairs(noise: torch.Tensor, attributes: torch.Tensor, index: int) -> t
     return torch.cat([noise, noise]), torch.cat([off, on])
 
 
-class ConditionalBatchNorm2d(nn.Module):
-    """BatchNorm without its own affine parameters; the per-channel gain and bias are linear in the condition
-    (de Vries et al. 2017, "Modulating early visual processing by language"; Miyato & Koyama 2018).
-
-    The gain is 1 + a linear map whose weights start at N(0, 0.02) (DCGAN init), so training starts close to plain
-    BatchNorm. The running statistics live in ``norm``, a plain BatchNorm2d, so EMA recalibration treats it as any other.
-    """
-
-    def __init__(self, channels: int, condition_dim: int):
-        super().__init__()
-        self.norm = nn.BatchNorm2d(channels, affine=False)
-        self.gain = nn.Linear(condition_dim, channels)
-        self.bias = nn.Linear(condition_dim, channels)
-
-    def forward(self, features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        gain, bias = 1 + self.gain(condition), self.bias(condition)
-        return self.norm(features) * gain[:, :, None, None] + bias[:, :, None, None]
-
-
 @register_family("acgan")
 class ACGANGenerator(nn.Module):
     """(noise (N, latent_dim), attributes (N, A) of 0/1) -> images (N, 3, S, S) in [-1, 1]."""
@@ -86,10 +63,6 @@ class ACGANGenerator(nn.Module):
         self.config = config
         inputs = config.latent_dim + len(config.attributes)
         self.net = generator_trunk(inputs, config.generator_width, config.image_size)
-        if config.conditional_norm:
-            for position, layer in enumerate(self.net):
-                if isinstance(layer, nn.BatchNorm2d):
-                    self.net[position] = ConditionalBatchNorm2d(layer.num_features, len(config.attributes))
         self.apply(init_dcgan_weights)
 
     @property
@@ -104,11 +77,8 @@ class ACGANGenerator(nn.Module):
         if attributes.shape != (noise.shape[0], len(self.config.attributes)):
             raise ValueError(f"attributes must have shape ({noise.shape[0]}, {len(self.config.attributes)}), "
                              f"got {tuple(attributes.shape)}")
-        signal = condition_signal(attributes).to(noise.dtype)
-        features = torch.cat([noise, signal], dim=1)[:, :, None, None]
-        for layer in self.net:
-            features = layer(features, signal) if isinstance(layer, ConditionalBatchNorm2d) else layer(features)
-        return features
+        inputs = torch.cat([noise, condition_signal(attributes).to(noise.dtype)], dim=1)
+        return self.net(inputs[:, :, None, None])
 
     def generate(self, noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
         return self(noise, attributes)
