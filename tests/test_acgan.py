@@ -16,7 +16,8 @@ from torch import nn
 from app.api.attributes import FREQUENCIES_KEY, resolve_attributes
 from app.imaging import base64_pngs, grid_png
 from app.models import build_model
-from app.models.acgan import ACGANConfig, ACGANDiscriminator, ACGANGenerator, toggle_pairs
+from app.models.acgan import (DEFAULT_TOGGLE_STRENGTH, ACGANConfig, ACGANDiscriminator, ACGANGenerator, emphasis,
+                              toggle_pairs)
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
@@ -175,8 +176,9 @@ def test_toggle_gives_off_then_on_rows_from_the_same_noise(acgan_client, weights
     noise, vectors = expected_inputs(5, 3, {})
     pair_noise, pair_vectors = toggle_pairs(noise, vectors, NAMES.index("Smiling"))
     model = load_checkpoint(weights_dir / "acgan.safetensors").model
-    images = model.generate(pair_noise, pair_vectors)
-    assert body["images"] == base64_pngs(images)
+    strength = emphasis(len(NAMES), NAMES.index("Smiling"), DEFAULT_TOGGLE_STRENGTH)
+    images = model.generate(pair_noise, pair_vectors, strength)
+    assert body["images"] == base64_pngs(images) and body["strength"] == DEFAULT_TOGGLE_STRENGTH
     assert not torch.equal(images[:3], images[3:]), "the toggled attribute changes the faces"
 
     png = post(acgan_client, n=3, seed=5, toggle="Smiling")
@@ -184,6 +186,28 @@ def test_toggle_gives_off_then_on_rows_from_the_same_noise(acgan_client, weights
     with Image.open(io.BytesIO(png.content)) as grid:
         assert grid.size == (3 * SIDE + 2, 2 * SIDE + 2)
     assert len(json.loads(png.headers["x-attributes"])["rows"]) == 6
+
+
+def test_toggle_strength_scales_only_the_toggled_attributes_signal(acgan_client, weights_dir):
+    noise, vectors = expected_inputs(5, 2, {})
+    pair_noise, pair_vectors = toggle_pairs(noise, vectors, NAMES.index("Male"))
+    model = load_checkpoint(weights_dir / "acgan.safetensors").model
+    for strength in (1.0, 2.5):
+        body = post(acgan_client, n=2, seed=5, toggle="Male", strength=strength, format="json").json()
+        assert body["strength"] == strength
+        assert body["images"] == base64_pngs(model.generate(pair_noise, pair_vectors, torch.tensor([1, strength, 1])))
+    as_trained = post(acgan_client, n=2, seed=5, toggle="Male", strength=1, format="json").json()["images"]
+    assert as_trained == base64_pngs(model.generate(pair_noise, pair_vectors)), "strength 1 is the model as trained"
+    assert post(acgan_client, n=2, seed=5, format="json").json()["strength"] is None
+
+
+def test_strength_changes_the_condition_signal_of_the_model():
+    generator = tiny_generator()
+    noise, attributes = torch.randn(2, 8), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    doubled = emphasis(3, 1, 2.0)
+    assert doubled.tolist() == [1.0, 2.0, 1.0]
+    assert not torch.equal(generator.generate(noise, attributes, doubled), generator.generate(noise, attributes))
+    assert torch.equal(generator.generate(noise, attributes, torch.ones(3)), generator.generate(noise, attributes))
 
 
 @pytest.mark.parametrize("body, field, fragment", [
@@ -205,11 +229,18 @@ def test_unknown_or_untrained_names_are_422_listing_the_valid_ones(acgan_client,
     {"n": 2, "colour": "red"}, {"n": "2"}, {"n": 2, "seed": -1}, {"n": 2, "format": "gif"},
     {"n": 2, "attributes": {"Smiling": "yes"}}, {"n": 2, "attributes": {"Smiling": 1}},
     {"n": 2, "attributes": ["Smiling"]}, {"n": 2, "toggle": 3},
+    {"n": 2, "toggle": "Smiling", "strength": 0}, {"n": 2, "toggle": "Smiling", "strength": 3.5},
+    {"n": 2, "toggle": "Smiling", "strength": -1}, {"n": 2, "toggle": "Smiling", "strength": "strong"},
 ])
 def test_bad_requests_are_422(acgan_client, body):
     response = acgan_client.post("/generate/acgan", json=body)
     assert response.status_code == 422, response.text
     assert "detail" in response.json()
+
+
+def test_strength_without_a_toggle_is_422_saying_so(acgan_client):
+    detail = post(acgan_client, n=2, strength=2).json()["detail"][0]
+    assert detail["loc"] == ["body", "strength"] and "only to a toggled attribute" in detail["msg"]
 
 
 def test_n_limits_are_reported(acgan_client):
@@ -320,9 +351,9 @@ class AttributeWriter(nn.Module):
         self.attribute_names, self.latent_shape = names, (4,)
         self.dummy = nn.Parameter(torch.zeros(()))
 
-    def generate(self, noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+    def generate(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
         images = torch.zeros(len(noise), 3, 8, 8)
-        images[:, 0, 0, : attributes.shape[1]] = attributes * 2 - 1
+        images[:, 0, 0, : attributes.shape[1]] = (attributes * 2 - 1) * (1 if strength is None else strength)
         return images
 
 
@@ -353,10 +384,30 @@ def test_acgan_scores_agreement_and_toggle_success(sign, expected):
 class MaleSuppressesSmiles(AttributeWriter):
     """Writes Smiling only for faces asked not to be Male: a conflict between two conditions."""
 
-    def generate(self, noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+    def generate(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
         suppressed = attributes.clone()
         suppressed[:, 1] *= 1 - attributes[:, 0]
-        return super().generate(noise, suppressed)
+        return super().generate(noise, suppressed, strength)
+
+
+class TimidSmiles(AttributeWriter):
+    """Paints Smiling 1.25 lower than asked: "on" reads as on only once its strength exceeds 1.25."""
+
+    def generate(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+        images = super().generate(noise, attributes, strength)
+        images[:, 0, 0, 1] -= 1.25
+        return images
+
+
+def test_toggle_success_is_reported_at_the_default_strength_and_each_compared_one():
+    judge = AttributeJudge(PixelReader(2), ["Male", "Smiling"], image_size=8)
+    metrics, _ = acgan_scores(TimidSmiles(["Male", "Smiling"]), judge, torch.zeros(4, 2), torch.tensor([0.5, 0.5]),
+                              toggle="Smiling", pairs=10)
+    assert metrics["toggle_success_by_strength"] == {"1": 0.0, "1.25": 0.0, "1.5": 1.0, "2": 1.0}
+    assert metrics["toggle_strength"] == DEFAULT_TOGGLE_STRENGTH == 1.5 and metrics["toggle_success"] == 1.0
+    weak, _ = acgan_scores(TimidSmiles(["Male", "Smiling"]), judge, torch.zeros(4, 2), torch.tensor([0.5, 0.5]),
+                           toggle="Smiling", pairs=10, strength=1.0)
+    assert weak["toggle_success"] == 0.0 and weak["toggle_probability_on"] < 0.5
 
 
 def test_toggle_success_is_split_by_each_other_attribute():

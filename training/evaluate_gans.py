@@ -7,7 +7,9 @@ Both are judged by the project's attribute classifier (family ``classifier``; ``
   attribute; the requests are the evaluated split's real label vectors, so the combinations are plausible), the
   same agreement on the split's real images as a ceiling, and the toggle success rate: for pairs drawn as the
   service draws them (same noise and other attributes), the classifier sees the attribute off in the "off" image
-  and on in the "on" image. The toggled attribute is Smiling when trained, else the first one.
+  and on in the "on" image, at the service's default toggle strength and, for comparison, at each of
+  ``TOGGLE_STRENGTHS`` (1 is the condition as trained). The toggled attribute is Smiling when trained, else the first.
+  With ``--fid``, also the FID of samples and of toggle pairs (as trained and as served) against the split's faces.
 - **infogan**: Q's accuracy at recovering the codes of fresh samples (Q is saved in the checkpoint's extras), and,
   per code, how much each classifier attribute's mean probability moves as the code walks through its categories
   (max minus min over categories of the probability averaged over noise vectors); the top attributes per code are
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.api.attributes import FREQUENCIES_KEY
-from app.models.acgan import ACGANGenerator, toggle_pairs
+from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, ACGANGenerator, emphasis, toggle_pairs
 from app.models.checkpoint import Checkpoint, load_checkpoint
 from app.models.infogan import InfoGANDiscriminator, InfoGANGenerator, draw_codes, recognizer_from_extras, sweep_inputs
 from app.models.sampling import draw_noise, seeded_generator
@@ -34,10 +36,13 @@ from app.models.sampling import draw_noise, seeded_generator
 from .common import save_grid
 from .data import CelebA
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
+from .fid import FrechetInception
 from .plots import saved_figure
 
 ACGAN_SAMPLES = 1000  # conditioned samples scored for agreement
 TOGGLE_PAIRS = 500  # off/on pairs scored for the toggle success rate
+TOGGLE_STRENGTHS = (1.0, 1.25, 1.5, 2.0)  # strengths of the toggled attribute also scored (same pairs)
+FID_TOGGLE_STRENGTHS = (1.0, DEFAULT_TOGGLE_STRENGTH)  # as trained, and as served
 Q_SAMPLES = 1000  # fresh samples whose codes Q must recover
 SWEEP_ROWS = 50  # noise vectors per code sweep when measuring attribute changes
 TOP_ATTRIBUTES = 3  # attributes reported per code
@@ -102,8 +107,10 @@ def device_of(module: nn.Module) -> torch.device:
 @torch.inference_mode()
 def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: torch.Tensor,
                  frequencies: torch.Tensor | None, *, toggle: str, pairs: int = TOGGLE_PAIRS, seed: int = 0,
-                 batch_size: int = BATCH_SIZE) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Agreement on samples conditioned on ``conditions`` (N, A) and the ``toggle`` success rate over ``pairs`` pairs.
+                 strength: float = DEFAULT_TOGGLE_STRENGTH, batch_size: int = BATCH_SIZE
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Agreement on samples conditioned on ``conditions`` (N, A) and the ``toggle`` success rate over ``pairs`` pairs
+    at the toggled attribute's ``strength`` (and at each of ``TOGGLE_STRENGTHS``).
 
     Returns the metrics and the tensors behind them (``samples``, ``pair_images``: off images then on images).
     """
@@ -111,8 +118,10 @@ def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: t
     columns = judge.columns(names)
     rng = seeded_generator(seed)
 
-    def judged(noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-        return judge.probabilities(generator.generate(noise.to(device), attributes.to(device)))[:, columns]
+    def judged(noise: torch.Tensor, attributes: torch.Tensor, multipliers: torch.Tensor | None = None) -> torch.Tensor:
+        images = generator.generate(noise.to(device), attributes.to(device),
+                                    None if multipliers is None else multipliers.to(device))
+        return judge.probabilities(images)[:, columns]
 
     noise = draw_noise(generator.latent_shape, len(conditions), rng)
     probabilities = batched(judged, noise, conditions, batch_size=batch_size)
@@ -123,16 +132,26 @@ def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: t
     pair_noise = draw_noise(generator.latent_shape, pairs, rng)
     others = (torch.rand((pairs, len(names)), generator=rng) < chances).float()  # as the service draws them
     pair_noise, pair_attributes = toggle_pairs(pair_noise, others, index)
-    toggled = batched(judged, pair_noise, pair_attributes, batch_size=batch_size)[:, index]
-    off, on = toggled[:pairs], toggled[pairs:]
-    success = (off < 0.5) & (on > 0.5)
+
+    def pair_success(level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per pair: success, P(attribute) of the off image, of the on image."""
+        multipliers = emphasis(len(names), index, level)
+        toggled = batched(lambda z, a: judged(z, a, multipliers), pair_noise, pair_attributes,
+                          batch_size=batch_size)[:, index]
+        off, on = toggled[:pairs], toggled[pairs:]
+        return (off < 0.5) & (on > 0.5), off, on
+
+    success, off, on = pair_success(strength)
+    by_strength = {f"{level:g}": round(pair_success(level)[0].float().mean().item(), 4) for level in TOGGLE_STRENGTHS}
     metrics = {
         "classifier_agreement": round(agree.mean().item(), 4),
         "classifier_agreement_per_attribute": {name: round(v, 4) for name, v in zip(names, agree.mean(0).tolist())},
         "evaluated_samples": len(conditions),
         "toggle_attribute": toggle,
         "toggle_pairs": pairs,
+        "toggle_strength": strength,
         "toggle_success": round(success.float().mean().item(), 4),
+        "toggle_success_by_strength": by_strength,
         # Per other attribute, the success rate over the pairs where it was off and where it was on: attributes
         # that co-occur with the toggled one in the data (High_Cheekbones with Smiling) show where pairs fail.
         "toggle_success_by_other_attribute": {
@@ -144,7 +163,8 @@ def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: t
     }
     shown = torch.arange(min(10, pairs))
     shown = torch.cat([shown, shown + pairs])  # the first pairs: off row, then on row
-    pair_images = generator.generate(pair_noise[shown].to(device), pair_attributes[shown].to(device))
+    pair_images = generator.generate(pair_noise[shown].to(device), pair_attributes[shown].to(device),
+                                     emphasis(len(names), index, strength).to(device))
     samples = generator.generate(noise[:32].to(device), conditions[:32].to(device))
     return metrics, {"samples": samples.cpu(), "pair_images": pair_images.cpu()}
 
@@ -199,6 +219,35 @@ def bar_chart(generated: dict[str, float], real: dict[str, float], path: Path, t
         axis.set_title(title)
 
 
+@torch.inference_mode()
+def acgan_fid(generator: ACGANGenerator, fid: FrechetInception, real: torch.Tensor, conditions: torch.Tensor,
+              frequencies: torch.Tensor | None, *, toggle: str, count: int, seed: int = 0) -> dict[str, Any]:
+    """FID against ``real`` faces of ``count`` samples conditioned on (the first) ``conditions``, and of ``count``
+    toggle-pair images (off and on halves) at each of ``FID_TOGGLE_STRENGTHS``: what pushing the toggled attribute
+    costs in realism."""
+    names, device = generator.attribute_names, device_of(generator)
+    index, pairs = names.index(toggle), count // 2
+    rng = seeded_generator(seed + 1)  # other draws than the agreement's and toggle's
+    chosen = conditions[torch.arange(count) % len(conditions)]
+    reference = fid.statistics(real)
+
+    def generated(noise: torch.Tensor, attributes: torch.Tensor, level: float = 1.0) -> torch.Tensor:
+        multipliers = emphasis(len(names), index, level).to(device)
+        return batched(lambda z, a: generator.generate(z.to(device), a.to(device), multipliers), noise, attributes)
+
+    samples = generated(draw_noise(generator.latent_shape, count, rng), chosen)
+    chances = frequencies.float().cpu() if frequencies is not None else torch.full((len(names),), 0.5)
+    others = (torch.rand((pairs, len(names)), generator=rng) < chances).float()
+    pair_noise, pair_attributes = toggle_pairs(draw_noise(generator.latent_shape, pairs, rng), others, index)
+    return {
+        "fid_samples": round(fid.distance(reference, samples), 2),
+        "fid_toggle_pairs_by_strength": {f"{level:g}": round(fid.distance(reference, generated(
+            pair_noise, pair_attributes, level)), 2) for level in FID_TOGGLE_STRENGTHS},
+        "fid_generated_images": count,
+        "fid_real_images": len(real),
+    }
+
+
 @register_evaluator("acgan")
 def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     generator: ACGANGenerator = checkpoint.model
@@ -209,6 +258,9 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
                               f"(no classifier.safetensors beside {args.checkpoint})")
     judge = load_judge(path, device_of(generator))
     judge.columns(names)  # fail before generating anything
+    if args.fid and args.fid_samples < 2:
+        raise EvaluationError(f"--fid-samples must be at least 2, got {args.fid_samples}")
+    fid = FrechetInception(device_of(generator)) if args.fid else None
 
     try:
         split = CelebA(args.data, args.split, checkpoint.preprocess, args.limit)  # labels only: nothing decoded
@@ -225,13 +277,17 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
                                    toggle=toggle, seed=args.seed)
 
     real = load_eval_split(checkpoint, args)
-    per_attribute = real_agreement(judge, real.batch(torch.arange(len(real)))[0], real.attributes[:, label_columns],
-                                   names)
+    real_images = real.batch(torch.arange(len(real)))[0]
+    per_attribute = real_agreement(judge, real_images, real.attributes[:, label_columns], names)
     metrics["classifier_agreement_real"] = round(per_attribute.mean().item(), 4)
     metrics["classifier_agreement_real_per_attribute"] = {name: round(v, 4)
                                                           for name, v in zip(names, per_attribute.tolist())}
     metrics["classifier"] = judge.source
     metrics["evaluated_split"] = args.split
+    if fid is not None:
+        metrics.update(acgan_fid(generator, fid, real_images, labels[picks],
+                                 checkpoint.extras.get(FREQUENCIES_KEY), toggle=toggle, count=args.fid_samples,
+                                 seed=args.seed))
 
     shown = len(images["pair_images"]) // 2
     save_grid(images["pair_images"], out_dir / f"toggle_{toggle}.png", nrow=shown)

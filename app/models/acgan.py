@@ -42,6 +42,22 @@ def condition_signal(attributes: torch.Tensor) -> torch.Tensor:
     return attributes.float() * 2 - 1
 
 
+# How far the service pushes a toggled attribute: G's condition input for it is -1.5 (off) and +1.5 (on) instead of
+# the trained -1/+1, the others staying at -1/+1. Measured on the shipped model (``python -m training evaluate``,
+# ``toggle_success_by_strength``): Smiling pairs judged right rose from 90 % at 1.0 to 99 % at 1.5. Pushing every
+# attribute instead gains nothing (the toggled one must outweigh the attributes it contradicts, e.g. High_Cheekbones
+# with Smiling off) and costs agreement on the others. Beyond about 2 the off faces visibly degrade.
+DEFAULT_TOGGLE_STRENGTH = 1.5
+MAX_STRENGTH = 3.0
+
+
+def emphasis(attribute_count: int, index: int, strength: float) -> torch.Tensor:
+    """(A,) multipliers of G's condition signal: ``strength`` for attribute ``index``, 1 for the others."""
+    multipliers = torch.ones(attribute_count)
+    multipliers[index] = strength
+    return multipliers
+
+
 def toggle_pairs(noise: torch.Tensor, attributes: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """On/off pairs: (2N, ...) inputs, first the N with attribute ``index`` off, then the same N with it on.
 
@@ -73,15 +89,18 @@ class ACGANGenerator(nn.Module):
     def attribute_names(self) -> list[str]:
         return list(self.config.attributes)
 
-    def forward(self, noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+    def forward(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+        """``strength`` (A,): multiplies each attribute's -1/+1 condition signal (default 1: as trained)."""
         if attributes.shape != (noise.shape[0], len(self.config.attributes)):
             raise ValueError(f"attributes must have shape ({noise.shape[0]}, {len(self.config.attributes)}), "
                              f"got {tuple(attributes.shape)}")
-        inputs = torch.cat([noise, condition_signal(attributes).to(noise.dtype)], dim=1)
-        return self.net(inputs[:, :, None, None])
+        signal = condition_signal(attributes).to(noise.dtype)
+        if strength is not None:
+            signal = signal * strength.to(signal)
+        return self.net(torch.cat([noise, signal], dim=1)[:, :, None, None])
 
-    def generate(self, noise: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-        return self(noise, attributes)
+    def generate(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+        return self(noise, attributes, strength)
 
 
 class ACGANDiscriminator(nn.Module):

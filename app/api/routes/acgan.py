@@ -14,9 +14,9 @@ from pydantic import ConfigDict, Field
 from app.api.attributes import (FREQUENCIES_KEY, attribute_header, attribute_report, check_attribute_names,
                                 resolve_attributes)
 from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
-from app.api.responses import check_count, image_output
+from app.api.responses import check_count, field_error, image_output
 from app.api.routes.generate import resolve_seed
-from app.models.acgan import toggle_pairs
+from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, MAX_STRENGTH, emphasis, toggle_pairs
 from app.models.sampling import draw_noise, seeded_generator
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 
@@ -31,6 +31,10 @@ class ACGANRequest(StrictModel):
                                                     "drawn from their training-set frequencies")
     toggle: str | None = Field(None, description="attribute shown off (row 1) and on (row 2) for the same noise "
                                                  "and other attributes; overrides its value in `attributes`")
+    strength: float = Field(DEFAULT_TOGGLE_STRENGTH, gt=0, le=MAX_STRENGTH,
+                            description="with `toggle`: how far the toggled attribute is pushed off and on (the "
+                                        "generator's condition input is -strength/+strength for it, -1/+1 for the "
+                                        "others); 1 is as trained, the default makes the change unmistakable")
     format: ImageFormat = Field("png", description="png: one grid (header X-Attributes); json: base64 PNGs")
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -41,6 +45,7 @@ class ACGANRequest(StrictModel):
 class ACGANResponse(ImagesResponse):
     attributes: list[dict[str, bool]] = Field(description="per image, in order, the full attribute vector used")
     toggle: str | None = None
+    strength: float | None = Field(None, description="the toggled attribute's strength (only with `toggle`)")
 
 
 @router.post("/acgan", response_class=Response, responses={
@@ -54,6 +59,8 @@ async def generate_acgan(request: ACGANRequest, store: StoreDep, runner: RunnerD
     check_attribute_names(list(request.attributes), names, "attributes")
     if request.toggle is not None:
         check_attribute_names([request.toggle], names, "toggle")
+    elif "strength" in request.model_fields_set:
+        raise field_error("strength", "strength applies only to a toggled attribute: give `toggle` too")
     check_count("n", request.n, 1, max(1, settings.max_n // 2) if request.toggle else settings.max_n)
 
     seed = resolve_seed(request.seed)
@@ -61,14 +68,16 @@ async def generate_acgan(request: ACGANRequest, store: StoreDep, runner: RunnerD
     noise = draw_noise(model.latent_shape, request.n, generator)
     frequencies = checkpoint.extras.get(FREQUENCIES_KEY)
     vectors = resolve_attributes(request.attributes, names, frequencies, request.n, generator)
-    nrow = 8
+    nrow, strength = 8, None
     if request.toggle is not None:
-        noise, vectors = toggle_pairs(noise, vectors, names.index(request.toggle))
-        nrow = request.n
-    images = await runner.run(model.generate, noise.to(store.device), vectors.to(store.device))
+        index = names.index(request.toggle)
+        noise, vectors = toggle_pairs(noise, vectors, index)
+        nrow, strength = request.n, emphasis(len(names), index, request.strength).to(store.device)
+    images = await runner.run(model.generate, noise.to(store.device), vectors.to(store.device), strength)
 
     return image_output(images, format=request.format, seed=seed, nrow=nrow,
                         json_body=lambda encoded: ACGANResponse(model="acgan", seed=seed, images=encoded,
                                                                 attributes=attribute_report(vectors, names),
-                                                                toggle=request.toggle),
+                                                                toggle=request.toggle,
+                                                                strength=request.strength if request.toggle else None),
                         png_headers={"X-Attributes": attribute_header(vectors, names)})
