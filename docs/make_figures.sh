@@ -11,6 +11,7 @@ curl -sf -X POST "$URL/vae/reconstruct" -F images=@$faces/000001.jpg -F images=@
      -F images=@$faces/000003.jpg -F images=@$faces/182637.jpg -o vae_reconstructions.png && echo vae_reconstructions.png
 post /generate/dcgan '{"n": 32, "seed": 1}' dcgan_samples.png
 post /generate/acgan '{"n": 8, "seed": 1, "toggle": "Smiling"}' acgan_smiling_pairs.png
+post /generate/acgan '{"n": 8, "seed": 1, "toggle": "Smiling", "strength": 1}' acgan_smiling_pairs_strength1.png
 post /generate/acgan '{"n": 8, "seed": 2, "toggle": "Male"}' acgan_male_pairs.png
 # code 4 is the one whose sweep moves a classifier attribute most (runs/infogan-eval/metrics.json)
 post /generate/infogan '{"rows": 4, "code": 4, "seed": 1}' infogan_code4.png
