@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tsne-points", type=int, default=500, help="latents in the t-SNE (0 = no t-SNE)")
     parser.add_argument("--fid", action="store_true",
                         help="acgan: also the FID of samples and of toggle pairs against the split's real faces "
-                             "(slow on a CPU: about 0.1-0.2 s per image)")
+                             "(dcgan: always; slow on a CPU, about 0.1-0.2 s per image)")
     parser.add_argument("--fid-samples", type=int, default=1000,
                         help="generated images per FID figure (FID grows as counts shrink: compare equal counts)")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,9 @@
-"""Evaluators of the feature-disentangling GANs, plugged into ``python -m training evaluate`` (:mod:`.evaluate`).
+"""Evaluators of the GANs, plugged into ``python -m training evaluate`` (:mod:`.evaluate`).
 
-Both are judged by the project's attribute classifier (family ``classifier``; ``--classifier PATH``, by default
-``classifier.safetensors`` beside the evaluated checkpoint):
+- **dcgan**: the FID of samples against the split's real faces.
+
+The feature-disentangling two are judged by the project's attribute classifier (family ``classifier``;
+``--classifier PATH``, by default ``classifier.safetensors`` beside the evaluated checkpoint):
 
 - **acgan**: the classifier's agreement with the requested attributes on generated samples (overall and per
   attribute; the requests are the evaluated split's real label vectors, so the combinations are plausible), the
@@ -99,6 +101,28 @@ def batched(function: Callable[..., torch.Tensor], *inputs: torch.Tensor, batch_
 
 def device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
+
+
+# --- DCGAN --------------------------------------------------------------------------------------------------------
+
+
+@register_evaluator("dcgan")
+@torch.inference_mode()
+def evaluate_dcgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """The FID of ``--fid-samples`` samples against the split's faces (a noise-only GAN has no other score), and a
+    grid of 32 of them."""
+    if args.fid_samples < 2:
+        raise EvaluationError(f"--fid-samples must be at least 2, got {args.fid_samples}")
+    generator = checkpoint.model
+    device = device_of(generator)
+    fid = FrechetInception(device)
+    real = load_eval_split(checkpoint, args)
+    noise = draw_noise(generator.latent_shape, args.fid_samples, seeded_generator(args.seed))
+    samples = batched(lambda z: generator.generate(z.to(device)), noise)
+    save_grid(samples[:32], out_dir / "samples.png", nrow=8)
+    reference = fid.statistics(real.batch(torch.arange(len(real)))[0])
+    return {"fid_samples": round(fid.distance(reference, samples), 2), "fid_generated_images": len(samples),
+            "fid_real_images": len(real), "evaluated_split": args.split}
 
 
 # --- ACGAN ----------------------------------------------------------------------------------------------------------
