@@ -12,6 +12,8 @@ import torch
 from training.__main__ import main
 from training.fid import FIDUnavailable, FrechetInception
 
+from .conftest import write_tiny_checkpoint
+
 torch.set_num_threads(1)
 
 
@@ -47,8 +49,6 @@ def test_missing_package_says_how_to_install_it(monkeypatch):
 
 
 def test_evaluate_reports_fid_of_samples_and_of_pairs_as_trained_and_as_served(tiny_celeba, tmp_path):
-    from .conftest import write_tiny_checkpoint
-
     acgan, classifier = (write_tiny_checkpoint(tmp_path / "w", family) for family in ("acgan", "classifier"))
     out = tmp_path / "eval"
     main(["evaluate", str(acgan), "--data", str(tiny_celeba), "--out", str(out), "--classifier", str(classifier),
@@ -61,8 +61,6 @@ def test_evaluate_reports_fid_of_samples_and_of_pairs_as_trained_and_as_served(t
 
 
 def test_evaluate_refuses_fewer_than_two_fid_samples(tiny_celeba, tmp_path):
-    from .conftest import write_tiny_checkpoint
-
     acgan, classifier = (write_tiny_checkpoint(tmp_path / "w", family) for family in ("acgan", "classifier"))
     with pytest.raises(SystemExit, match="--fid-samples must be at least 2, got 1"):
         main(["evaluate", str(acgan), "--data", str(tiny_celeba), "--out", str(tmp_path / "eval"), "--classifier",
@@ -70,8 +68,6 @@ def test_evaluate_refuses_fewer_than_two_fid_samples(tiny_celeba, tmp_path):
 
 
 def test_evaluate_scores_a_dcgan_by_fid_alone(tiny_celeba, tmp_path):
-    from .conftest import write_tiny_checkpoint
-
     dcgan = write_tiny_checkpoint(tmp_path / "w", "dcgan")
     out = tmp_path / "eval"
     main(["evaluate", str(dcgan), "--data", str(tiny_celeba), "--out", str(out), "--fid-samples", "6",

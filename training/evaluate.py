@@ -101,6 +101,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if family is None:
         raise CheckpointError(f"{args.checkpoint}: metadata names no family; is this a facegen checkpoint?")
     evaluator = evaluator_for(family)  # before loading anything: an unknown family fails fast
+    if args.fid_samples < 2:
+        raise EvaluationError(f"--fid-samples must be at least 2, got {args.fid_samples}")
     check_attribute(args.attribute, attribute_names(args.data))
     checkpoint = load_checkpoint(args.checkpoint, resolve_device(args.device))
     out_dir = Path(args.out)

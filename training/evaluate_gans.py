@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.api.attributes import FREQUENCIES_KEY
+from app.api.attributes import FREQUENCIES_KEY, resolve_attributes
 from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, ACGANGenerator, emphasis, toggle_pairs
 from app.models.checkpoint import Checkpoint, load_checkpoint
 from app.models.infogan import InfoGANDiscriminator, InfoGANGenerator, draw_codes, recognizer_from_extras, sweep_inputs
@@ -111,8 +111,6 @@ def device_of(module: nn.Module) -> torch.device:
 def evaluate_dcgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """The FID of ``--fid-samples`` samples against the split's faces (a noise-only GAN has no other score), and a
     grid of 32 of them."""
-    if args.fid_samples < 2:
-        raise EvaluationError(f"--fid-samples must be at least 2, got {args.fid_samples}")
     generator = checkpoint.model
     device = device_of(generator)
     fid = FrechetInception(device)
@@ -126,6 +124,16 @@ def evaluate_dcgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
 
 
 # --- ACGAN ----------------------------------------------------------------------------------------------------------
+
+
+def draw_toggle_pairs(generator: ACGANGenerator, frequencies: torch.Tensor | None, pairs: int, index: int,
+                      rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``pairs`` off/on pairs of attribute ``index``, drawn as the service draws them (noise, then the other
+    attributes from the training frequencies). Returns the other attributes (pairs, A), then the (2 * pairs) noise
+    and attribute inputs of :func:`toggle_pairs`."""
+    noise = draw_noise(generator.latent_shape, pairs, rng)
+    others = resolve_attributes({}, generator.attribute_names, frequencies, pairs, rng)
+    return others, *toggle_pairs(noise, others, index)
 
 
 @torch.inference_mode()
@@ -152,10 +160,7 @@ def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: t
     agree = ((probabilities > 0.5).float() == conditions.cpu()).float()
 
     index = names.index(toggle)
-    chances = frequencies.float().cpu() if frequencies is not None else torch.full((len(names),), 0.5)
-    pair_noise = draw_noise(generator.latent_shape, pairs, rng)
-    others = (torch.rand((pairs, len(names)), generator=rng) < chances).float()  # as the service draws them
-    pair_noise, pair_attributes = toggle_pairs(pair_noise, others, index)
+    others, pair_noise, pair_attributes = draw_toggle_pairs(generator, frequencies, pairs, index, rng)
 
     def pair_success(level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per pair: success, P(attribute) of the off image, of the on image."""
@@ -165,8 +170,9 @@ def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: t
         off, on = toggled[:pairs], toggled[pairs:]
         return (off < 0.5) & (on > 0.5), off, on
 
-    success, off, on = pair_success(strength)
-    by_strength = {f"{level:g}": round(pair_success(level)[0].float().mean().item(), 4) for level in TOGGLE_STRENGTHS}
+    scored = {level: pair_success(level) for level in dict.fromkeys((strength, *TOGGLE_STRENGTHS))}  # each once
+    success, off, on = scored[strength]
+    by_strength = {f"{level:g}": round(scored[level][0].float().mean().item(), 4) for level in TOGGLE_STRENGTHS}
     metrics = {
         "classifier_agreement": round(agree.mean().item(), 4),
         "classifier_agreement_per_attribute": {name: round(v, 4) for name, v in zip(names, agree.mean(0).tolist())},
@@ -260,9 +266,7 @@ def acgan_fid(generator: ACGANGenerator, fid: FrechetInception, real: torch.Tens
         return batched(lambda z, a: generator.generate(z.to(device), a.to(device), multipliers), noise, attributes)
 
     samples = generated(draw_noise(generator.latent_shape, count, rng), chosen)
-    chances = frequencies.float().cpu() if frequencies is not None else torch.full((len(names),), 0.5)
-    others = (torch.rand((pairs, len(names)), generator=rng) < chances).float()
-    pair_noise, pair_attributes = toggle_pairs(draw_noise(generator.latent_shape, pairs, rng), others, index)
+    _, pair_noise, pair_attributes = draw_toggle_pairs(generator, frequencies, pairs, index, rng)
     return {
         "fid_samples": round(fid.distance(reference, samples), 2),
         "fid_toggle_pairs_by_strength": {f"{level:g}": round(fid.distance(reference, generated(
@@ -282,8 +286,6 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
                               f"(no classifier.safetensors beside {args.checkpoint})")
     judge = load_judge(path, device_of(generator))
     judge.columns(names)  # fail before generating anything
-    if args.fid and args.fid_samples < 2:
-        raise EvaluationError(f"--fid-samples must be at least 2, got {args.fid_samples}")
     fid = FrechetInception(device_of(generator)) if args.fid else None
 
     try:
