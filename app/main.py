@@ -1,4 +1,5 @@
-"""The FastAPI application: ``uvicorn app.main:app``. Models load in the lifespan, before the first request."""
+"""The FastAPI application: ``uvicorn app.main:app``. Models load and warm up in the lifespan, before the first
+request; every forward then goes through one dynamic batcher (:mod:`app.services.batcher`)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from starlette.responses import Response
 
 from app import __version__
 from app.api import routes
+from app.api.deps import ClientDisconnected
 from app.api.routes import generate
 from app.middleware import APIKeyGuard, BodySizeLimit, Metrics
-from app.services.inference import InferenceRunner, InferenceTimeout
+from app.models.attributes import InvalidRequest
+from app.models.checkpoint import CheckpointError
+from app.services.batcher import Batcher, BatcherMetrics, ForwardFailed, ServiceUnavailable
 from app.services.model_store import ModelStore, resolve_device
 from app.settings import Settings, get_settings
 
@@ -27,41 +31,73 @@ logger = logging.getLogger("facegen")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    registry = CollectorRegistry()
+    batcher_metrics = BatcherMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        app.state.store = ModelStore.from_directory(settings.weights_dir, resolve_device(settings.device))
-        app.state.runner = InferenceRunner(settings.request_timeout_s)
+        device = resolve_device(settings.device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes per batch size: let cuDNN pick its kernels
+        app.state.warm = False
+        store = ModelStore.from_directory(settings.weights_dir, device, settings.precision)
+        batcher = Batcher(store.pipelines, max_batch=settings.batch_size_for(device.type),
+                          delay_ms=settings.batch_delay_ms, max_queue=settings.max_queue, metrics=batcher_metrics)
+        app.state.store, app.state.batcher = store, batcher
+        for name, reason in (await batcher.warm_up()).items():
+            store.remove(name, reason)
+        batcher.start()
+        app.state.warm = True
         yield
-        app.state.runner.close()
-        app.state.store.models.clear()
+        # Uvicorn has stopped accepting and waited for in-flight requests; finish anything still queued.
+        await batcher.close(timeout_s=settings.request_timeout_s)
+        store.models.clear()
+        store.pipelines.clear()
 
     app = FastAPI(title="facegen", version=__version__, lifespan=lifespan,
                   description="Deep generative models of 64x64 faces. Weights trained on CelebA: non-commercial research use.")
     app.state.settings = settings
+    app.state.warm = False
     # Every module in app/api/routes exposes a `router`; adding a feature is adding a module.
     for module in sorted(pkgutil.iter_modules(routes.__path__), key=lambda m: m.name):
         app.include_router(importlib.import_module(f"{routes.__name__}.{module.name}").router)
     app.include_router(generate.fallback_router)  # last: it catches /generate/<anything not served>
 
-    registry = CollectorRegistry()
-
     @app.get("/metrics", tags=["health"], response_class=Response)
     def metrics() -> Response:
-        """Prometheus metrics."""
+        """Prometheus metrics: requests and latency per route; batch sizes, queue depth, queue wait, forward time
+        and shed requests per model."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.exception_handler(InferenceTimeout)
-    async def on_timeout(request: Request, error: InferenceTimeout) -> JSONResponse:
+    @app.exception_handler(ServiceUnavailable)
+    async def on_unavailable(request: Request, error: ServiceUnavailable) -> JSONResponse:
+        headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+        return JSONResponse({"detail": str(error)}, status_code=503, headers=headers)
+
+    @app.exception_handler(ForwardFailed)
+    async def on_forward_failed(request: Request, error: ForwardFailed) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=500)
+
+    @app.exception_handler(InvalidRequest)
+    async def on_invalid(request: Request, error: InvalidRequest) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": ["body", error.field], "msg": str(error), "type": "value_error"}]},
+                            status_code=422)
+
+    @app.exception_handler(CheckpointError)
+    async def on_unservable(request: Request, error: CheckpointError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503)
+
+    @app.exception_handler(ClientDisconnected)
+    async def on_gone(request: Request, error: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it, the metrics count it
 
     # Added last = outermost: the size cap and key check run before anything reads the body.
     app.add_middleware(Metrics, registry=registry)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"],
-                           expose_headers=["X-Seed", "X-Attributes", "X-Strengths"])
+                           expose_headers=["X-Seed", "X-Attributes", "X-Strengths", "Retry-After"])
     app.add_middleware(APIKeyGuard, api_key=settings.api_key)
     app.add_middleware(BodySizeLimit, max_mb=settings.max_upload_mb)
     return app

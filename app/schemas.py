@@ -45,6 +45,8 @@ class ReconstructResponse(BaseModel):
 class ModelCard(BaseModel):
     name: str
     family: str
+    capabilities: list[str] = Field(description="what the family can do: sample, encode, score")
+    precision: str = Field(description="compute precision of its forwards on this server")
     file: str
     sha256: str
     device: str

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from app.api.attributes import FREQUENCIES_KEY, resolve_attributes
+from app.models.attributes import FREQUENCIES_KEY, resolve_attributes
 from app.imaging import base64_pngs, grid_png
 from app.models import build_model
 from app.models.acgan import (DEFAULT_TOGGLE_STRENGTH, ACGANConfig, ACGANDiscriminator, ACGANGenerator, emphasis,

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from app.api.attributes import FREQUENCIES_KEY
+from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.flows import (ActNorm, ConditionalPrior, Coupling, FlowStep, InvConv1x1, Split, squeeze2d,
                               unsqueeze2d)

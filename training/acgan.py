@@ -19,7 +19,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from app.api.attributes import FREQUENCIES_KEY
+from app.models.attributes import FREQUENCIES_KEY
 from app.models.acgan import DEFAULT_ATTRIBUTES, ACGANConfig, ACGANDiscriminator, ACGANGenerator, toggle_pairs
 from app.models.sampling import draw_noise
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.api.attributes import FREQUENCIES_KEY, resolve_attributes
+from app.models.attributes import FREQUENCIES_KEY, resolve_attributes
 from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, ACGANGenerator, emphasis, toggle_pairs
 from app.models.checkpoint import Checkpoint, load_checkpoint
 from app.models.infogan import InfoGANDiscriminator, InfoGANGenerator, draw_codes, recognizer_from_extras, sweep_inputs

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from app.api.attributes import FREQUENCIES_KEY
+from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import save_checkpoint
 from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig
 

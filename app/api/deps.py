@@ -1,13 +1,15 @@
-"""Typed dependencies for the routes: the settings, the loaded models and the inference seam."""
+"""Typed dependencies for the routes: the settings, the loaded models and the batcher they run through."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from app.models.checkpoint import Checkpoint
-from app.services.inference import InferenceRunner
+from app.models.pipelines import Pipeline, Prepared
+from app.models.pipelines.base import Tensors
+from app.services.batcher import Batcher
 from app.services.model_store import ModelStore
 from app.settings import Settings
 
@@ -20,18 +22,50 @@ def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
-def get_runner(request: Request) -> InferenceRunner:
-    return request.app.state.runner
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
-RunnerDep = Annotated[InferenceRunner, Depends(get_runner)]
 
 
-def require_model(store: ModelStore, family: str) -> Checkpoint:
-    """The loaded checkpoint of ``family``, or 503 saying it is not loaded."""
-    checkpoint = store.get(family)
-    if checkpoint is None:
+def require_pipeline(store: ModelStore, family: str) -> Pipeline:
+    """The loaded pipeline of ``family``, or 503 saying it is not loaded."""
+    pipeline = store.pipelines.get(family)
+    if pipeline is None:
         raise HTTPException(503, f"model {family!r} is not loaded on this server; loaded: {sorted(store.models)}")
-    return checkpoint
+    return pipeline
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request waited; nothing is sent back."""
+
+
+async def _disconnected(request: Request) -> None:
+    # After the body has been read, the next ASGI message is the disconnect (or nothing, until the response is sent).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class Inference:
+    """Runs a request's prepared inputs through the batcher; a client that disconnects meanwhile is taken out of
+    the queue (its rows are never computed)."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.batcher: Batcher = request.app.state.batcher
+        self.timeout_s: float = request.app.state.settings.request_timeout_s
+
+    async def __call__(self, family: str, prepared: Prepared) -> Tensors:
+        job = asyncio.ensure_future(self.batcher.submit(family, prepared, self.timeout_s))
+        watcher = asyncio.ensure_future(_disconnected(self.request))
+        done: set[asyncio.Future] = set()
+        try:
+            done, _ = await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not job.done():
+                job.cancel()
+        if job not in done:
+            raise ClientDisconnected()
+        return job.result()
+
+
+InferenceDep = Annotated[Inference, Depends(Inference)]

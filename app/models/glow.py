@@ -229,12 +229,20 @@ class Glow(nn.Module):
         """Images (N, 3, S, S) in [-1, 1] for attribute vectors y (N, A) on the model's device.
 
         All noise is one (N, latent_dim) standard normal draw on the CPU from ``generator``, made before anything
-        touches the device: the same seed gives the same images on any device. Each latent is
-        ``mean + temperature * std * eps`` under its conditional prior, from the top down.
+        touches the device: the same seed gives the same images on any device.
         """
-        eps = self.unflatten_latents(torch.randn((y.shape[0], self.latent_dim), generator=generator).to(y.device, y.dtype))
-        h = self.top_prior.sample(None, y, eps[-1], temperature)
-        split_eps = iter(reversed(eps[:-1]))
+        eps = torch.randn((y.shape[0], self.latent_dim), generator=generator)
+        return self.sample_from_noise(y, eps.to(y.device, y.dtype), temperature)
+
+    def sample_from_noise(self, y: torch.Tensor, eps: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+        """Images for attribute vectors y (N, A) and standard normal noise eps (N, latent_dim). Each latent is
+        ``mean + temperature * std * eps`` under its conditional prior, from the top down; ``temperature`` is a
+        number or one per image (N,), so requests at different temperatures can share a batch."""
+        if isinstance(temperature, torch.Tensor):
+            temperature = temperature.to(eps)[:, None, None, None]
+        eps_list = self.unflatten_latents(eps)
+        h = self.top_prior.sample(None, y, eps_list[-1], temperature)
+        split_eps = iter(reversed(eps_list[:-1]))
         for level in reversed(self.levels):
             if level.split is not None:
                 h = level.split.reverse(h, level.split.prior.sample(h, y, next(split_eps), temperature))

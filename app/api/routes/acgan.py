@@ -11,13 +11,11 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import ConfigDict, Field
 
-from app.api.attributes import (FREQUENCIES_KEY, attribute_header, attribute_report, check_attribute_names,
-                                resolve_attributes)
-from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
+from app.api.attributes import attribute_header, attribute_report
+from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count, field_error, image_output
 from app.api.routes.generate import resolve_seed
-from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, MAX_STRENGTH, emphasis, toggle_pairs
-from app.models.sampling import draw_noise, seeded_generator
+from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, MAX_STRENGTH
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 
 router = APIRouter(prefix="/generate", tags=["generate"])
@@ -51,31 +49,18 @@ class ACGANResponse(ImagesResponse):
 @router.post("/acgan", response_class=Response, responses={
     200: {"content": {"image/png": {}}, "model": ACGANResponse,
           "description": "a PNG grid (X-Seed and X-Attributes headers) or JSON"}})
-async def generate_acgan(request: ACGANRequest, store: StoreDep, runner: RunnerDep, settings: SettingsDep):
+async def generate_acgan(request: ACGANRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep):
     """``n`` samples with the requested attributes; with ``toggle``, ``n`` off/on pairs (row 1 off, row 2 on)."""
-    checkpoint = require_model(store, "acgan")
-    model = checkpoint.model
-    names = model.attribute_names
-    check_attribute_names(list(request.attributes), names, "attributes")
-    if request.toggle is not None:
-        check_attribute_names([request.toggle], names, "toggle")
-    elif "strength" in request.model_fields_set:
+    pipeline = require_pipeline(store, "acgan")
+    if request.toggle is None and "strength" in request.model_fields_set:
         raise field_error("strength", "strength applies only to a toggled attribute: give `toggle` too")
     check_count("n", request.n, 1, max(1, settings.max_n // 2) if request.toggle else settings.max_n)
-
     seed = resolve_seed(request.seed)
-    generator = seeded_generator(seed)
-    noise = draw_noise(model.latent_shape, request.n, generator)
-    frequencies = checkpoint.extras.get(FREQUENCIES_KEY)
-    vectors = resolve_attributes(request.attributes, names, frequencies, request.n, generator)
-    nrow, strength = 8, None
-    if request.toggle is not None:
-        index = names.index(request.toggle)
-        noise, vectors = toggle_pairs(noise, vectors, index)
-        nrow, strength = request.n, emphasis(len(names), index, request.strength).to(store.device)
-    images = await runner.run(model.generate, noise.to(store.device), vectors.to(store.device), strength)
+    prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.toggle, request.strength)
+    (images,) = await infer("acgan", prepared)
 
-    return image_output(images, format=request.format, seed=seed, nrow=nrow,
+    names, vectors = pipeline.attributes, prepared.report["attributes"]
+    return image_output(images, format=request.format, seed=seed, nrow=request.n if request.toggle else 8,
                         json_body=lambda encoded: ACGANResponse(model="acgan", seed=seed, images=encoded,
                                                                 attributes=attribute_report(vectors, names),
                                                                 toggle=request.toggle,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
-from fastapi import APIRouter, File, HTTPException, UploadFile
+from fastapi import APIRouter, File, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
+from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count
 from app.api.uploads import read_upload_batch
 
@@ -33,7 +32,7 @@ class ClassifyResponse(BaseModel):
 async def classify(
     images: Annotated[list[UploadFile], File(description="1 to 32 face images (JPEG, PNG or WebP, any size)")],
     store: StoreDep,
-    runner: RunnerDep,
+    infer: InferenceDep,
     settings: SettingsDep,
 ) -> ClassifyResponse:
     """Every attribute's probability per image (multi-label: each is an independent yes/no), rounded to 4 decimals.
@@ -41,18 +40,11 @@ async def classify(
     Uploads go through the crop/resize the classifier was trained with; aligned, centred faces (as in CelebA)
     classify best."""
     check_count("images", len(images), 1, MAX_CLASSIFY)
-    checkpoint = require_model(store, "classifier")
-    names = checkpoint.attributes
-    if len(names) != checkpoint.model.config.num_attributes:
-        raise HTTPException(503, f"the classifier checkpoint names {len(names)} attributes for "
-                                 f"{checkpoint.model.config.num_attributes} outputs; it cannot be served")
-    batch, filenames = await read_upload_batch(images, checkpoint.preprocess, settings.max_image_pixels)
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        return checkpoint.model.probabilities(batch.to(store.device)).float().cpu()
-
-    probabilities = await runner.run(run, batch)
+    pipeline = require_pipeline(store, "classifier")
+    batch, filenames = await read_upload_batch(images, pipeline.checkpoint.preprocess, settings.max_image_pixels)
+    (probabilities,) = await infer("classifier", pipeline.prepare_classification(batch))
     return ClassifyResponse(model="classifier", images=[
-        ImageAttributes(filename=name, attributes={attribute: round(value, 4) for attribute, value in zip(names, row.tolist())})
+        ImageAttributes(filename=name, attributes={attribute: round(value, 4)
+                                                   for attribute, value in zip(pipeline.attributes, row.tolist())})
         for name, row in zip(filenames, probabilities)
     ])

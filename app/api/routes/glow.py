@@ -16,15 +16,14 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.attributes import FREQUENCIES_KEY, attribute_header, attribute_report, check_attribute_names, resolve_attributes
-from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
+from app.api.attributes import attribute_header, attribute_report
+from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count, field_error, image_output
 from app.api.routes.generate import resolve_seed
 from app.api.uploads import read_upload_batch
 from app.imaging import base64_pngs, gif_bytes, grid_png
-from app.models.checkpoint import Checkpoint
-from app.models.glow import DIRECTIONS_KEY, interpolate_latents
-from app.models.sampling import seeded_generator
+from app.models.attributes import check_attribute_names
+from app.models.pipelines.glow import MAX_TEMPERATURE
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 
 router = APIRouter(tags=["glow"])
@@ -32,15 +31,13 @@ router = APIRouter(tags=["glow"])
 MAX_FRAMES = 32  # interpolation frames and manipulation strengths per request
 MAX_STRENGTH = 5.0  # |strength| cap, in units of the stored direction (beyond it faces dissolve into noise)
 MAX_LIKELIHOOD_IMAGES = 32
-LIKELIHOOD_DRAWS = 32  # attribute vectors averaged over for the marginal likelihood of an unlabelled upload
-LIKELIHOOD_SEED = 0  # fixed: the same image always gets the same bits/dim
 SequenceFormat = Literal["png", "gif", "json"]
 
 
 class GlowRequest(StrictModel):
     n: int = Field(16, ge=1, description="number of images (at most FACEGEN_MAX_N)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images; omitted: random, reported")
-    temperature: float = Field(0.7, ge=0.0, le=1.5, description="scale of the prior's standard deviations: lower is "
+    temperature: float = Field(0.7, ge=0.0, le=MAX_TEMPERATURE, description="scale of the prior's standard deviations: lower is "
                                                                 "smoother and more typical, 1 is the model's own spread")
     attributes: dict[str, bool] = Field(default_factory=dict,
                                         description="attribute name -> on/off; the other attributes are drawn per image "
@@ -81,14 +78,6 @@ class LikelihoodResponse(BaseModel):
     images: list[Likelihood]
 
 
-def require_glow(store) -> Checkpoint:
-    checkpoint = require_model(store, "glow")
-    if len(checkpoint.attributes) != checkpoint.model.config.num_attributes:
-        raise HTTPException(503, f"the glow checkpoint names {len(checkpoint.attributes)} attributes but its model is "
-                                 f"conditioned on {checkpoint.model.config.num_attributes}")
-    return checkpoint
-
-
 def sequence_output(frames: torch.Tensor, format: str, json_body, headers: dict[str, str] | None = None) -> Response:
     if format == "png":
         return Response(grid_png(frames, nrow=len(frames)), media_type="image/png", headers=headers)
@@ -104,17 +93,15 @@ SEQUENCE_RESPONSES = {200: {"content": {"image/png": {}, "image/gif": {}, "appli
 @router.post("/generate/glow", response_class=Response, tags=["generate"], responses={
     200: {"content": {"image/png": {}}, "model": GlowImagesResponse,
           "description": "a PNG grid (X-Seed and X-Attributes headers) or JSON"}})
-async def generate_glow(request: GlowRequest, store: StoreDep, runner: RunnerDep, settings: SettingsDep):
+async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep):
     """``n`` conditional samples: the requested attributes fixed, the rest drawn from training frequencies (attributes
     first, then the latent noise, both from one seeded CPU generator, so the same request gives the same bytes)."""
-    checkpoint = require_glow(store)
-    names = checkpoint.attributes
-    check_attribute_names(list(request.attributes), names, "attributes")
+    pipeline = require_pipeline(store, "glow")
     check_count("n", request.n, 1, settings.max_n)
     seed = resolve_seed(request.seed)
-    generator = seeded_generator(seed)
-    vectors = resolve_attributes(request.attributes, names, checkpoint.extras.get(FREQUENCIES_KEY), request.n, generator)
-    images = await runner.run(checkpoint.model.sample, vectors.to(store.device), request.temperature, generator)
+    prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.temperature)
+    (images,) = await infer("glow", prepared)
+    names, vectors = pipeline.attributes, prepared.report["attributes"]
 
     return image_output(images, format=request.format, seed=seed,
                         json_body=lambda encoded: GlowImagesResponse(model="glow", seed=seed, images=encoded,
@@ -128,7 +115,7 @@ async def interpolate(
     face_a: Annotated[UploadFile, File(description="the first face (JPEG, PNG or WebP, any size)")],
     face_b: Annotated[UploadFile, File(description="the last face")],
     store: StoreDep,
-    runner: RunnerDep,
+    infer: InferenceDep,
     settings: SettingsDep,
     steps: Annotated[int, Form(ge=2, le=MAX_FRAMES, description="frames, both ends included")] = 8,
     method: Annotated[Literal["linear", "slerp"], Form(description="straight line or great circle in latent space")] = "linear",
@@ -136,14 +123,11 @@ async def interpolate(
 ):
     """Frames from face_a to face_b along a path between their latents (all levels); the first and last frames are
     the reconstructions of a and b."""
-    checkpoint = require_glow(store)
-    batch, _ = await read_upload_batch([face_a, face_b], checkpoint.preprocess, settings.max_image_pixels, field="face")
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        latents = checkpoint.model.encode_images(batch.to(store.device))
-        return checkpoint.model.decode_images(interpolate_latents(latents[0], latents[1], steps, method)).cpu()
-
-    frames = await runner.run(run, batch)
+    pipeline = require_pipeline(store, "glow")
+    batch, _ = await read_upload_batch([face_a, face_b], pipeline.checkpoint.preprocess, settings.max_image_pixels,
+                                       field="face")
+    (latents,) = await infer("glow", pipeline.prepare_encoding(batch))
+    (frames,) = await infer("glow", pipeline.prepare_decoding(pipeline.interpolation_latents(latents, steps, method)))
     return sequence_output(frames, format, lambda: InterpolationResponse(model="glow", method=method, frames=base64_pngs(frames)))
 
 
@@ -167,7 +151,7 @@ async def manipulate(
     face: Annotated[UploadFile, File(description="a face (JPEG, PNG or WebP, any size)")],
     attribute: Annotated[str, Form(description="the CelebA attribute to move along, e.g. Smiling")],
     store: StoreDep,
-    runner: RunnerDep,
+    infer: InferenceDep,
     settings: SettingsDep,
     strengths: Annotated[str | None, Form(description="comma list in units of the attribute direction, e.g. -1,-0.5,0,0.5,1")] = None,
     steps: Annotated[int | None, Form(ge=2, le=MAX_FRAMES, description="instead of strengths: evenly spaced from "
@@ -178,26 +162,17 @@ async def manipulate(
     """The face's latent plus ``strength`` times the attribute's direction (mean latent of training faces with it
     minus mean latent of those without), for each strength; strength 0 is the reconstruction. Without ``strengths``
     or ``steps``: 5 steps from -max_strength to +max_strength."""
-    checkpoint = require_glow(store)
-    check_attribute_names([attribute], checkpoint.attributes, "attribute")
+    pipeline = require_pipeline(store, "glow")
+    check_attribute_names([attribute], pipeline.attributes, "attribute")
     if strengths is not None and steps is not None:
         raise field_error("strengths", "give either strengths or steps (with max_strength), not both")
     if strengths is not None:
         values = parse_strengths(strengths)
     else:
         values = torch.linspace(-max_strength, max_strength, steps or 5, dtype=torch.float64).tolist()
-    directions = checkpoint.extras.get(DIRECTIONS_KEY)
-    if directions is None:
-        raise HTTPException(503, "the loaded glow checkpoint has no attribute directions; retrain it with `python -m training glow`")
-    batch, _ = await read_upload_batch([face], checkpoint.preprocess, settings.max_image_pixels, field="face")
-    direction = directions[checkpoint.attributes.index(attribute)]
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        latent = checkpoint.model.encode_images(batch.to(store.device))
-        amounts = torch.tensor(values, dtype=latent.dtype, device=latent.device)[:, None]
-        return checkpoint.model.decode_images(latent + amounts * direction.to(latent)).cpu()
-
-    images = await runner.run(run, batch)
+    batch, _ = await read_upload_batch([face], pipeline.checkpoint.preprocess, settings.max_image_pixels, field="face")
+    (latent,) = await infer("glow", pipeline.prepare_encoding(batch))
+    (images,) = await infer("glow", pipeline.prepare_decoding(pipeline.manipulation_latents(latent[0], attribute, values)))
     headers = {"X-Strengths": ",".join(f"{value:g}" for value in values)}
     return sequence_output(images, format, lambda: ManipulationResponse(
         model="glow", attribute=attribute, strengths=values, original=base64_pngs(batch)[0], images=base64_pngs(images)), headers)
@@ -207,7 +182,7 @@ async def manipulate(
 async def likelihood(
     images: Annotated[list[UploadFile], File(description="1 to 32 images (JPEG, PNG or WebP, any size)")],
     store: StoreDep,
-    runner: RunnerDep,
+    infer: InferenceDep,
     settings: SettingsDep,
 ) -> LikelihoodResponse:
     """Bits per dimension of each upload (lower = more face-like to the model; non-faces score high).
@@ -218,13 +193,8 @@ async def likelihood(
     attributes and averages over dequantisation noise.
     """
     check_count("images", len(images), 1, MAX_LIKELIHOOD_IMAGES)
-    checkpoint = require_glow(store)
-    batch, names = await read_upload_batch(images, checkpoint.preprocess, settings.max_image_pixels)
-    draws = resolve_attributes({}, checkpoint.attributes, checkpoint.extras.get(FREQUENCIES_KEY), LIKELIHOOD_DRAWS,
-                               seeded_generator(LIKELIHOOD_SEED))
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        return checkpoint.model.marginal_bits_per_dim(batch.to(store.device), draws.to(store.device)).cpu()
-
-    bits = await runner.run(run, batch)
-    return LikelihoodResponse(model="glow", images=[Likelihood(filename=name, bits_per_dim=float(value)) for name, value in zip(names, bits)])
+    pipeline = require_pipeline(store, "glow")
+    batch, names = await read_upload_batch(images, pipeline.checkpoint.preprocess, settings.max_image_pixels)
+    (bits,) = await infer("glow", pipeline.prepare_likelihood(batch))
+    return LikelihoodResponse(model="glow", images=[Likelihood(filename=name, bits_per_dim=float(value))
+                                                    for name, value in zip(names, bits)])

@@ -7,11 +7,9 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import RunnerDep, StoreDep, require_model
-from app.api.responses import check_count, image_output
+from app.api.deps import InferenceDep, StoreDep, require_pipeline
+from app.api.responses import image_output
 from app.api.routes.generate import resolve_seed
-from app.models.infogan import draw_codes, sweep_inputs
-from app.models.sampling import draw_noise, seeded_generator
 from app.schemas import MAX_SEED, ImageFormat, StrictModel
 
 router = APIRouter(prefix="/generate", tags=["generate"])
@@ -37,20 +35,13 @@ class InfoGANResponse(BaseModel):
 @router.post("/infogan", response_class=Response, responses={
     200: {"content": {"image/png": {}}, "model": InfoGANResponse,
           "description": "a PNG grid (rows x categories) or JSON"}})
-async def generate_infogan(request: InfoGANRequest, store: StoreDep, runner: RunnerDep):
+async def generate_infogan(request: InfoGANRequest, store: StoreDep, infer: InferenceDep):
     """A ``rows`` x categories grid: code ``code`` walked through its categories, everything else fixed per row."""
-    checkpoint = require_model(store, "infogan")
-    model = checkpoint.model
-    check_count("code", request.code, 0, model.n_codes - 1)
-
+    pipeline = require_pipeline(store, "infogan")
     seed = resolve_seed(request.seed)
-    generator = seeded_generator(seed)
-    noise = draw_noise(model.noise_shape, request.rows, generator)
-    codes = draw_codes(request.rows, model.n_codes, model.n_categories, generator)
-    noise, codes = sweep_inputs(noise, codes, request.code, model.n_categories)
-    images = await runner.run(model.generate, noise.to(store.device), codes.to(store.device))
+    (images,) = await infer("infogan", pipeline.prepare_samples(request.rows, seed, code=request.code))
 
-    per_row = model.n_categories
+    per_row = pipeline.categories
     return image_output(images, format=request.format, seed=seed, nrow=per_row,
                         json_body=lambda encoded: InfoGANResponse(
                             model="infogan", seed=seed, code=request.code,

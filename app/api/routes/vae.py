@@ -8,7 +8,7 @@ import torch
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from app.api.deps import RunnerDep, SettingsDep, StoreDep, require_model
+from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count
 from app.api.uploads import read_upload_batch
 from app.imaging import base64_pngs, grid_png
@@ -23,21 +23,15 @@ MAX_RECONSTRUCT = 32
 async def reconstruct(
     images: Annotated[list[UploadFile], File(description="1 to 32 face images (JPEG, PNG or WebP, any size)")],
     store: StoreDep,
-    runner: RunnerDep,
+    infer: InferenceDep,
     settings: SettingsDep,
     format: Annotated[Literal["png", "json"], Form()] = "png",
 ):
     """png: originals (as preprocessed) in row 1 over reconstructions in row 2; json: per-image MSE and images."""
     check_count("images", len(images), 1, MAX_RECONSTRUCT)
-    checkpoint = require_model(store, "vae")
-    batch, names = await read_upload_batch(images, checkpoint.preprocess, settings.max_image_pixels)
-
-    def run(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = batch.to(store.device)
-        reconstructions = checkpoint.model.reconstruct(batch)
-        return reconstructions.cpu(), ((reconstructions - batch) ** 2).flatten(1).mean(1).cpu()
-
-    reconstructions, errors = await runner.run(run, batch)
+    pipeline = require_pipeline(store, "vae")
+    batch, names = await read_upload_batch(images, pipeline.checkpoint.preprocess, settings.max_image_pixels)
+    reconstructions, errors = await infer("vae", pipeline.prepare_reconstruction(batch))
     if format == "png":
         return Response(grid_png(torch.cat([batch, reconstructions]), nrow=len(names)), media_type="image/png")
     body = ReconstructResponse(

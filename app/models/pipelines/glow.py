@@ -1,0 +1,90 @@
+"""Conditional Glow pipeline: conditional samples at a temperature, encoding uploads to latents and decoding latents
+back (interpolation and attribute manipulation happen between the two, on the CPU), and bits per dimension."""
+
+from __future__ import annotations
+
+import torch
+
+from ..attributes import FREQUENCIES_KEY, InvalidRequest, check_attribute_names, resolve_attributes
+from ..checkpoint import CheckpointError
+from ..glow import DIRECTIONS_KEY, interpolate_latents
+from ..sampling import seeded_generator
+from .base import ENCODE, SAMPLE, SCORE, Pipeline, Prepared, finite_images, register_pipeline
+
+LIKELIHOOD_DRAWS = 32  # attribute vectors averaged over for the marginal likelihood of an unlabelled upload
+LIKELIHOOD_SEED = 0  # fixed: the same image always gets the same bits/dim
+MAX_TEMPERATURE = 1.5
+
+
+@register_pipeline("glow", SAMPLE, ENCODE, SCORE)
+class GlowPipeline(Pipeline):
+    """Sampling draw order, from one generator seeded with the request's seed: the n attribute vectors (open ones
+    ~ Bernoulli(training frequency)), then one (n, latent_dim) standard normal draw. The temperature travels per row,
+    so requests at different temperatures share a batch."""
+
+    reduced_precision = False
+
+    def validate(self) -> None:
+        self.check_attributes_match_outputs(self.model.config.num_attributes, "condition inputs")
+        # Fixed once: the marginal likelihood averages over these attribute vectors for every upload.
+        self.likelihood_draws = resolve_attributes({}, self.attributes, self.checkpoint.extras.get(FREQUENCIES_KEY),
+                                                   LIKELIHOOD_DRAWS, seeded_generator(LIKELIHOOD_SEED))
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.latent_dim
+
+    # ---- sampling ----------------------------------------------------------------------------------------------
+    def prepare_samples(self, n: int, seed: int, attributes: dict[str, bool] | None = None,
+                        temperature: float = 0.7) -> Prepared:
+        if not 0 <= temperature <= MAX_TEMPERATURE:
+            raise InvalidRequest("temperature", f"temperature must be between 0 and {MAX_TEMPERATURE}, got {temperature}")
+        generator = seeded_generator(seed)
+        vectors = resolve_attributes(attributes or {}, self.attributes, self.checkpoint.extras.get(FREQUENCIES_KEY),
+                                     n, generator)
+        eps = torch.randn((n, self.latent_dim), generator=generator)
+        return Prepared("sample", (vectors, eps, torch.full((n,), float(temperature))), {"attributes": vectors})
+
+    def generate(self, vectors: torch.Tensor, eps: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        return finite_images(self.model.sample_from_noise(vectors, eps, temperature))
+
+    # ---- uploads -----------------------------------------------------------------------------------------------
+    def prepare_encoding(self, images: torch.Tensor) -> Prepared:
+        return Prepared("encode", (images,))
+
+    def prepare_decoding(self, latents: torch.Tensor) -> Prepared:
+        return Prepared("decode", (latents,))
+
+    def prepare_likelihood(self, images: torch.Tensor) -> Prepared:
+        return Prepared("likelihood", (images,))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_images(images)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return finite_images(self.model.decode_images(latents))
+
+    def likelihood(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.marginal_bits_per_dim(images, self.likelihood_draws.to(images.device))
+
+    def interpolation_latents(self, latents: torch.Tensor, steps: int, method: str) -> torch.Tensor:
+        """(2, D) latents of the two faces -> (steps, D) along the path, on the CPU."""
+        return interpolate_latents(latents[0], latents[1], steps, method)
+
+    def manipulation_latents(self, latent: torch.Tensor, attribute: str, strengths: list[float]) -> torch.Tensor:
+        """(D,) latent of one face -> (len(strengths), D): the latent plus each strength times the attribute's
+        direction (mean latent of training faces with it minus the mean of those without)."""
+        check_attribute_names([attribute], self.attributes, "attribute")
+        directions = self.checkpoint.extras.get(DIRECTIONS_KEY)
+        if directions is None:
+            raise CheckpointError("the loaded glow checkpoint has no attribute directions; retrain it with "
+                                  "`python -m training glow`")
+        direction = directions[self.attributes.index(attribute)].float().cpu()
+        amounts = torch.tensor(strengths, dtype=latent.dtype)[:, None]
+        return latent[None] + amounts * direction
+
+    def operations(self):
+        return {"sample": self.generate, "encode": self.encode, "decode": self.decode, "likelihood": self.likelihood}
+
+    def warmup(self) -> Prepared:
+        return self.prepare_samples(2, 0)

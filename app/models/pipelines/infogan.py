@@ -1,0 +1,38 @@
+"""InfoGAN pipeline: sweeps of one categorical code."""
+
+from __future__ import annotations
+
+import torch
+
+from ..attributes import InvalidRequest
+from ..infogan import draw_codes, sweep_inputs
+from ..sampling import draw_noise, seeded_generator
+from .base import SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
+
+
+@register_pipeline("infogan", SAMPLE)
+class InfoGANPipeline(Pipeline):
+    """Draw order: the rows' noise vectors, then their codes; each row is then repeated once per category of the
+    swept code (row-major: rows x categories images)."""
+
+    @property
+    def categories(self) -> int:
+        return self.model.n_categories
+
+    def prepare_samples(self, n: int, seed: int, code: int = 0) -> Prepared:
+        """``n`` rows, each one noise vector with code ``code`` walked through its categories."""
+        if not 0 <= code < self.model.n_codes:
+            raise InvalidRequest("code", f"code must be between 0 and {self.model.n_codes - 1}, got {code}")
+        generator = seeded_generator(seed)
+        noise = draw_noise(self.model.noise_shape, n, generator)
+        codes = draw_codes(n, self.model.n_codes, self.categories, generator)
+        return Prepared("sample", sweep_inputs(noise, codes, code, self.categories))
+
+    def generate(self, noise: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return finite_images(self.model.generate(noise, codes))
+
+    def operations(self):
+        return {"sample": self.generate}
+
+    def warmup(self) -> Prepared:
+        return self.prepare_samples(1, 0)

@@ -1,0 +1,47 @@
+"""Pipelines of the families that sample from noise alone: DCGAN, and the VAE (which also reconstructs uploads)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..sampling import draw_noise, seeded_generator
+from .base import ENCODE, SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
+
+
+class NoisePipeline(Pipeline):
+    """``n`` images from ``n`` standard normal noise vectors drawn with the seed."""
+
+    def prepare_samples(self, n: int, seed: int) -> Prepared:
+        return Prepared("sample", (draw_noise(self.model.latent_shape, n, seeded_generator(seed)),))
+
+    def generate(self, noise: torch.Tensor) -> torch.Tensor:
+        return finite_images(self.model.generate(noise))
+
+    def operations(self):
+        return {"sample": self.generate}
+
+    def warmup(self) -> Prepared:
+        return self.prepare_samples(2, 0)
+
+
+@register_pipeline("dcgan", SAMPLE)
+class DCGANPipeline(NoisePipeline):
+    pass
+
+
+@register_pipeline("vae", SAMPLE, ENCODE)
+class VAEPipeline(NoisePipeline):
+    """Samples decode draws of the Gaussian fitted to the training latents (the model's prior, N(0, I) until fitted);
+    ``reconstruct`` passes uploads through the posterior mean."""
+
+    def prepare_reconstruction(self, images: torch.Tensor) -> Prepared:
+        """[-1, 1] images (N, 3, S, S), already preprocessed."""
+        return Prepared("reconstruct", (images,))
+
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstructions, per-image MSE on the [-1, 1] scale)."""
+        reconstructions = finite_images(self.model.reconstruct(images))
+        return reconstructions, ((reconstructions - images.float()) ** 2).flatten(1).mean(1)
+
+    def operations(self):
+        return {"sample": self.generate, "reconstruct": self.reconstruct}

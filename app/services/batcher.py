@@ -1,0 +1,311 @@
+"""The dynamic batcher: the one seam between routes and pipelines.
+
+Per loaded model, a queue and one worker coroutine. The worker takes the waiting requests of one operation, up to
+``max_batch`` rows or until ``delay_s`` has passed since the oldest arrived, concatenates their inputs, runs one
+forward and answers each request with its own rows. All models on a device share one forward thread, so on a CPU two
+forwards never fight over the cores, and the thread's FIFO queue takes the models' batches in turn (none starves).
+
+Requests arrive with their inputs already drawn from their own seeds (:class:`app.models.pipelines.Prepared`), so a
+request gives the same images alone or inside any batch.
+
+Load is shed, not queued without bound: past ``max_queue`` waiting rows a request is refused at once
+(:class:`Overloaded`, 503 with Retry-After from the queue and the measured forward rate); a request whose deadline
+passes while it waits is dropped before it is computed; a cancelled request (client gone) leaves the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.models.pipelines import Pipeline, Prepared
+from app.models.pipelines.base import Tensors
+
+logger = logging.getLogger("facegen.batcher")
+
+
+class ServiceUnavailable(RuntimeError):
+    """The request was not computed; the service answers 503 with this message (and Retry-After when set)."""
+
+    def __init__(self, message: str, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(ServiceUnavailable):
+    pass
+
+
+class DeadlineExceeded(ServiceUnavailable):
+    pass
+
+
+class DoesNotFit(ServiceUnavailable):
+    pass
+
+
+class ForwardFailed(RuntimeError):
+    """The forward of the batch this request was in raised; answered 500."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+@dataclass(eq=False)
+class Job:
+    operation: str
+    inputs: Tensors
+    rows: int
+    arrived: float
+    deadline: float
+    future: asyncio.Future = field(repr=False)
+
+
+class BatcherMetrics:
+    def __init__(self, registry: CollectorRegistry | None):
+        kwargs = {"registry": registry}
+        self.batch_rows = Histogram("facegen_batch_rows", "rows (images) per forward", ["family"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), **kwargs)
+        self.batch_requests = Histogram("facegen_batch_requests", "requests per forward", ["family"],
+                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128), **kwargs)
+        self.queue_rows = Gauge("facegen_queue_rows", "rows waiting in the queue", ["family"], **kwargs)
+        self.queue_wait = Histogram("facegen_queue_wait_seconds", "time from arrival to the start of its forward",
+                                    ["family"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                    **kwargs)
+        self.forward_seconds = Histogram("facegen_forward_seconds", "duration of one batched forward", ["family"],
+                                         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                         **kwargs)
+        self.shed = Counter("facegen_shed_requests", "requests answered without being computed", ["family", "reason"],
+                            **kwargs)
+
+
+class ModelQueue:
+    """The queue and worker of one model."""
+
+    def __init__(self, name: str, pipeline: Pipeline, batcher: "Batcher"):
+        self.name, self.pipeline, self.batcher = name, pipeline, batcher
+        self.pending: deque[Job] = deque()
+        self.queued_rows = 0
+        self.wake = asyncio.Event()
+        self.rows_per_s: float | None = None  # moving average of the forward rate, for Retry-After
+        self.task: asyncio.Task | None = None
+
+    # ---- the request side ---------------------------------------------------------------------------------------
+    async def submit(self, prepared: Prepared, timeout_s: float) -> Tensors:
+        batcher, loop = self.batcher, asyncio.get_running_loop()
+        if batcher.closing:
+            raise ServiceUnavailable("the server is shutting down", retry_after_s=1)
+        rows = prepared.rows
+        if self.queued_rows and self.queued_rows + rows > batcher.max_queue:
+            batcher.metrics.shed.labels(self.name, "queue_full").inc()
+            raise Overloaded(f"{self.name}: {self.queued_rows} images are already waiting (FACEGEN_MAX_QUEUE="
+                             f"{batcher.max_queue}); try again shortly", retry_after_s=self.retry_after_s(rows))
+        now = loop.time()
+        job = Job(prepared.operation, prepared.inputs, rows, now, now + timeout_s, loop.create_future())
+        self.pending.append(job)
+        self.queued_rows += rows
+        self.batcher.metrics.queue_rows.labels(self.name).set(self.queued_rows)
+        self.wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+        except asyncio.TimeoutError:
+            batcher.metrics.shed.labels(self.name, "deadline").inc()
+            raise DeadlineExceeded(f"{self.name}: not answered within FACEGEN_REQUEST_TIMEOUT_S={timeout_s:g} s "
+                                   "(the server is busy)", retry_after_s=self.retry_after_s(rows)) from None
+        finally:
+            # Timed out or cancelled (the client went away): a job still queued is dropped, never computed.
+            if not job.future.done():
+                job.future.cancel()
+            self.discard(job)
+
+    def retry_after_s(self, rows: int) -> int:
+        rate = self.rows_per_s or 1.0
+        return max(1, math.ceil((self.queued_rows + rows) / rate))
+
+    def discard(self, job: Job) -> None:
+        try:
+            self.pending.remove(job)
+        except ValueError:
+            return
+        self.queued_rows -= job.rows
+        self.batcher.metrics.queue_rows.labels(self.name).set(self.queued_rows)
+
+    # ---- the worker side ----------------------------------------------------------------------------------------
+    async def work(self) -> None:
+        loop = asyncio.get_running_loop()
+        batcher = self.batcher
+        while True:
+            self.drop_finished()
+            if not self.pending:
+                if batcher.closing:
+                    return
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            first = self.pending[0]
+            fill_until = first.arrived + batcher.delay_s
+            while (self.rows_of(first.operation) < batcher.max_batch and not batcher.closing
+                   and (remaining := fill_until - loop.time()) > 0):
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            jobs = self.take(first.operation, loop.time())
+            if jobs:
+                await self.execute(jobs)
+
+    def drop_finished(self) -> None:
+        while self.pending and self.pending[0].future.done():
+            self.discard(self.pending[0])
+
+    def rows_of(self, operation: str) -> int:
+        return sum(job.rows for job in self.pending if job.operation == operation and not job.future.done())
+
+    def take(self, operation: str, now: float) -> list[Job]:
+        """The oldest jobs of ``operation`` up to ``max_batch`` rows (the first always, however large: it is chunked);
+        jobs past their deadline are answered 503 instead."""
+        taken, rows = [], 0
+        for job in list(self.pending):
+            if job.operation != operation or job.future.done():
+                continue
+            if job.deadline <= now:
+                self.discard(job)
+                self.batcher.metrics.shed.labels(self.name, "deadline").inc()
+                job.future.set_exception(DeadlineExceeded(f"{self.name}: waited past its deadline"))
+                continue
+            if taken and rows + job.rows > self.batcher.max_batch:
+                break
+            taken.append(job)
+            rows += job.rows
+        for job in taken:
+            self.discard(job)
+        return taken
+
+    async def execute(self, jobs: list[Job]) -> None:
+        started = asyncio.get_running_loop().time()
+        self.batcher.metrics.batch_requests.labels(self.name).observe(len(jobs))
+        for job in jobs:
+            self.batcher.metrics.queue_wait.labels(self.name).observe(started - job.arrived)
+        inputs = tuple(torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*(job.inputs for job in jobs)))
+        try:
+            outputs = await self.batcher.forward(self, jobs[0].operation, inputs)
+        except BaseException as error:  # noqa: BLE001 - every failure is answered, none kills the worker
+            if is_out_of_memory(error):
+                return await self.split_after_oom(jobs)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            sizes = [job.rows for job in jobs]
+            logger.error("forward of %s/%s failed for a batch of %d requests (rows %s): %r", self.name,
+                         jobs[0].operation, len(jobs), sizes, error)
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(ForwardFailed(f"{self.name}: the model failed on this batch "
+                                                           f"({type(error).__name__}); see the server log"))
+            return
+        offset = 0
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_result(tuple(output[offset:offset + job.rows] for output in outputs))
+            offset += job.rows
+
+    async def split_after_oom(self, jobs: list[Job]) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(jobs) == 1:
+            self.batcher.metrics.shed.labels(self.name, "out_of_memory").inc()
+            if not jobs[0].future.done():
+                jobs[0].future.set_exception(DoesNotFit(
+                    f"{self.name}: this request alone ({jobs[0].rows} images) does not fit in the device's memory; "
+                    "ask for fewer images", retry_after_s=None))
+            return
+        logger.warning("%s: out of memory on a batch of %d requests; retrying in halves", self.name, len(jobs))
+        half = len(jobs) // 2
+        await self.execute(jobs[:half])
+        await self.execute(jobs[half:])
+
+
+class Batcher:
+    """All models of one device. ``forward`` is the single place a model runs for the service."""
+
+    def __init__(self, pipelines: dict[str, Pipeline], *, max_batch: int, delay_ms: float, max_queue: int,
+                 metrics: BatcherMetrics | None = None):
+        if max_batch < 1 or max_queue < 1 or delay_ms < 0:
+            raise ValueError("max_batch and max_queue must be >= 1 and delay_ms >= 0")
+        self.max_batch, self.delay_s, self.max_queue = max_batch, delay_ms / 1000, max_queue
+        self.metrics = metrics or BatcherMetrics(CollectorRegistry())
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="facegen-forward")
+        self.queues: dict[str, ModelQueue] = {}
+        self.closing = False
+        for name, pipeline in pipelines.items():
+            self.queues[name] = ModelQueue(name, pipeline, self)
+
+    def start(self) -> None:
+        for queue in self.queues.values():
+            queue.task = asyncio.get_running_loop().create_task(queue.work(), name=f"batcher-{queue.name}")
+
+    async def submit(self, name: str, prepared: Prepared, timeout_s: float) -> Tensors:
+        """The outputs of ``prepared`` (rows in the same order), computed in some batch."""
+        return await self.queues[name].submit(prepared, timeout_s)
+
+    async def forward(self, queue: ModelQueue, operation: str, inputs: Tensors) -> Tensors:
+        loop = asyncio.get_running_loop()
+        rows = int(inputs[0].shape[0])
+        started = time.perf_counter()
+        outputs = await loop.run_in_executor(self.executor, self.run_chunked, queue.pipeline, operation, inputs)
+        seconds = time.perf_counter() - started
+        queue.batcher.metrics.forward_seconds.labels(queue.name).observe(seconds)
+        queue.batcher.metrics.batch_rows.labels(queue.name).observe(rows)
+        rate = rows / max(seconds, 1e-6)
+        queue.rows_per_s = rate if queue.rows_per_s is None else 0.8 * queue.rows_per_s + 0.2 * rate
+        return outputs
+
+    def run_chunked(self, pipeline: Pipeline, operation: str, inputs: Tensors) -> Tensors:
+        """One forward, or, for a request larger than ``max_batch``, one per ``max_batch`` rows."""
+        rows = int(inputs[0].shape[0])
+        if rows <= self.max_batch:
+            return pipeline.run(operation, inputs)
+        parts = [pipeline.run(operation, tuple(t[start:start + self.max_batch] for t in inputs))
+                 for start in range(0, rows, self.max_batch)]
+        return tuple(torch.cat(chunks) for chunks in zip(*parts))
+
+    async def warm_up(self) -> dict[str, str]:
+        """One small forward per model, off the event loop, before the service reports ready. A model whose warm-up
+        fails is taken out of service; returns name -> why, for each."""
+        loop = asyncio.get_running_loop()
+        failures = {}
+        for name, queue in list(self.queues.items()):
+            try:
+                outputs = await loop.run_in_executor(self.executor, queue.pipeline, queue.pipeline.warmup())
+                if not all(torch.isfinite(output).all() for output in outputs if output.is_floating_point()):
+                    raise ValueError("non-finite outputs")
+            except Exception as error:  # noqa: BLE001 - one bad model must not stop the others
+                failures[name] = f"warm-up failed: {error}"
+                logger.error("%s: warm-up failed, not serving it: %r", name, error)
+                del self.queues[name]
+        return failures
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Finish what is queued (bounded by ``timeout_s``), then stop the workers and the forward thread."""
+        self.closing = True
+        tasks = [queue.task for queue in self.queues.values() if queue.task is not None]
+        for queue in self.queues.values():
+            queue.wake.set()
+        if tasks:
+            done, still = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in still:
+                task.cancel()
+        for queue in self.queues.values():
+            for job in list(queue.pending):
+                if not job.future.done():
+                    job.future.set_exception(ServiceUnavailable("the server is shutting down", retry_after_s=1))
+        self.executor.shutdown(wait=True, cancel_futures=True)
