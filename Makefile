@@ -6,8 +6,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # The torch build that lies on this machine's disk; on a GPU host override, e.g. TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Debian packages some tests need (nginx: tests/test_reverse_proxy.py); installed by `make test` when run as root.
+SYSTEM_PACKAGES ?= nginx
 
-.PHONY: install install-dev serve test bench lint clean
+.PHONY: install install-dev system-packages serve test bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +31,10 @@ install-dev: $(VENV)/.installed-dev  ## .venv plus training and test extras
 serve: install  ## serve the checkpoints in weights/ on $(HOST):$(PORT)
 	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
 
-test: install-dev  ## run the whole test suite
+system-packages:  ## apt-get install $(SYSTEM_PACKAGES) as root; otherwise say loudly which tests will skip
+	bash scripts/ensure-system-packages.sh $(SYSTEM_PACKAGES)
+
+test: install-dev system-packages  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
 bench: install-dev  ## benchmark a running server: make bench URL=http://127.0.0.1:8000
