@@ -39,6 +39,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
 
-# SIGTERM (docker stop): stop accepting, let requests in flight finish for up to 30 s; compose waits longer
+# SIGTERM (docker stop): stop accepting, let requests in flight finish for up to 30 s, exit 0; compose waits longer
 # (stop_grace_period 40s) before it sends SIGKILL.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "30"]
+CMD ["python", "-m", "app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "30"]

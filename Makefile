@@ -29,7 +29,7 @@ install: $(VENV)/.installed  ## create .venv and install the service
 install-dev: $(VENV)/.installed-dev  ## .venv plus training and test extras
 
 serve: install  ## serve the checkpoints in weights/ on $(HOST):$(PORT)
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(BIN)/python -m app --host $(HOST) --port $(PORT) --timeout-graceful-shutdown 30
 
 system-packages:  ## apt-get install $(SYSTEM_PACKAGES) as root; otherwise say loudly which tests will skip
 	bash scripts/ensure-system-packages.sh $(SYSTEM_PACKAGES)
