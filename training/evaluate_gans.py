@@ -29,10 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.models.attributes import FREQUENCIES_KEY, resolve_attributes
-from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, ACGANGenerator, emphasis, toggle_pairs
+from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, ACGANGenerator, emphasis
+from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import Checkpoint, load_checkpoint
 from app.models.infogan import InfoGANDiscriminator, InfoGANGenerator, draw_codes, recognizer_from_extras, sweep_inputs
+from app.models.pipelines import build_pipeline
+from app.models.pipelines.acgan import draw_inputs
 from app.models.sampling import draw_noise, seeded_generator
 
 from .common import save_grid
@@ -111,12 +113,11 @@ def device_of(module: nn.Module) -> torch.device:
 def evaluate_dcgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """The FID of ``--fid-samples`` samples against the split's faces (a noise-only GAN has no other score), and a
     grid of 32 of them."""
-    generator = checkpoint.model
-    device = device_of(generator)
-    fid = FrechetInception(device)
+    pipeline = build_pipeline(checkpoint)
+    fid = FrechetInception(pipeline.device)
     real = load_eval_split(checkpoint, args)
-    noise = draw_noise(generator.latent_shape, args.fid_samples, seeded_generator(args.seed))
-    samples = batched(lambda z: generator.generate(z.to(device)), noise)
+    prepared = pipeline.prepare_samples(args.fid_samples, args.seed)  # the service's draw, run in chunks
+    samples = batched(lambda z: pipeline.run(prepared.operation, (z,))[0], *prepared.inputs)
     save_grid(samples[:32], out_dir / "samples.png", nrow=8)
     reference = fid.statistics(real.batch(torch.arange(len(real)))[0])
     return {"fid_samples": round(fid.distance(reference, samples), 2), "fid_generated_images": len(samples),
@@ -128,12 +129,12 @@ def evaluate_dcgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
 
 def draw_toggle_pairs(generator: ACGANGenerator, frequencies: torch.Tensor | None, pairs: int, index: int,
                       rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``pairs`` off/on pairs of attribute ``index``, drawn as the service draws them (noise, then the other
-    attributes from the training frequencies). Returns the other attributes (pairs, A), then the (2 * pairs) noise
-    and attribute inputs of :func:`toggle_pairs`."""
-    noise = draw_noise(generator.latent_shape, pairs, rng)
-    others = resolve_attributes({}, generator.attribute_names, frequencies, pairs, rng)
-    return others, *toggle_pairs(noise, others, index)
+    """``pairs`` off/on pairs of attribute ``index``, drawn by the service's own ACGAN draw
+    (:func:`app.models.pipelines.acgan.draw_inputs`). Returns the other attributes (pairs, A), then the
+    (2 * pairs) noise and attribute inputs."""
+    names = list(generator.attribute_names)
+    noise, vectors, others = draw_inputs(generator.latent_shape, names, frequencies, pairs, rng, toggle=names[index])
+    return others, noise, vectors
 
 
 @torch.inference_mode()

@@ -10,6 +10,23 @@ from ..sampling import draw_noise, seeded_generator
 from .base import SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
 
 
+def draw_inputs(latent_shape: tuple[int, ...], names: list[str], frequencies: torch.Tensor | None, n: int,
+                generator: torch.Generator, attributes: dict[str, bool] | None = None, toggle: str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ACGAN draw, in its one order: ``n`` noise vectors, then ``n`` attribute vectors (open attributes ~
+    Bernoulli(training frequency)). Returns (noise, attribute vectors, the n drawn vectors); with ``toggle`` the
+    first two are the 2n rows of :func:`toggle_pairs` (the n with it off, then the same n with it on)."""
+    attributes = attributes or {}
+    check_attribute_names(list(attributes), names, "attributes")
+    if toggle is not None:
+        check_attribute_names([toggle], names, "toggle")
+    noise = draw_noise(latent_shape, n, generator)
+    drawn = resolve_attributes(attributes, names, frequencies, n, generator)
+    if toggle is None:
+        return noise, drawn, drawn
+    return *toggle_pairs(noise, drawn, names.index(toggle)), drawn
+
+
 @register_pipeline("acgan", SAMPLE)
 class ACGANPipeline(Pipeline):
     """Draw order, from one generator seeded with the request's seed: the n noise vectors, then the n attribute
@@ -28,20 +45,14 @@ class ACGANPipeline(Pipeline):
                         strength: float = DEFAULT_TOGGLE_STRENGTH) -> Prepared:
         """``n`` samples, or with ``toggle`` ``n`` pairs: 2n rows, the n with it off, then the same n with it on,
         the toggled attribute's condition pushed to -strength/+strength (1 = as trained)."""
-        names = self.attributes
-        attributes = attributes or {}
-        check_attribute_names(list(attributes), names, "attributes")
-        if toggle is not None:
-            check_attribute_names([toggle], names, "toggle")
         if not 0 < strength <= MAX_STRENGTH:
             raise InvalidRequest("strength", f"strength must be in (0, {MAX_STRENGTH}], got {strength}")
-        generator = seeded_generator(seed)
-        noise = draw_noise(self.model.latent_shape, n, generator)
-        vectors = resolve_attributes(attributes, names, self.checkpoint.extras.get(FREQUENCIES_KEY), n, generator)
-        multipliers = torch.ones(n, len(names))
+        names = self.attributes
+        noise, vectors, _ = draw_inputs(self.model.latent_shape, names, self.checkpoint.extras.get(FREQUENCIES_KEY), n,
+                                        seeded_generator(seed), attributes, toggle)
+        multipliers = torch.ones(len(vectors), len(names))
         if toggle is not None:
-            noise, vectors = toggle_pairs(noise, vectors, names.index(toggle))
-            multipliers = emphasis(len(names), names.index(toggle), strength).expand(2 * n, -1).contiguous()
+            multipliers = emphasis(len(names), names.index(toggle), strength).expand(len(vectors), -1).contiguous()
         return Prepared("sample", (noise, vectors, multipliers), {"attributes": vectors})
 
     def generate(self, noise: torch.Tensor, vectors: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
