@@ -9,7 +9,11 @@ import pkgutil
 from contextlib import asynccontextmanager
 
 import torch
+import math
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,6 +31,18 @@ from app.services.model_store import ModelStore, resolve_device
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("facegen")
+
+
+def json_safe(value):
+    """A validation error's echoed input with non-finite numbers (JSON's NaN/Infinity literals, which Python's parser
+    accepts) written as strings: strict JSON cannot carry them, and the error must still be answered."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -70,6 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics: requests and latency per route; batch sizes, queue depth, queue wait, forward time
         and shed requests per model."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": json_safe(jsonable_encoder(error.errors()))}, status_code=422)
 
     @app.exception_handler(ServiceUnavailable)
     async def on_unavailable(request: Request, error: ServiceUnavailable) -> JSONResponse:

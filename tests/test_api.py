@@ -224,3 +224,16 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("FACEGEN_WEIGHTS_DIR", "/srv/weights")
     settings = Settings()
     assert settings.max_n == 8 and settings.required == ["vae", "dcgan"] and str(settings.weights_dir) == "/srv/weights"
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/generate/glow", b'{"n": 1, "temperature": NaN}', "temperature"),
+    ("/generate/dcgan", b'{"n": NaN}', "n"),
+    ("/generate/acgan", b'{"n": 1, "toggle": "Smiling", "strength": Infinity}', "strength"),
+    ("/generate/vae", b'{"n": 1, "seed": -Infinity}', "seed"),
+])
+def test_non_finite_json_literals_are_a_422_naming_the_field(client, path, body, field):
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    errors = response.json()["detail"]
+    assert any(error["loc"][-1] == field for error in errors), errors
