@@ -19,13 +19,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--timeout-graceful-shutdown", type=float, default=30.0,
-                        help="seconds requests in flight get to finish after SIGTERM")
+    parser.add_argument(
+        "--timeout-graceful-shutdown",
+        type=float,
+        default=30.0,
+        help="seconds requests in flight get to finish after SIGTERM",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.timeout_graceful_shutdown)
+    uvicorn.run(
+        "app.main:app",
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+    )
 
 
 if __name__ == "__main__":

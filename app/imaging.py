@@ -39,7 +39,9 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError(f"{name}: image dimensions are too large (decompression bomb)", 413) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{name}: not an image in an accepted format ({', '.join(sorted(ALLOWED_FORMATS))})", 415) from None
+        raise ImageDecodeError(
+            f"{name}: not an image in an accepted format ({', '.join(sorted(ALLOWED_FORMATS))})", 415
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"{name}: image data is truncated or corrupt ({error})") from None
     return image.convert("RGB")

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import pkgutil
 from contextlib import asynccontextmanager
 
 import torch
-import math
-
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -59,8 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             torch.backends.cudnn.benchmark = True  # fixed input shapes per batch size: let cuDNN pick its kernels
         app.state.warm = False
         store = ModelStore.from_directory(settings.weights_dir, device, settings.precision)
-        batcher = Batcher(store.pipelines, max_batch=settings.batch_size_for(device.type),
-                          delay_ms=settings.batch_delay_ms, max_queue=settings.max_queue, metrics=batcher_metrics)
+        batcher = Batcher(
+            store.pipelines,
+            max_batch=settings.batch_size_for(device.type),
+            delay_ms=settings.batch_delay_ms,
+            max_queue=settings.max_queue,
+            metrics=batcher_metrics,
+        )
         app.state.store, app.state.batcher = store, batcher
         for name, reason in (await batcher.warm_up()).items():
             store.remove(name, reason)
@@ -72,8 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.models.clear()
         store.pipelines.clear()
 
-    app = FastAPI(title="facegen", version=__version__, lifespan=lifespan,
-                  description="Deep generative models of 64x64 faces. Weights trained on CelebA: non-commercial research use.")
+    app = FastAPI(
+        title="facegen",
+        version=__version__,
+        lifespan=lifespan,
+        description="Deep generative models of 64x64 faces. Weights trained on CelebA: non-commercial research use.",
+    )
     app.state.settings = settings
     app.state.warm = False
     # Every module in app/api/routes exposes a `router`; adding a feature is adding a module.
@@ -102,8 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(InvalidRequest)
     async def on_invalid(request: Request, error: InvalidRequest) -> JSONResponse:
-        return JSONResponse({"detail": [{"loc": ["body", error.field], "msg": str(error), "type": "value_error"}]},
-                            status_code=422)
+        return JSONResponse(
+            {"detail": [{"loc": ["body", error.field], "msg": str(error), "type": "value_error"}]}, status_code=422
+        )
 
     @app.exception_handler(CheckpointError)
     async def on_unservable(request: Request, error: CheckpointError) -> JSONResponse:
@@ -116,8 +125,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: the size cap and key check run before anything reads the body.
     app.add_middleware(Metrics, registry=registry)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"],
-                           expose_headers=["X-Seed", "X-Attributes", "X-Strengths", "Retry-After"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Seed", "X-Attributes", "X-Strengths", "Retry-After"],
+        )
     app.add_middleware(APIKeyGuard, api_key=settings.api_key)
     app.add_middleware(BodySizeLimit, max_mb=settings.max_upload_mb)
     return app

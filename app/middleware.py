@@ -12,8 +12,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 async def send_json(send: Send, status: int, body: dict) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -89,8 +94,13 @@ class Metrics:
     def __init__(self, app: ASGIApp, registry: CollectorRegistry):
         self.app = app
         self.requests = Counter("facegen_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
-        self.latency = Histogram("facegen_request_seconds", "HTTP request latency", ["method", "route"], registry=registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.latency = Histogram(
+            "facegen_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

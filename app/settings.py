@@ -25,15 +25,25 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(10.0, gt=0, le=512, description="cap on a whole request body, in MiB")
     max_image_pixels: int = Field(40_000_000, ge=64 * 64, description="largest decoded upload (width x height)")
     required: Annotated[list[str], NoDecode] = Field(default_factory=list, description="families /ready waits for")
-    request_timeout_s: float = Field(60.0, gt=0, description="a request not answered within this (queue wait and "
-                                                             "inference) answers 503")
-    max_batch: int | None = Field(None, ge=1, le=4096, description="largest batch of images per forward; 1 = "
-                                                                 "batching off (default: 64 on CPU, 256 on CUDA)")
-    batch_delay_ms: float = Field(5.0, ge=0, le=1000, description="how long a forward waits for more requests to "
-                                                                  "join its batch, from the first one's arrival")
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="a request not answered within this (queue wait and inference) answers 503"
+    )
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="largest batch of images per forward; 1 = batching off (default: 64 on CPU, 256 on CUDA)",
+    )
+    batch_delay_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="how long a forward waits for more requests to join its batch, from the first one's arrival",
+    )
     max_queue: int = Field(1024, ge=1, description="images that may wait per model; beyond, 503 with Retry-After")
     precision: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="compute precision of the GAN/VAE/classifier forwards (Glow always runs float32)")
+        "float32", description="compute precision of the GAN/VAE/classifier forwards (Glow always runs float32)"
+    )
     api_key: str | None = Field(None, min_length=8, description="when set, every route but /health needs X-API-Key")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="allowed browser origins")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")

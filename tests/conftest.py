@@ -27,10 +27,22 @@ ATTRIBUTE_NAMES = (
 TINY_CONFIGS = {
     "vae": {"widths": [4, 8], "latent_dim": 6, "image_size": 16},
     "dcgan": {"latent_dim": 8, "generator_width": 4, "discriminator_width": 4, "image_size": 16},
-    "acgan": {"attributes": ["Smiling", "Male", "Blond_Hair"], "latent_dim": 8, "generator_width": 4,
-              "discriminator_width": 4, "image_size": 16},
-    "infogan": {"noise_dim": 8, "n_codes": 3, "n_categories": 10, "generator_width": 4,
-                "discriminator_width": 4, "q_hidden": 8, "image_size": 16},
+    "acgan": {
+        "attributes": ["Smiling", "Male", "Blond_Hair"],
+        "latent_dim": 8,
+        "generator_width": 4,
+        "discriminator_width": 4,
+        "image_size": 16,
+    },
+    "infogan": {
+        "noise_dim": 8,
+        "n_codes": 3,
+        "n_categories": 10,
+        "generator_width": 4,
+        "discriminator_width": 4,
+        "q_hidden": 8,
+        "image_size": 16,
+    },
     "glow": {"image_size": 16, "levels": 2, "steps": 2, "hidden": 8},
     "classifier": {"image_size": 16, "widths": [4, 8], "num_attributes": 40, "dropout": 0.0},
 }
@@ -47,8 +59,12 @@ def make_celeba_folder(root: Path, count: int = 24, valid: int = 6, seed: int = 
         colour = tuple(rng.randrange(256) for _ in range(3))
         Image.new("RGB", size, colour).save(images / name, quality=90)
     rows = [f"{name} " + " ".join(rng.choice(["1", "-1"]) for _ in ATTRIBUTE_NAMES) for name in names]
-    (root / "list_attr_celeba.txt").write_bytes("\r\n".join([str(count), " ".join(ATTRIBUTE_NAMES), *rows, ""]).encode())
-    partition = [f"{name} {1 if i >= count - valid else 0}" for i, name in enumerate(names)] + [f"{count + 1:06d}.jpg 0"]
+    (root / "list_attr_celeba.txt").write_bytes(
+        "\r\n".join([str(count), " ".join(ATTRIBUTE_NAMES), *rows, ""]).encode()
+    )
+    partition = [f"{name} {1 if i >= count - valid else 0}" for i, name in enumerate(names)] + [
+        f"{count + 1:06d}.jpg 0"
+    ]
     (root / "list_eval_partition.txt").write_bytes("\r\n".join([*partition, ""]).encode())
     return root
 

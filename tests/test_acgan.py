@@ -13,11 +13,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from app.models.attributes import FREQUENCIES_KEY, resolve_attributes
 from app.imaging import base64_pngs, grid_png
 from app.models import build_model
-from app.models.acgan import (DEFAULT_TOGGLE_STRENGTH, ACGANConfig, ACGANDiscriminator, ACGANGenerator, emphasis,
-                              toggle_pairs)
+from app.models.acgan import (
+    DEFAULT_TOGGLE_STRENGTH,
+    ACGANConfig,
+    ACGANDiscriminator,
+    ACGANGenerator,
+    emphasis,
+    toggle_pairs,
+)
+from app.models.attributes import FREQUENCIES_KEY, resolve_attributes
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
@@ -110,8 +116,14 @@ def test_toggle_pairs_share_noise_and_other_attributes():
 
 def test_checkpoint_round_trip_keeps_attributes_and_frequencies(tmp_path):
     generator = tiny_generator()
-    path = save_checkpoint(tmp_path / "a.safetensors", generator, attributes=NAMES, dtype=None,
-                           preprocess=PreprocessSpec(size=16), extras={FREQUENCIES_KEY: FREQUENCIES})
+    path = save_checkpoint(
+        tmp_path / "a.safetensors",
+        generator,
+        attributes=NAMES,
+        dtype=None,
+        preprocess=PreprocessSpec(size=16),
+        extras={FREQUENCIES_KEY: FREQUENCIES},
+    )
     loaded = load_checkpoint(path)
     assert loaded.family == "acgan" and loaded.attributes == NAMES and loaded.model.config == generator.config
     assert torch.equal(loaded.extras[FREQUENCIES_KEY], FREQUENCIES)
@@ -210,12 +222,15 @@ def test_strength_changes_the_condition_signal_of_the_model():
     assert torch.equal(generator.generate(noise, attributes, torch.ones(3)), generator.generate(noise, attributes))
 
 
-@pytest.mark.parametrize("body, field, fragment", [
-    ({"attributes": {"Sparkly": True}}, "attributes", "Sparkly"),
-    ({"attributes": {"Bald": True}}, "attributes", "Bald"),  # a CelebA name, but not trained
-    ({"toggle": "Bald"}, "toggle", "Bald"),
-    ({"toggle": "smiling"}, "toggle", "smiling"),
-])
+@pytest.mark.parametrize(
+    "body, field, fragment",
+    [
+        ({"attributes": {"Sparkly": True}}, "attributes", "Sparkly"),
+        ({"attributes": {"Bald": True}}, "attributes", "Bald"),  # a CelebA name, but not trained
+        ({"toggle": "Bald"}, "toggle", "Bald"),
+        ({"toggle": "smiling"}, "toggle", "smiling"),
+    ],
+)
 def test_unknown_or_untrained_names_are_422_listing_the_valid_ones(acgan_client, body, field, fragment):
     response = post(acgan_client, n=2, **body)
     assert response.status_code == 422
@@ -224,14 +239,27 @@ def test_unknown_or_untrained_names_are_422_listing_the_valid_ones(acgan_client,
     assert all(name in detail["msg"] for name in NAMES)
 
 
-@pytest.mark.parametrize("body", [
-    {"n": 0}, {"n": 65}, {"n": 33, "toggle": "Smiling"}, {"n": -2},
-    {"n": 2, "colour": "red"}, {"n": "2"}, {"n": 2, "seed": -1}, {"n": 2, "format": "gif"},
-    {"n": 2, "attributes": {"Smiling": "yes"}}, {"n": 2, "attributes": {"Smiling": 1}},
-    {"n": 2, "attributes": ["Smiling"]}, {"n": 2, "toggle": 3},
-    {"n": 2, "toggle": "Smiling", "strength": 0}, {"n": 2, "toggle": "Smiling", "strength": 3.5},
-    {"n": 2, "toggle": "Smiling", "strength": -1}, {"n": 2, "toggle": "Smiling", "strength": "strong"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"n": 0},
+        {"n": 65},
+        {"n": 33, "toggle": "Smiling"},
+        {"n": -2},
+        {"n": 2, "colour": "red"},
+        {"n": "2"},
+        {"n": 2, "seed": -1},
+        {"n": 2, "format": "gif"},
+        {"n": 2, "attributes": {"Smiling": "yes"}},
+        {"n": 2, "attributes": {"Smiling": 1}},
+        {"n": 2, "attributes": ["Smiling"]},
+        {"n": 2, "toggle": 3},
+        {"n": 2, "toggle": "Smiling", "strength": 0},
+        {"n": 2, "toggle": "Smiling", "strength": 3.5},
+        {"n": 2, "toggle": "Smiling", "strength": -1},
+        {"n": 2, "toggle": "Smiling", "strength": "strong"},
+    ],
+)
 def test_bad_requests_are_422(acgan_client, body):
     response = acgan_client.post("/generate/acgan", json=body)
     assert response.status_code == 422, response.text
@@ -261,9 +289,37 @@ def test_503_when_no_acgan_is_loaded(make_client, tmp_path):
 def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_client):
     monkeypatch.chdir(tmp_path)  # the split pack cache (.cache/) lands here, not in the repository
     out = tmp_path / "weights" / "acgan.safetensors"
-    main(["acgan", "--data", str(tiny_celeba), "--out", str(out), "--run-dir", str(tmp_path / "run"),
-          "--image-size", "16", "--latent-dim", "8", "--g-width", "4", "--d-width", "4", "--batch-size", "4",
-          "--epochs", "2", "--max-steps", "3", "--threads", "1", "--device", "cpu", "--attributes", "Male,Smiling"])
+    main(
+        [
+            "acgan",
+            "--data",
+            str(tiny_celeba),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--image-size",
+            "16",
+            "--latent-dim",
+            "8",
+            "--g-width",
+            "4",
+            "--d-width",
+            "4",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "2",
+            "--max-steps",
+            "3",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--attributes",
+            "Male,Smiling",
+        ]
+    )
 
     checkpoint = load_checkpoint(out)
     assert checkpoint.family == "acgan" and checkpoint.attributes == ["Male", "Smiling"]
@@ -271,8 +327,11 @@ def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_c
     # The frequencies are the training split's (18 images of the synthetic set).
     lines = (tiny_celeba / "list_attr_celeba.txt").read_text().splitlines()
     names = lines[1].split()
-    train = {line.split()[0] for line in (tiny_celeba / "list_eval_partition.txt").read_text().splitlines()
-             if line.split()[1] == "0"}
+    train = {
+        line.split()[0]
+        for line in (tiny_celeba / "list_eval_partition.txt").read_text().splitlines()
+        if line.split()[1] == "0"
+    }
     rows = [line.split() for line in lines[2:] if line.split() and line.split()[0] in train]
     expected = [sum(row[1 + names.index(name)] == "1" for row in rows) / len(rows) for name in ("Male", "Smiling")]
     assert checkpoint.extras[FREQUENCIES_KEY].tolist() == pytest.approx(expected)
@@ -297,7 +356,11 @@ def test_attribute_loss_is_the_vector_log_likelihood_summed_over_attributes():
         loss = attribute_loss(torch.zeros(5, attributes), target)
         assert loss.item() == pytest.approx(attributes * torch.log(torch.tensor(2.0)).item(), rel=1e-6)
     confident = torch.tensor([[8.0, -8.0]])
-    assert attribute_loss(confident, torch.tensor([[1.0, 0.0]])) < 1e-3 < attribute_loss(confident, torch.tensor([[0.0, 1.0]]))
+    assert (
+        attribute_loss(confident, torch.tensor([[1.0, 0.0]]))
+        < 1e-3
+        < attribute_loss(confident, torch.tensor([[0.0, 1.0]]))
+    )
 
 
 def test_attribute_weights_scale_only_the_named_terms():
@@ -305,28 +368,57 @@ def test_attribute_weights_scale_only_the_named_terms():
     weights = parse_attribute_weights("Smiling=3, Bangs=0", names)
     assert weights.tolist() == [1.0, 3.0, 0.0]
     assert parse_attribute_weights("  ", names) is None
-    logits, target = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.2, -0.4]]), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    logits, target = (
+        torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.2, -0.4]]),
+        torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]),
+    )
     terms = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
     expected = (terms[:, 0] + 3 * terms[:, 1]).sum() / 2
     assert attribute_loss(logits, target, weights).item() == pytest.approx(expected.item(), rel=1e-6)
     assert attribute_loss(logits, target, torch.ones(3)).item() == pytest.approx(attribute_loss(logits, target).item())
 
 
-@pytest.mark.parametrize("text, fragment", [("Sparkly=2", "'Sparkly', not a trained attribute; trained: Male, Smiling"),
-                                            ("Smiling", "NAME=WEIGHT"), ("Smiling=-1", "WEIGHT >= 0"),
-                                            ("Smiling=abc", "'Smiling=abc'"), ("Smiling=nan", "WEIGHT >= 0")])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("Sparkly=2", "'Sparkly', not a trained attribute; trained: Male, Smiling"),
+        ("Smiling", "NAME=WEIGHT"),
+        ("Smiling=-1", "WEIGHT >= 0"),
+        ("Smiling=abc", "'Smiling=abc'"),
+        ("Smiling=nan", "WEIGHT >= 0"),
+    ],
+)
 def test_attribute_weights_refuse_bad_items(text, fragment):
     with pytest.raises(SystemExit, match=re.escape(fragment)):
         parse_attribute_weights(text, ("Male", "Smiling"))
 
 
-@pytest.mark.parametrize("options, expected_weight", [([], 1.0), (["--class-weight", "0.5"], 0.5),
-                                                     (["--g-class-weight", "3"], 3.0), (["--g-class-weight", "0"], 0.0)])
+@pytest.mark.parametrize(
+    "options, expected_weight",
+    [([], 1.0), (["--class-weight", "0.5"], 0.5), (["--g-class-weight", "3"], 3.0), (["--g-class-weight", "0"], 0.0)],
+)
 def test_generator_attribute_weight(options, expected_weight):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--data", "unused", "--out", "unused", "--image-size", "16", "--latent-dim", "8",
-                              "--g-width", "4", "--d-width", "4", "--attributes", "Male,Smiling", *options])
+    args = parser.parse_args(
+        [
+            "--data",
+            "unused",
+            "--out",
+            "unused",
+            "--image-size",
+            "16",
+            "--latent-dim",
+            "8",
+            "--g-width",
+            "4",
+            "--d-width",
+            "4",
+            "--attributes",
+            "Male,Smiling",
+            *options,
+        ]
+    )
     names = ["Male", "Smiling"]
     recipe = acgan_recipe(args, names, torch.tensor([[1, 0], [0, 1], [1, 1]]))
     torch.manual_seed(0)
@@ -339,8 +431,23 @@ def test_generator_attribute_weight(options, expected_weight):
 def test_training_refuses_unknown_attributes(tiny_celeba, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="unknown attribute.*Sparkly.*valid: 5_o_Clock_Shadow"):
-        main(["acgan", "--data", str(tiny_celeba), "--out", str(tmp_path / "a.safetensors"), "--image-size", "16",
-              "--attributes", "Smiling,Sparkly", "--max-steps", "1", "--threads", "1"])
+        main(
+            [
+                "acgan",
+                "--data",
+                str(tiny_celeba),
+                "--out",
+                str(tmp_path / "a.safetensors"),
+                "--image-size",
+                "16",
+                "--attributes",
+                "Smiling,Sparkly",
+                "--max-steps",
+                "1",
+                "--threads",
+                "1",
+            ]
+        )
 
 
 class AttributeWriter(nn.Module):
@@ -351,7 +458,9 @@ class AttributeWriter(nn.Module):
         self.attribute_names, self.latent_shape = names, (4,)
         self.dummy = nn.Parameter(torch.zeros(()))
 
-    def generate(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+    def generate(
+        self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None
+    ) -> torch.Tensor:
         images = torch.zeros(len(noise), 3, 8, 8)
         images[:, 0, 0, : attributes.shape[1]] = (attributes * 2 - 1) * (1 if strength is None else strength)
         return images
@@ -373,8 +482,9 @@ def test_acgan_scores_agreement_and_toggle_success(sign, expected):
     names = ["Male", "Smiling"]
     judge = AttributeJudge(PixelReader(2, sign), ["Male", "Smiling"], image_size=8)
     conditions = torch.randint(0, 2, (40, 2), generator=seeded_generator(0)).float()
-    metrics, images = acgan_scores(AttributeWriter(names), judge, conditions, torch.tensor([0.3, 0.5]),
-                                   toggle="Smiling", pairs=12, batch_size=7)
+    metrics, images = acgan_scores(
+        AttributeWriter(names), judge, conditions, torch.tensor([0.3, 0.5]), toggle="Smiling", pairs=12, batch_size=7
+    )
     assert metrics["classifier_agreement"] == expected and metrics["toggle_success"] == expected
     assert metrics["classifier_agreement_per_attribute"] == {"Male": expected, "Smiling": expected}
     assert metrics["toggle_attribute"] == "Smiling" and metrics["toggle_pairs"] == 12
@@ -384,7 +494,9 @@ def test_acgan_scores_agreement_and_toggle_success(sign, expected):
 class MaleSuppressesSmiles(AttributeWriter):
     """Writes Smiling only for faces asked not to be Male: a conflict between two conditions."""
 
-    def generate(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+    def generate(
+        self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None
+    ) -> torch.Tensor:
         suppressed = attributes.clone()
         suppressed[:, 1] *= 1 - attributes[:, 0]
         return super().generate(noise, suppressed, strength)
@@ -393,7 +505,9 @@ class MaleSuppressesSmiles(AttributeWriter):
 class TimidSmiles(AttributeWriter):
     """Paints Smiling 1.25 lower than asked: "on" reads as on only once its strength exceeds 1.25."""
 
-    def generate(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+    def generate(
+        self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None
+    ) -> torch.Tensor:
         images = super().generate(noise, attributes, strength)
         images[:, 0, 0, 1] -= 1.25
         return images
@@ -401,19 +515,33 @@ class TimidSmiles(AttributeWriter):
 
 def test_toggle_success_is_reported_at_the_default_strength_and_each_compared_one():
     judge = AttributeJudge(PixelReader(2), ["Male", "Smiling"], image_size=8)
-    metrics, _ = acgan_scores(TimidSmiles(["Male", "Smiling"]), judge, torch.zeros(4, 2), torch.tensor([0.5, 0.5]),
-                              toggle="Smiling", pairs=10)
+    metrics, _ = acgan_scores(
+        TimidSmiles(["Male", "Smiling"]), judge, torch.zeros(4, 2), torch.tensor([0.5, 0.5]), toggle="Smiling", pairs=10
+    )
     assert metrics["toggle_success_by_strength"] == {"1": 0.0, "1.25": 0.0, "1.5": 1.0, "2": 1.0}
     assert metrics["toggle_strength"] == DEFAULT_TOGGLE_STRENGTH == 1.5 and metrics["toggle_success"] == 1.0
-    weak, _ = acgan_scores(TimidSmiles(["Male", "Smiling"]), judge, torch.zeros(4, 2), torch.tensor([0.5, 0.5]),
-                           toggle="Smiling", pairs=10, strength=1.0)
+    weak, _ = acgan_scores(
+        TimidSmiles(["Male", "Smiling"]),
+        judge,
+        torch.zeros(4, 2),
+        torch.tensor([0.5, 0.5]),
+        toggle="Smiling",
+        pairs=10,
+        strength=1.0,
+    )
     assert weak["toggle_success"] == 0.0 and weak["toggle_probability_on"] < 0.5
 
 
 def test_toggle_success_is_split_by_each_other_attribute():
     judge = AttributeJudge(PixelReader(2), ["Male", "Smiling"], image_size=8)
-    metrics, _ = acgan_scores(MaleSuppressesSmiles(["Male", "Smiling"]), judge, torch.zeros(4, 2),
-                              torch.tensor([0.5, 0.5]), toggle="Smiling", pairs=40)
+    metrics, _ = acgan_scores(
+        MaleSuppressesSmiles(["Male", "Smiling"]),
+        judge,
+        torch.zeros(4, 2),
+        torch.tensor([0.5, 0.5]),
+        toggle="Smiling",
+        pairs=40,
+    )
     assert metrics["toggle_success_by_other_attribute"] == {"Male": [1.0, 0.0]}
     assert 0 < metrics["toggle_success"] < 1
 
@@ -431,10 +559,28 @@ def test_evaluate_command_with_a_tiny_classifier(tiny_celeba, tmp_path, weights_
         pytest.skip("no tiny classifier config yet")
     classifier = write_tiny_checkpoint(tmp_path / "judge", "classifier")
     out = tmp_path / "eval"
-    main(["evaluate", str(weights_dir / "acgan.safetensors"), "--data", str(tiny_celeba), "--out", str(out),
-          "--classifier", str(classifier), "--device", "cpu", "--threads", "1", "--cache-dir", str(tmp_path / "packs")])
+    main(
+        [
+            "evaluate",
+            str(weights_dir / "acgan.safetensors"),
+            "--data",
+            str(tiny_celeba),
+            "--out",
+            str(out),
+            "--classifier",
+            str(classifier),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "packs"),
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 <= metrics["classifier_agreement"] <= 1 and set(metrics["classifier_agreement_per_attribute"]) == set(NAMES)
+    assert 0 <= metrics["classifier_agreement"] <= 1 and set(metrics["classifier_agreement_per_attribute"]) == set(
+        NAMES
+    )
     assert metrics["toggle_attribute"] == "Smiling" and 0 <= metrics["toggle_success"] <= 1
     assert 0 <= metrics["classifier_agreement_real"] <= 1
     assert set(metrics["classifier_agreement_real_per_attribute"]) == set(NAMES)
@@ -445,8 +591,20 @@ def test_evaluate_command_with_a_tiny_classifier(tiny_celeba, tmp_path, weights_
 
 def test_evaluate_command_without_a_classifier_says_how_to_give_one(tiny_celeba, tmp_path, weights_dir):
     with pytest.raises(SystemExit, match="--classifier"):
-        main(["evaluate", str(weights_dir / "acgan.safetensors"), "--data", str(tiny_celeba), "--out",
-              str(tmp_path / "eval"), "--device", "cpu", "--cache-dir", str(tmp_path / "packs")])
+        main(
+            [
+                "evaluate",
+                str(weights_dir / "acgan.safetensors"),
+                "--data",
+                str(tiny_celeba),
+                "--out",
+                str(tmp_path / "eval"),
+                "--device",
+                "cpu",
+                "--cache-dir",
+                str(tmp_path / "packs"),
+            ]
+        )
 
 
 def test_real_face_toggle_success_weights_each_combination_by_its_share():

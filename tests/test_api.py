@@ -152,10 +152,14 @@ def test_reconstruct_errors(client, face_bytes):
     assert response.status_code == 400 and "cut.jpg: image data is truncated" in response.json()["detail"]
     gif = io.BytesIO()
     Image.new("RGB", (8, 8)).save(gif, format="GIF")
-    assert client.post("/vae/reconstruct", files=[("images", ("a.gif", gif.getvalue(), "image/gif"))]).status_code == 415
+    assert (
+        client.post("/vae/reconstruct", files=[("images", ("a.gif", gif.getvalue(), "image/gif"))]).status_code == 415
+    )
     response = client.post("/vae/reconstruct", files=[("images", ("e.png", b"", "image/png"))])
     assert response.status_code == 400 and "empty file" in response.text
-    response = client.post("/vae/reconstruct", files=[("images", ("a.jpg", face_bytes[0], "image/jpeg"))], data={"format": "gif"})
+    response = client.post(
+        "/vae/reconstruct", files=[("images", ("a.jpg", face_bytes[0], "image/jpeg"))], data={"format": "gif"}
+    )
     assert response.status_code == 422
 
 
@@ -226,12 +230,15 @@ def test_settings_from_environment(monkeypatch):
     assert settings.max_n == 8 and settings.required == ["vae", "dcgan"] and str(settings.weights_dir) == "/srv/weights"
 
 
-@pytest.mark.parametrize(("path", "body", "field"), [
-    ("/generate/glow", b'{"n": 1, "temperature": NaN}', "temperature"),
-    ("/generate/dcgan", b'{"n": NaN}', "n"),
-    ("/generate/acgan", b'{"n": 1, "toggle": "Smiling", "strength": Infinity}', "strength"),
-    ("/generate/vae", b'{"n": 1, "seed": -Infinity}', "seed"),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/generate/glow", b'{"n": 1, "temperature": NaN}', "temperature"),
+        ("/generate/dcgan", b'{"n": NaN}', "n"),
+        ("/generate/acgan", b'{"n": 1, "toggle": "Smiling", "strength": Infinity}', "strength"),
+        ("/generate/vae", b'{"n": 1, "seed": -Infinity}', "seed"),
+    ],
+)
 def test_non_finite_json_literals_are_a_422_naming_the_field(client, path, body, field):
     response = client.post(path, content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422

@@ -21,8 +21,13 @@ from .conftest import TINY_CONFIGS
 def saved(tmp_path):
     torch.manual_seed(0)
     model = build_model("vae", TINY_CONFIGS["vae"])
-    path = save_checkpoint(tmp_path / "vae.safetensors", model, preprocess=PreprocessSpec(size=16), attributes=["Male"],
-                           extras={"direction": torch.ones(3)})
+    path = save_checkpoint(
+        tmp_path / "vae.safetensors",
+        model,
+        preprocess=PreprocessSpec(size=16),
+        attributes=["Male"],
+        extras={"direction": torch.ones(3)},
+    )
     return path, model
 
 

@@ -47,8 +47,9 @@ def test_default_config_takes_64px_faces():
         assert model.probabilities(torch.zeros(2, 3, 64, 64)).shape == (2, 40)
 
 
-@pytest.mark.parametrize("bad", [{"image_size": 8, "widths": [4, 8, 16, 32]}, {"widths": []}, {"dropout": 1.0},
-                                 {"convs_per_stage": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"image_size": 8, "widths": [4, 8, 16, 32]}, {"widths": []}, {"dropout": 1.0}, {"convs_per_stage": 0}]
+)
 def test_bad_configs_are_refused(bad):
     with pytest.raises(ValueError):
         build_model("classifier", bad)
@@ -70,9 +71,31 @@ def test_checkpoint_round_trip(tmp_path):
 def test_training_smoke_run_then_serving(tiny_celeba, tmp_path, monkeypatch, make_client, face_paths, face_bytes):
     monkeypatch.chdir(tmp_path)  # the split packs (.cache/) land here, not in the repository
     out, run = tmp_path / "weights" / "classifier.safetensors", tmp_path / "run"
-    main(["classifier", "--data", str(tiny_celeba), "--out", str(out), "--run-dir", str(run), "--image-size", "16",
-          "--widths", "4,8", "--dropout", "0.1", "--weight-decay", "1e-4", "--batch-size", "4", "--epochs", "2",
-          "--threads", "1"])
+    main(
+        [
+            "classifier",
+            "--data",
+            str(tiny_celeba),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(run),
+            "--image-size",
+            "16",
+            "--widths",
+            "4,8",
+            "--dropout",
+            "0.1",
+            "--weight-decay",
+            "1e-4",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
 
     checkpoint = load_checkpoint(out)
     assert checkpoint.family == "classifier" and checkpoint.preprocess.size == 16
@@ -81,7 +104,11 @@ def test_training_smoke_run_then_serving(tiny_celeba, tmp_path, monkeypatch, mak
     metrics = checkpoint.metrics
     assert metrics["valid_images"] == 6
     assert list(metrics["valid_accuracy"]) == ATTRIBUTE_NAMES
-    for value in [metrics["valid_mean_accuracy"], metrics["majority_mean_accuracy"], *metrics["valid_accuracy"].values()]:
+    for value in [
+        metrics["valid_mean_accuracy"],
+        metrics["majority_mean_accuracy"],
+        *metrics["valid_accuracy"].values(),
+    ]:
         assert math.isfinite(value) and 0.0 <= value <= 1.0
     assert metrics["valid_mean_accuracy"] == pytest.approx(sum(metrics["valid_accuracy"].values()) / 40, abs=1e-3)
     assert checkpoint.training["epochs"] == 2 and checkpoint.training["train_images"] == 18
@@ -123,13 +150,17 @@ def test_classify_without_images_field(classifier_client):
 
 
 def test_classify_too_many_images(classifier_client):
-    response = classifier_client.post("/classify", files=upload([f"{i}.png" for i in range(33)], [png_of((8, 8))] * 33, "image/png"))
+    response = classifier_client.post(
+        "/classify", files=upload([f"{i}.png" for i in range(33)], [png_of((8, 8))] * 33, "image/png")
+    )
     assert response.status_code == 422
     assert "between 1 and 32" in response.text
 
 
 def test_classify_refuses_a_non_image(classifier_client, face_bytes):
-    response = classifier_client.post("/classify", files=upload(["face.jpg", "notes.txt"], [face_bytes[0], b"just some text"], "text/plain"))
+    response = classifier_client.post(
+        "/classify", files=upload(["face.jpg", "notes.txt"], [face_bytes[0], b"just some text"], "text/plain")
+    )
     assert response.status_code in (400, 415)
     assert "notes.txt" in response.json()["detail"]
 

@@ -60,7 +60,7 @@ def test_compose_environment_is_facegen_settings(service):
     # every variable is a real setting and parses: a typo would be silently ignored by pydantic-settings
     known = {f"FACEGEN_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= known, set(env) - known
-    settings = Settings(**{key[len("FACEGEN_"):].lower(): str(value) for key, value in env.items()})
+    settings = Settings(**{key[len("FACEGEN_") :].lower(): str(value) for key, value in env.items()})
     assert settings.device == "cuda" and settings.required
 
 
@@ -84,7 +84,9 @@ def test_dockerfile_runs_as_non_root(instructions):
 def test_dockerfile_exposes_8000_and_serves_the_app(instructions):
     assert any(name == "EXPOSE" and "8000" in args.split() for name, args in instructions)
     cmd = next(args for name, args in instructions if name == "CMD")
-    assert cmd.startswith('["python", "-m", "app"') and "0.0.0.0" in cmd and "8000" in cmd  # app/__main__.py runs uvicorn
+    assert (
+        cmd.startswith('["python", "-m", "app"') and "0.0.0.0" in cmd and "8000" in cmd
+    )  # app/__main__.py runs uvicorn
 
 
 def test_dockerfile_healthcheck_uses_python_not_curl(instructions):

@@ -23,8 +23,25 @@ torch.set_num_threads(1)
 
 
 def run_evaluate(checkpoint: Path, data: Path, out: Path, *extra: str) -> None:
-    main(["evaluate", str(checkpoint), "--data", str(data), "--out", str(out), "--device", "cpu", "--threads", "1",
-          "--cache-dir", str(out.parent / "packs"), "--tsne-points", "6", *extra])
+    main(
+        [
+            "evaluate",
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--cache-dir",
+            str(out.parent / "packs"),
+            "--tsne-points",
+            "6",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture
@@ -59,7 +76,9 @@ def test_vae_evaluation_writes_figures_metrics_and_updates_checkpoint(vae_checkp
 
 def test_no_write_metrics_leaves_the_checkpoint_alone(vae_checkpoint, tiny_celeba, tmp_path):
     before = vae_checkpoint.read_bytes()
-    run_evaluate(vae_checkpoint, tiny_celeba, tmp_path / "eval", "--no-write-metrics", "--tsne-points", "0", "--limit", "4")
+    run_evaluate(
+        vae_checkpoint, tiny_celeba, tmp_path / "eval", "--no-write-metrics", "--tsne-points", "0", "--limit", "4"
+    )
     assert vae_checkpoint.read_bytes() == before
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["valid_images"] == 4

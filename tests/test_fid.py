@@ -51,8 +51,27 @@ def test_missing_package_says_how_to_install_it(monkeypatch):
 def test_evaluate_reports_fid_of_samples_and_of_pairs_as_trained_and_as_served(tiny_celeba, tmp_path):
     acgan, classifier = (write_tiny_checkpoint(tmp_path / "w", family) for family in ("acgan", "classifier"))
     out = tmp_path / "eval"
-    main(["evaluate", str(acgan), "--data", str(tiny_celeba), "--out", str(out), "--classifier", str(classifier),
-          "--fid", "--fid-samples", "4", "--device", "cpu", "--threads", "1", "--cache-dir", str(tmp_path / "packs")])
+    main(
+        [
+            "evaluate",
+            str(acgan),
+            "--data",
+            str(tiny_celeba),
+            "--out",
+            str(out),
+            "--classifier",
+            str(classifier),
+            "--fid",
+            "--fid-samples",
+            "4",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "packs"),
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fid_generated_images"] == 4 and metrics["fid_real_images"] >= 2
     assert set(metrics["fid_toggle_pairs_by_strength"]) == {"1", "1.5"}
@@ -63,19 +82,66 @@ def test_evaluate_reports_fid_of_samples_and_of_pairs_as_trained_and_as_served(t
 def test_evaluate_refuses_fewer_than_two_fid_samples(tiny_celeba, tmp_path):
     acgan, classifier = (write_tiny_checkpoint(tmp_path / "w", family) for family in ("acgan", "classifier"))
     with pytest.raises(SystemExit, match="--fid-samples must be at least 2, got 1"):
-        main(["evaluate", str(acgan), "--data", str(tiny_celeba), "--out", str(tmp_path / "eval"), "--classifier",
-              str(classifier), "--fid", "--fid-samples", "1", "--device", "cpu", "--cache-dir", str(tmp_path / "packs")])
+        main(
+            [
+                "evaluate",
+                str(acgan),
+                "--data",
+                str(tiny_celeba),
+                "--out",
+                str(tmp_path / "eval"),
+                "--classifier",
+                str(classifier),
+                "--fid",
+                "--fid-samples",
+                "1",
+                "--device",
+                "cpu",
+                "--cache-dir",
+                str(tmp_path / "packs"),
+            ]
+        )
 
 
 def test_evaluate_scores_a_dcgan_by_fid_alone(tiny_celeba, tmp_path):
     dcgan = write_tiny_checkpoint(tmp_path / "w", "dcgan")
     out = tmp_path / "eval"
-    main(["evaluate", str(dcgan), "--data", str(tiny_celeba), "--out", str(out), "--fid-samples", "6",
-          "--device", "cpu", "--threads", "1", "--cache-dir", str(tmp_path / "packs")])
+    main(
+        [
+            "evaluate",
+            str(dcgan),
+            "--data",
+            str(tiny_celeba),
+            "--out",
+            str(out),
+            "--fid-samples",
+            "6",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "packs"),
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fid_generated_images"] == 6 and metrics["fid_real_images"] >= 2
     assert math.isfinite(metrics["fid_samples"]) and metrics["fid_samples"] > 0
     assert (out / "samples.png").is_file()
     with pytest.raises(SystemExit, match="--fid-samples must be at least 2, got 0"):
-        main(["evaluate", str(dcgan), "--data", str(tiny_celeba), "--out", str(out), "--fid-samples", "0",
-              "--device", "cpu", "--cache-dir", str(tmp_path / "packs")])
+        main(
+            [
+                "evaluate",
+                str(dcgan),
+                "--data",
+                str(tiny_celeba),
+                "--out",
+                str(out),
+                "--fid-samples",
+                "0",
+                "--device",
+                "cpu",
+                "--cache-dir",
+                str(tmp_path / "packs"),
+            ]
+        )

@@ -14,8 +14,7 @@ from safetensors import safe_open
 
 from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import load_checkpoint, save_checkpoint
-from app.models.flows import (ActNorm, ConditionalPrior, Coupling, FlowStep, InvConv1x1, Split, squeeze2d,
-                              unsqueeze2d)
+from app.models.flows import ActNorm, ConditionalPrior, Coupling, FlowStep, InvConv1x1, Split, squeeze2d, unsqueeze2d
 from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig, dequantize, interpolate_latents, postprocess
 from app.models.preprocess import PreprocessSpec
 
@@ -56,10 +55,16 @@ def brute_force_logdet(function, x: torch.Tensor) -> torch.Tensor:
 
 # ---- layers ----------------------------------------------------------------------------------------------------
 
+
 def make_layer(kind: str) -> torch.nn.Module:
     torch.manual_seed(1)
-    layer = {"actnorm": lambda: ActNorm(4), "invconv": lambda: InvConv1x1(4), "affine": lambda: Coupling(4, 8, True),
-             "additive": lambda: Coupling(4, 8, False), "step": lambda: FlowStep(4, 8, True)}[kind]()
+    layer = {
+        "actnorm": lambda: ActNorm(4),
+        "invconv": lambda: InvConv1x1(4),
+        "affine": lambda: Coupling(4, 8, True),
+        "additive": lambda: Coupling(4, 8, False),
+        "step": lambda: FlowStep(4, 8, True),
+    }[kind]()
     layer(torch.randn(16, 4, 4, 4) * 3 + 1)  # data-dependent init of any actnorm inside
     return perturb(layer, 0.1).double().eval()
 
@@ -140,6 +145,7 @@ def test_conditional_prior_starts_as_standard_normal_and_depends_on_y():
 
 # ---- the whole flow --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("coupling", ["affine", "additive"])
 def test_whole_flow_inverts(coupling):
     model = tiny_glow(coupling=coupling)
@@ -156,10 +162,15 @@ def test_whole_flow_inverts(coupling):
     assert all(torch.equal(a, b) for a, b in zip(model32.unflatten_latents(flat), z32))
 
 
-@pytest.mark.parametrize("config", [{"image_size": 4, "levels": 1}, {"image_size": 4, "levels": 2}, {"image_size": 8, "levels": 2, "steps": 1}])
+@pytest.mark.parametrize(
+    "config",
+    [{"image_size": 4, "levels": 1}, {"image_size": 4, "levels": 2}, {"image_size": 8, "levels": 2, "steps": 1}],
+)
 def test_flow_logdet_matches_brute_force_jacobian(config):
     model = tiny_glow(**config)
-    x = dequantize(random_images(1, config["image_size"], seed=2).double(), 8, "uniform", torch.Generator().manual_seed(1))
+    x = dequantize(
+        random_images(1, config["image_size"], seed=2).double(), 8, "uniform", torch.Generator().manual_seed(1)
+    )
     expected = brute_force_logdet(lambda v: model.flatten_latents(model.encode(v)[0]), x)
     assert torch.allclose(model.encode(x)[1][0], expected, atol=1e-8), (model.encode(x)[1][0], expected)
 
@@ -218,8 +229,10 @@ def test_same_seed_same_samples_and_temperature_zero_is_the_prior_mean():
 def test_conditioning_changes_samples():
     model = tiny_glow(torch.float32)
     off, on = torch.zeros(1, 40), torch.ones(1, 40)
-    assert not torch.allclose(model.sample(off, 0.7, torch.Generator().manual_seed(0)),
-                              model.sample(on, 0.7, torch.Generator().manual_seed(0)))
+    assert not torch.allclose(
+        model.sample(off, 0.7, torch.Generator().manual_seed(0)),
+        model.sample(on, 0.7, torch.Generator().manual_seed(0)),
+    )
 
 
 def test_interpolation_endpoints_are_the_reconstructions():
@@ -261,16 +274,25 @@ def test_loaded_checkpoint_keeps_actnorm_init_and_is_float32(tmp_path):
 
 # ---- the service -----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def glow_weights(tmp_path_factory):
     """A perturbed tiny Glow (so its outputs are not trivial) with directions and frequencies, stored as float32."""
     directory = tmp_path_factory.mktemp("glow-weights")
     model = tiny_glow(torch.float32)
     generator = torch.Generator().manual_seed(0)
-    extras = {DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=generator) * 0.3,
-              FREQUENCIES_KEY: torch.rand(40, generator=generator)}
-    save_checkpoint(directory / "glow.safetensors", model, preprocess=PreprocessSpec(size=16), attributes=list(ATTRIBUTE_NAMES),
-                    extras=extras, dtype=None)
+    extras = {
+        DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=generator) * 0.3,
+        FREQUENCIES_KEY: torch.rand(40, generator=generator),
+    }
+    save_checkpoint(
+        directory / "glow.safetensors",
+        model,
+        preprocess=PreprocessSpec(size=16),
+        attributes=list(ATTRIBUTE_NAMES),
+        extras=extras,
+        dtype=None,
+    )
     return directory
 
 
@@ -299,24 +321,31 @@ def test_generate_png_json_seeded_and_attributes_reported(glow_client):
     again = glow_client.post("/generate/glow", json={"n": 10, "seed": 3, "attributes": {"Smiling": True}})
     assert again.content == response.content
 
-    body = glow_client.post("/generate/glow", json={"n": 3, "seed": 9, "temperature": 1.0, "format": "json",
-                                                    "attributes": {"Male": False}}).json()
+    body = glow_client.post(
+        "/generate/glow", json={"n": 3, "seed": 9, "temperature": 1.0, "format": "json", "attributes": {"Male": False}}
+    ).json()
     assert body["model"] == "glow" and body["seed"] == 9 and body["temperature"] == 1.0 and len(body["images"]) == 3
-    assert len(body["attributes"]) == 3 and all(vector["Male"] is False and len(vector) == 40 for vector in body["attributes"])
-    cold = glow_client.post("/generate/glow", json={"n": 3, "seed": 9, "temperature": 0, "format": "json",
-                                                    "attributes": {"Male": False}}).json()
+    assert len(body["attributes"]) == 3 and all(
+        vector["Male"] is False and len(vector) == 40 for vector in body["attributes"]
+    )
+    cold = glow_client.post(
+        "/generate/glow", json={"n": 3, "seed": 9, "temperature": 0, "format": "json", "attributes": {"Male": False}}
+    ).json()
     assert cold["images"] != body["images"]
 
 
-@pytest.mark.parametrize("payload, needle", [
-    ({"temperature": 1.6}, "less than or equal to 1.5"),
-    ({"temperature": -0.1}, "greater than or equal to 0"),
-    ({"attributes": {"Smiling": True, "Wings": True}}, "Wings"),
-    ({"n": 0}, "greater than or equal to 1"),
-    ({"n": 65}, "between 1 and 64"),
-    ({"colour": "red"}, "Extra inputs"),
-    ({"temperature": "hot"}, "float"),
-])
+@pytest.mark.parametrize(
+    "payload, needle",
+    [
+        ({"temperature": 1.6}, "less than or equal to 1.5"),
+        ({"temperature": -0.1}, "greater than or equal to 0"),
+        ({"attributes": {"Smiling": True, "Wings": True}}, "Wings"),
+        ({"n": 0}, "greater than or equal to 1"),
+        ({"n": 65}, "between 1 and 64"),
+        ({"colour": "red"}, "Extra inputs"),
+        ({"temperature": "hot"}, "float"),
+    ],
+)
 def test_generate_validation(glow_client, payload, needle):
     response = glow_client.post("/generate/glow", json=payload)
     assert response.status_code == 422 and needle in json.dumps(response.json())
@@ -331,12 +360,17 @@ def test_interpolate_formats_and_endpoints(glow_client, face_bytes, method):
     gif = glow_client.post("/glow/interpolate", files=files_ab(face_bytes), data={"format": "gif", "method": method})
     assert gif.status_code == 200 and gif.headers["content-type"] == "image/gif"
     assert Image.open(io.BytesIO(gif.content)).n_frames >= 2
-    body = glow_client.post("/glow/interpolate", files=files_ab(face_bytes), data={"format": "json", "method": method}).json()
+    body = glow_client.post(
+        "/glow/interpolate", files=files_ab(face_bytes), data={"format": "json", "method": method}
+    ).json()
     assert body["method"] == method and len(body["frames"]) == 8
     # The end frames are the reconstructions of a and b: the same as strength 0 of a manipulation of each.
     for index, face in ((0, face_bytes[0]), (-1, face_bytes[1])):
-        manipulated = glow_client.post("/glow/manipulate", files={"face": ("f.jpg", face, "image/jpeg")},
-                                       data={"attribute": "Smiling", "strengths": "0", "format": "json"}).json()
+        manipulated = glow_client.post(
+            "/glow/manipulate",
+            files={"face": ("f.jpg", face, "image/jpeg")},
+            data={"attribute": "Smiling", "strengths": "0", "format": "json"},
+        ).json()
         assert body["frames"][index] == manipulated["images"][0]
         # ...and an 8-bit Glow reconstructs the preprocessed upload exactly.
         assert manipulated["original"] == manipulated["images"][0]
@@ -344,11 +378,16 @@ def test_interpolate_formats_and_endpoints(glow_client, face_bytes, method):
 
 def test_manipulate_strengths_steps_and_formats(glow_client, face_bytes):
     files = {"face": ("f.jpg", face_bytes[2], "image/jpeg")}
-    body = glow_client.post("/glow/manipulate", files=files,
-                            data={"attribute": "Smiling", "strengths": "-1, -0.5,0,0.5,1", "format": "json"}).json()
+    body = glow_client.post(
+        "/glow/manipulate",
+        files=files,
+        data={"attribute": "Smiling", "strengths": "-1, -0.5,0,0.5,1", "format": "json"},
+    ).json()
     assert body["attribute"] == "Smiling" and body["strengths"] == [-1, -0.5, 0, 0.5, 1]
     assert len(set(body["images"])) == 5 and body["images"][2] == body["original"]
-    stepped = glow_client.post("/glow/manipulate", files=files, data={"attribute": "Smiling", "steps": "3", "max_strength": "2"})
+    stepped = glow_client.post(
+        "/glow/manipulate", files=files, data={"attribute": "Smiling", "steps": "3", "max_strength": "2"}
+    )
     assert stepped.status_code == 200 and stepped.headers["x-strengths"] == "-2,0,2"
     assert png_size(stepped.content) == (3 * 18 + 2, 18 + 2)
     default = glow_client.post("/glow/manipulate", files=files, data={"attribute": "Male", "format": "gif"})
@@ -359,7 +398,12 @@ def test_likelihood(glow_client, face_bytes):
     files = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(face_bytes[:3])]
     files.append(("images", ("flat.png", png_of((40, 50)), "image/png")))
     body = glow_client.post("/glow/likelihood", files=files).json()
-    assert body["model"] == "glow" and [image["filename"] for image in body["images"]] == ["0.jpg", "1.jpg", "2.jpg", "flat.png"]
+    assert body["model"] == "glow" and [image["filename"] for image in body["images"]] == [
+        "0.jpg",
+        "1.jpg",
+        "2.jpg",
+        "flat.png",
+    ]
     assert all(0 < image["bits_per_dim"] < 100 for image in body["images"])
     again = glow_client.post("/glow/likelihood", files=files[:1]).json()
     assert again["images"][0] == body["images"][0], "deterministic, and independent of the batch"
@@ -383,7 +427,13 @@ def test_upload_validation_errors(glow_client, face_bytes):
         ("/glow/manipulate", {"face": face}, {"attribute": "Smiling", "strengths": "1,,2"}, 422, "comma-separated"),
         ("/glow/manipulate", {"face": face}, {"attribute": "Smiling", "strengths": "nan"}, 422, "between"),
         ("/glow/manipulate", {"face": face}, {"attribute": "Smiling", "strengths": "9"}, 422, "between"),
-        ("/glow/manipulate", {"face": face}, {"attribute": "Smiling", "strengths": ",".join(["0.1"] * 33)}, 422, "between 1 and 32"),
+        (
+            "/glow/manipulate",
+            {"face": face},
+            {"attribute": "Smiling", "strengths": ",".join(["0.1"] * 33)},
+            422,
+            "between 1 and 32",
+        ),
         ("/glow/manipulate", {"face": face}, {"attribute": "Smiling", "strengths": "1", "steps": "3"}, 422, "not both"),
         ("/glow/manipulate", {"face": face}, {"attribute": "Smiling", "steps": "40"}, 422, "less than or equal to 32"),
         ("/glow/manipulate", {"face": face}, {"attribute": "Smiling", "max_strength": "0"}, 422, "greater than 0"),
@@ -403,7 +453,9 @@ def test_checkpoint_without_directions_and_family_not_loaded(make_client, tmp_pa
     write_tiny_checkpoint(tmp_path, "glow")  # no extras: no directions, uniform attribute draws
     client = make_client(weights_dir=tmp_path, device="cpu")
     assert client.post("/generate/glow", json={"n": 2, "seed": 1}).status_code == 200
-    response = client.post("/glow/manipulate", files={"face": ("f.jpg", face_bytes[0], "image/jpeg")}, data={"attribute": "Smiling"})
+    response = client.post(
+        "/glow/manipulate", files={"face": ("f.jpg", face_bytes[0], "image/jpeg")}, data={"attribute": "Smiling"}
+    )
     assert response.status_code == 503 and "attribute directions" in response.json()["detail"]
     empty = make_client(weights_dir=tmp_path / "none", device="cpu")
     assert empty.post("/generate/glow", json={"n": 1}).status_code == 503
@@ -412,20 +464,53 @@ def test_checkpoint_without_directions_and_family_not_loaded(make_client, tmp_pa
 
 # ---- training ----------------------------------------------------------------------------------------------------
 
+
 def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_client, face_bytes):
     from training.__main__ import main
 
     monkeypatch.chdir(tmp_path)  # the pack cache goes under .cache/ of the working directory
     out = tmp_path / "weights" / "glow.safetensors"
-    main(["glow", "--data", str(tiny_celeba), "--out", str(out), "--run-dir", str(tmp_path / "run"), "--image-size", "16",
-          "--levels", "2", "--steps", "2", "--hidden", "8", "--coupling", "additive", "--n-bits", "5", "--epochs", "2",
-          "--batch-size", "6", "--warmup", "2", "--threads", "1", "--direction-images", "10"])
+    main(
+        [
+            "glow",
+            "--data",
+            str(tiny_celeba),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--image-size",
+            "16",
+            "--levels",
+            "2",
+            "--steps",
+            "2",
+            "--hidden",
+            "8",
+            "--coupling",
+            "additive",
+            "--n-bits",
+            "5",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "6",
+            "--warmup",
+            "2",
+            "--threads",
+            "1",
+            "--direction-images",
+            "10",
+        ]
+    )
     run = tmp_path / "run"
     assert (run / "curves.png").exists() and (run / "losses.csv").exists()
     assert {f"samples_epoch002_t{t}.png" for t in ("0.5", "0.7", "1.0")} <= {p.name for p in run.iterdir()}
 
     checkpoint = load_checkpoint(out)
-    assert checkpoint.family == "glow" and checkpoint.config["coupling"] == "additive" and checkpoint.config["n_bits"] == 5
+    assert (
+        checkpoint.family == "glow" and checkpoint.config["coupling"] == "additive" and checkpoint.config["n_bits"] == 5
+    )
     assert checkpoint.extras[DIRECTIONS_KEY].shape == (40, 768) and checkpoint.extras[DIRECTIONS_KEY].abs().sum() > 0
     assert checkpoint.extras[FREQUENCIES_KEY].shape == (40,)
     assert 0 < checkpoint.metrics["valid_bits_per_dim"] < 20 and checkpoint.metrics["n_bits"] == 5
@@ -436,10 +521,15 @@ def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_c
 
     client = make_client(weights_dir=out.parent, device="cpu")
     assert client.post("/generate/glow", json={"n": 4, "seed": 0, "attributes": {"Smiling": True}}).status_code == 200
-    manipulated = client.post("/glow/manipulate", files={"face": ("f.jpg", face_bytes[0], "image/jpeg")},
-                              data={"attribute": "Smiling", "strengths": "0,1", "format": "json"})
+    manipulated = client.post(
+        "/glow/manipulate",
+        files={"face": ("f.jpg", face_bytes[0], "image/jpeg")},
+        data={"attribute": "Smiling", "strengths": "0,1", "format": "json"},
+    )
     assert manipulated.status_code == 200 and len(manipulated.json()["images"]) == 2
-    assert client.post("/glow/likelihood", files=[("images", ("f.jpg", face_bytes[0], "image/jpeg"))]).status_code == 200
+    assert (
+        client.post("/glow/likelihood", files=[("images", ("f.jpg", face_bytes[0], "image/jpeg"))]).status_code == 200
+    )
     card = client.get("/models/glow").json()
     assert card["metrics"]["valid_bits_per_dim"] == checkpoint.metrics["valid_bits_per_dim"]
 
@@ -456,5 +546,26 @@ def test_non_finite_loss_stops_with_the_step(tiny_celeba, tmp_path, monkeypatch)
 
     monkeypatch.setattr(Glow, "loss", poisoned)
     with pytest.raises(FloatingPointError, match="at step 1 "):
-        main(["glow", "--data", str(tiny_celeba), "--out", str(tmp_path / "g.safetensors"), "--run-dir", str(tmp_path / "run"),
-              "--image-size", "16", "--levels", "2", "--steps", "1", "--hidden", "4", "--batch-size", "4", "--threads", "1"])
+        main(
+            [
+                "glow",
+                "--data",
+                str(tiny_celeba),
+                "--out",
+                str(tmp_path / "g.safetensors"),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--image-size",
+                "16",
+                "--levels",
+                "2",
+                "--steps",
+                "1",
+                "--hidden",
+                "4",
+                "--batch-size",
+                "4",
+                "--threads",
+                "1",
+            ]
+        )

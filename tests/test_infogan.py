@@ -15,13 +15,20 @@ from torch import nn
 from app.imaging import base64_pngs, grid_png
 from app.models import build_model
 from app.models.checkpoint import load_checkpoint, save_checkpoint
-from app.models.infogan import (InfoGANConfig, InfoGANDiscriminator, InfoGANGenerator, draw_codes, recognizer_extras,
-                                recognizer_from_extras, sweep_inputs)
+from app.models.infogan import (
+    InfoGANConfig,
+    InfoGANDiscriminator,
+    InfoGANGenerator,
+    draw_codes,
+    recognizer_extras,
+    recognizer_from_extras,
+    sweep_inputs,
+)
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
 from training.__main__ import main
-from training.infogan import add_arguments, infogan_recipe
 from training.evaluate_gans import AttributeJudge, code_effects, q_accuracy, top_effects
+from training.infogan import add_arguments, infogan_recipe
 
 from .conftest import TINY_CONFIGS, write_tiny_checkpoint
 
@@ -107,8 +114,13 @@ def test_checkpoint_round_trip_with_recognizer_extras(tmp_path):
     generator = tiny_generator()
     torch.manual_seed(1)
     recognizer = InfoGANDiscriminator(generator.config)
-    path = save_checkpoint(tmp_path / "i.safetensors", generator, dtype=None, preprocess=PreprocessSpec(size=16),
-                           extras=recognizer_extras(recognizer, dtype=torch.float32))
+    path = save_checkpoint(
+        tmp_path / "i.safetensors",
+        generator,
+        dtype=None,
+        preprocess=PreprocessSpec(size=16),
+        extras=recognizer_extras(recognizer, dtype=torch.float32),
+    )
     loaded = load_checkpoint(path)
     assert loaded.family == "infogan" and loaded.model.config == generator.config
     noise, codes = torch.randn(3, 8), draw_codes(3, 3, 10, seeded_generator(2))
@@ -165,10 +177,20 @@ def test_code_out_of_range_is_422_with_the_valid_range(infogan_client, code):
     assert detail["loc"] == ["body", "code"] and "between 0 and 2" in detail["msg"]
 
 
-@pytest.mark.parametrize("body", [
-    {"rows": 0}, {"rows": 17}, {"rows": "3"}, {"rows": 2.5}, {"code": "1"}, {"seed": -5}, {"format": "gif"},
-    {"rows": 2, "n": 4}, {"rows": 2, "codes": [1, 2]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"rows": 0},
+        {"rows": 17},
+        {"rows": "3"},
+        {"rows": 2.5},
+        {"code": "1"},
+        {"seed": -5},
+        {"format": "gif"},
+        {"rows": 2, "n": 4},
+        {"rows": 2, "codes": [1, 2]},
+    ],
+)
 def test_bad_requests_are_422(infogan_client, body):
     response = post(infogan_client, **body)
     assert response.status_code == 422, response.text
@@ -193,14 +215,47 @@ def test_503_when_no_infogan_is_loaded(make_client, tmp_path):
 def test_training_smoke_run_is_served_and_evaluated(tiny_celeba, tmp_path, monkeypatch, make_client):
     monkeypatch.chdir(tmp_path)  # the split pack cache (.cache/) lands here, not in the repository
     out = tmp_path / "weights" / "infogan.safetensors"
-    main(["infogan", "--data", str(tiny_celeba), "--out", str(out), "--run-dir", str(tmp_path / "run"),
-          "--image-size", "16", "--latent-dim", "8", "--codes", "3", "--categories", "5",
-          "--q-hidden", "8", "--g-width", "4", "--d-width", "4", "--batch-size", "4", "--max-steps", "3",
-          "--threads", "1", "--device", "cpu"])
+    main(
+        [
+            "infogan",
+            "--data",
+            str(tiny_celeba),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--image-size",
+            "16",
+            "--latent-dim",
+            "8",
+            "--codes",
+            "3",
+            "--categories",
+            "5",
+            "--q-hidden",
+            "8",
+            "--g-width",
+            "4",
+            "--d-width",
+            "4",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "3",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
 
     checkpoint = load_checkpoint(out)
     assert checkpoint.family == "infogan" and checkpoint.training["steps"] == 3
-    assert (checkpoint.config["noise_dim"], checkpoint.config["n_codes"], checkpoint.config["n_categories"]) == (8, 3, 5)
+    assert (checkpoint.config["noise_dim"], checkpoint.config["n_codes"], checkpoint.config["n_categories"]) == (
+        8,
+        3,
+        5,
+    )
     assert {"train_acc_q", "train_acc_real", "train_acc_fake"} <= set(checkpoint.metrics)
     assert recognizer_from_extras(checkpoint.model.config, checkpoint.extras) is not None
     header = (tmp_path / "run" / "losses.csv").read_text().splitlines()[0].split(",")
@@ -217,8 +272,21 @@ def test_training_smoke_run_is_served_and_evaluated(tiny_celeba, tmp_path, monke
     extra = []
     if "classifier" in TINY_CONFIGS:
         extra = ["--classifier", str(write_tiny_checkpoint(tmp_path / "judge", "classifier"))]
-    main(["evaluate", str(out), "--data", str(tiny_celeba), "--out", str(tmp_path / "eval"), "--device", "cpu",
-          "--threads", "1", *extra])
+    main(
+        [
+            "evaluate",
+            str(out),
+            "--data",
+            str(tiny_celeba),
+            "--out",
+            str(tmp_path / "eval"),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert 0 <= metrics["q_accuracy"] <= 1 and len(metrics["q_accuracy_per_code"]) == 3
     if extra:
@@ -252,9 +320,26 @@ def test_the_d_q_step_trains_q_head_on_the_codes_but_not_the_body():
     """Q's head learns the codes on D's side too, not only through G's step; the shared body stays D's."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--data", "unused", "--out", "unused", "--image-size", "16", "--latent-dim", "8",
-                              "--codes", "3", "--g-width", "4", "--d-width", "4",
-                              "--q-hidden", "8"])
+    args = parser.parse_args(
+        [
+            "--data",
+            "unused",
+            "--out",
+            "unused",
+            "--image-size",
+            "16",
+            "--latent-dim",
+            "8",
+            "--codes",
+            "3",
+            "--g-width",
+            "4",
+            "--d-width",
+            "4",
+            "--q-hidden",
+            "8",
+        ]
+    )
     recipe = infogan_recipe(args, [], torch.zeros(0, 40))
     torch.manual_seed(0)
     noise, codes = recipe.draw_inputs(6, torch.zeros(6, 40), torch.Generator().manual_seed(0))
@@ -270,8 +355,9 @@ def test_the_d_q_step_trains_q_head_on_the_codes_but_not_the_body():
         loss.backward()
         return [p.grad.clone() for p in d.body.parameters()]
 
-    assert all(torch.equal(a, b) for a, b in zip(body_gradients(loss), body_gradients(other_loss))), \
+    assert all(torch.equal(a, b) for a, b in zip(body_gradients(loss), body_gradients(other_loss))), (
         "the shared body learns the real/fake task only"
+    )
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.q_head.parameters())
 
 
@@ -282,8 +368,12 @@ def test_code_effects_find_the_code_that_moves_an_attribute():
     assert spread[0, 0] > 0.99 and spread[1:].abs().max() < 1e-6 and spread[:, 1].abs().max() < 1e-6
     assert len(sweeps) == 3 and sweeps[0].shape == (4 * 5, 3, 8, 8)
     report = top_effects(means, spread, judge.attributes, top=2)
-    assert report["0"][0] == {"attribute": "Bright", "spread": pytest.approx(1.0, abs=1e-3), "low_category": 0,
-                              "high_category": 4}
+    assert report["0"][0] == {
+        "attribute": "Bright",
+        "spread": pytest.approx(1.0, abs=1e-3),
+        "low_category": 0,
+        "high_category": 4,
+    }
     assert [entry["attribute"] for entry in report["1"]] and len(report["2"]) == 2
 
 

@@ -24,8 +24,14 @@ def test_every_family_has_a_tiny_test_config():
 def test_checkpoint_round_trip_is_exact_in_float32(family, tmp_path):
     torch.manual_seed(0)
     model = build_model(family, TINY_CONFIGS[family])
-    path = save_checkpoint(tmp_path / "m.safetensors", model, dtype=None, metrics={"x": 1.5}, training={"epochs": 2},
-                           preprocess=PreprocessSpec(size=model.config.image_size))
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        model,
+        dtype=None,
+        metrics={"x": 1.5},
+        training={"epochs": 2},
+        preprocess=PreprocessSpec(size=model.config.image_size),
+    )
     loaded = load_checkpoint(path)
     assert loaded.family == family and loaded.metrics == {"x": 1.5} and loaded.training == {"epochs": 2}
     assert type(loaded.model) is type(model) and loaded.model.config == model.config
@@ -92,7 +98,9 @@ def test_vae_prior_starts_standard_and_fits_the_latents():
     noise = torch.randn(5, 3)
     assert torch.equal(model.generate(noise), model.decode(noise)), "before fitting, the prior is N(0, I)"
     mixing = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, -1.0, 0.3]])
-    latents = torch.randn(20_000, 3, generator=torch.Generator().manual_seed(0)) @ mixing.T + torch.tensor([1.0, -2.0, 0.5])
+    latents = torch.randn(20_000, 3, generator=torch.Generator().manual_seed(0)) @ mixing.T + torch.tensor(
+        [1.0, -2.0, 0.5]
+    )
     model.fit_prior(latents)
     draws = model.prior_mean + torch.randn(20_000, 3) @ model.prior_scale_tril.T
     assert torch.allclose(draws.mean(0), latents.mean(0), atol=0.05)

@@ -36,11 +36,13 @@ _spec = importlib.util.spec_from_file_location("facegen_nginx_render", ROOT / "d
 render = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(render)
 
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+)
 needs_nginx = pytest.mark.skipif(
     NGINX is None,
     reason="!!! nginx is NOT INSTALLED, so the reverse-proxy tests are SKIPPED !!! Install it: "
-           "`apt-get install nginx` on Debian/Ubuntu (`make test` does it when run as root), or your system's nginx package",
+    "`apt-get install nginx` on Debian/Ubuntu (`make test` does it when run as root), or your system's nginx package",
 )
 
 # Everything a loopback test waits for shares one bound: replicas importing torch on a busy 2-core machine take
@@ -49,6 +51,7 @@ BUDGET_S = 45.0
 
 
 # --------------------------------------------------------------------------------------------------------- the files
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
@@ -79,7 +82,7 @@ def seconds(duration: str | int | float) -> float:
 def graceful_shutdown_s() -> float:
     """uvicorn's --timeout-graceful-shutdown in the Dockerfile's CMD (exec form)."""
     cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
-    argv = json.loads(cmd[len("CMD "):])
+    argv = json.loads(cmd[len("CMD ") :])
     assert "--timeout-graceful-shutdown" in argv, "the Dockerfile CMD gives uvicorn no --timeout-graceful-shutdown"
     return float(argv[argv.index("--timeout-graceful-shutdown") + 1])
 
@@ -172,6 +175,7 @@ def test_render_substitutes_only_addresses_and_listen_port():
 
 # ------------------------------------------------------------------------------------------- nginx on loopback ports
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -181,8 +185,10 @@ def free_port() -> int:
 def wait_for(url: str, deadline: float, process: subprocess.Popen, log: Path) -> None:
     while True:
         if process.poll() is not None:
-            pytest.fail(f"{process.args[0]} exited with {process.returncode} before {url} answered 200:\n"
-                        f"{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"{process.args[0]} exited with {process.returncode} before {url} answered 200:\n"
+                f"{log.read_text()[-3000:]}"
+            )
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -243,10 +249,21 @@ def start_nginx(spawn, tmp_path):
 
 def start_replica(spawn, weights: Path, port: int, name: str):
     env = {key: value for key, value in os.environ.items() if not key.startswith("FACEGEN_")}
-    env.update(FACEGEN_DEVICE="cpu", FACEGEN_WEIGHTS_DIR=str(weights), FACEGEN_TORCH_THREADS="1",
-               FACEGEN_REQUIRED="dcgan")
-    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-            "--timeout-graceful-shutdown", "5"]
+    env.update(
+        FACEGEN_DEVICE="cpu", FACEGEN_WEIGHTS_DIR=str(weights), FACEGEN_TORCH_THREADS="1", FACEGEN_REQUIRED="dcgan"
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
     return spawn(name, argv, cwd=ROOT, env=env)
 
 

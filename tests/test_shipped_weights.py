@@ -62,7 +62,11 @@ def test_the_foundation_families_are_shipped():
 def test_shipped_checkpoint_loads_small_and_documented(path):
     checkpoint = load_checkpoint(path)
     assert checkpoint.family == path.stem and path.stat().st_size < 40 * 1024 * 1024
-    assert checkpoint.preprocess.size == 64 and checkpoint.attributes and set(checkpoint.attributes) <= set(ATTRIBUTE_NAMES)
+    assert (
+        checkpoint.preprocess.size == 64
+        and checkpoint.attributes
+        and set(checkpoint.attributes) <= set(ATTRIBUTE_NAMES)
+    )
     assert checkpoint.training["train_images"] > 10_000, "shipped weights are trained on real CelebA faces"
 
 

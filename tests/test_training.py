@@ -14,8 +14,26 @@ from training.gan import epoch_lr
 
 def run_training(family: str, data, tmp_path, *extra: str):
     out = tmp_path / "weights" / f"{family}.safetensors"
-    main([family, "--data", str(data), "--out", str(out), "--run-dir", str(tmp_path / "run"), "--image-size", "16",
-          "--batch-size", "4", "--epochs", "2", "--threads", "1", *extra])
+    main(
+        [
+            family,
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
     return out, tmp_path / "run"
 
 
@@ -36,8 +54,9 @@ def test_vae_training_writes_checkpoint_logs_and_grids(tiny_celeba, tmp_path):
 
 
 def test_dcgan_training_and_serving(tiny_celeba, tmp_path, make_client):
-    out, run = run_training("dcgan", tiny_celeba, tmp_path, "--latent-dim", "8", "--g-width", "4", "--d-width", "4",
-                            "--max-steps", "3")
+    out, run = run_training(
+        "dcgan", tiny_celeba, tmp_path, "--latent-dim", "8", "--g-width", "4", "--d-width", "4", "--max-steps", "3"
+    )
     rows = read_log(run)
     assert len(rows) == 3 and {"loss_d_real", "loss_d_fake", "acc_real", "acc_fake", "loss_g"} <= set(rows[0])
     assert all(0 <= float(row["acc_real"]) <= 1 for row in rows)
@@ -48,8 +67,12 @@ def test_dcgan_training_and_serving(tiny_celeba, tmp_path, make_client):
 
 
 def test_training_is_reproducible_with_a_seed(tiny_celeba, tmp_path):
-    first, _ = run_training("vae", tiny_celeba, tmp_path / "a", "--widths", "4,8", "--latent-dim", "6", "--max-steps", "2")
-    second, _ = run_training("vae", tiny_celeba, tmp_path / "b", "--widths", "4,8", "--latent-dim", "6", "--max-steps", "2")
+    first, _ = run_training(
+        "vae", tiny_celeba, tmp_path / "a", "--widths", "4,8", "--latent-dim", "6", "--max-steps", "2"
+    )
+    second, _ = run_training(
+        "vae", tiny_celeba, tmp_path / "b", "--widths", "4,8", "--latent-dim", "6", "--max-steps", "2"
+    )
     assert load_checkpoint(first).metrics == load_checkpoint(second).metrics
 
 
@@ -97,14 +120,39 @@ def test_batchnorm_recalibration_matches_the_generators_own_statistics(tmp_path)
     assert norm.running_mean.abs().max() < 0.5 and norm.momentum == 0.1
     with pytest.raises(SystemExit, match="only dcgan"):
         other = build_model("vae", TINY_CONFIGS["vae"])
-        main(["gan-recalibrate", str(save_checkpoint(tmp_path / "vae.safetensors", other, preprocess=PreprocessSpec(size=16))),
-              "--threads", "1"])
+        main(
+            [
+                "gan-recalibrate",
+                str(save_checkpoint(tmp_path / "vae.safetensors", other, preprocess=PreprocessSpec(size=16))),
+                "--threads",
+                "1",
+            ]
+        )
 
 
 def test_a_resumed_gan_run_takes_the_same_steps_as_an_uninterrupted_one(tiny_celeba, tmp_path):
-    options = ["--data", str(tiny_celeba), "--image-size", "16", "--batch-size", "4", "--threads", "1",
-               "--latent-dim", "8", "--g-width", "4", "--d-width", "4", "--attributes", "Male,Smiling",
-               "--ema", "0.9", "--fake-labels", "shuffled"]
+    options = [
+        "--data",
+        str(tiny_celeba),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--latent-dim",
+        "8",
+        "--g-width",
+        "4",
+        "--d-width",
+        "4",
+        "--attributes",
+        "Male,Smiling",
+        "--ema",
+        "0.9",
+        "--fake-labels",
+        "shuffled",
+    ]
     whole, stopped = tmp_path / "whole.safetensors", tmp_path / "stopped.safetensors"
     main(["acgan", *options, "--out", str(whole), "--run-dir", str(tmp_path / "whole"), "--epochs", "3"])
     main(["acgan", *options, "--out", str(stopped), "--run-dir", str(tmp_path / "stopped"), "--epochs", "1"])
@@ -113,8 +161,9 @@ def test_a_resumed_gan_run_takes_the_same_steps_as_an_uninterrupted_one(tiny_cel
     last_row = log_path.read_text().splitlines()[-1].split(",")
     # A run stopped mid-epoch has logged steps its saved state does not hold: the continued run takes them again.
     log_path.write_text(log_path.read_text() + ",".join(["2", str(int(last_row[1]) + 1), *last_row[2:]]) + "\n")
-    main(["acgan", *options, "--out", str(stopped), "--run-dir", str(tmp_path / "stopped"), "--epochs", "3",
-          "--resume"])
+    main(
+        ["acgan", *options, "--out", str(stopped), "--run-dir", str(tmp_path / "stopped"), "--epochs", "3", "--resume"]
+    )
 
     expected, resumed = load_checkpoint(whole), load_checkpoint(stopped)
     assert resumed.training["epochs"] == 3 and resumed.training["steps"] == expected.training["steps"]
@@ -125,8 +174,9 @@ def test_a_resumed_gan_run_takes_the_same_steps_as_an_uninterrupted_one(tiny_cel
 
 def test_resume_without_a_training_state_says_where_it_looked(tiny_celeba, tmp_path):
     with pytest.raises(SystemExit, match="no training state at .*train_state.safetensors"):
-        run_training("dcgan", tiny_celeba, tmp_path, "--latent-dim", "8", "--g-width", "4", "--d-width", "4",
-                     "--resume")
+        run_training(
+            "dcgan", tiny_celeba, tmp_path, "--latent-dim", "8", "--g-width", "4", "--d-width", "4", "--resume"
+        )
 
 
 def test_epoch_lr_falls_linearly_after_the_decay_epoch():
@@ -143,8 +193,21 @@ def test_lr_decay_after_sets_both_optimizers_rates_each_epoch(tiny_celeba, tmp_p
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
-    out, _ = run_training("dcgan", tiny_celeba, tmp_path, "--latent-dim", "8", "--g-width", "4", "--d-width", "4",
-                          "--lr", "0.01", "--lr-decay-after", "0")
+    out, _ = run_training(
+        "dcgan",
+        tiny_celeba,
+        tmp_path,
+        "--latent-dim",
+        "8",
+        "--g-width",
+        "4",
+        "--d-width",
+        "4",
+        "--lr",
+        "0.01",
+        "--lr-decay-after",
+        "0",
+    )
     # 2 epochs, decaying from the start: epoch 1 takes 2/3 of the rate, epoch 2 1/3; G and D alike.
     half = len(rates) // 2
     assert rates[:half] == pytest.approx([0.01 * 2 / 3] * half) and rates[half:] == pytest.approx([0.01 / 3] * half)

@@ -1,4 +1,5 @@
-"""``python -m training <family> --data DIR --out weights/<family>.safetensors ...`` and ``python -m training evaluate``."""
+"""``python -m training <family> --data DIR --out weights/<family>.safetensors ...`` and
+``python -m training evaluate``."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from app.models.attributes import FREQUENCIES_KEY
 from app.models.acgan import DEFAULT_ATTRIBUTES, ACGANConfig, ACGANDiscriminator, ACGANGenerator, toggle_pairs
+from app.models.attributes import FREQUENCIES_KEY
 from app.models.sampling import draw_noise
 
 from .gan import GANRecipe, add_gan_arguments, bce_real_fake, train_gan
@@ -31,23 +31,40 @@ FAKE_LABELS = ("batch", "shuffled", "frequencies")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gan_arguments(parser)
-    parser.add_argument("--attributes", default=",".join(DEFAULT_ATTRIBUTES),
-                        help="comma-separated CelebA attributes to condition on, or 'all' for the 40 "
-                             "(default: the 13 of the classic course set)")
+    parser.add_argument(
+        "--attributes",
+        default=",".join(DEFAULT_ATTRIBUTES),
+        help="comma-separated CelebA attributes to condition on, or 'all' for the 40 "
+        "(default: the 13 of the classic course set)",
+    )
     parser.add_argument("--d-steps", type=int, default=2, help="discriminator updates per generator update")
-    parser.add_argument("--class-weight", type=float, default=1.0,
-                        help="weight of the attribute loss in D's loss (and in G's, unless --g-class-weight)")
-    parser.add_argument("--g-class-weight", type=float,
-                        help="weight of the attribute loss in G's loss (default: --class-weight); above 1, G shows "
-                             "the requested attributes more unmistakably than real faces do")
-    parser.add_argument("--attribute-weights", default="",
-                        help="comma-separated NAME=WEIGHT: that attribute's term of the attribute loss (D's and G's) "
-                             "is multiplied by WEIGHT (others 1), e.g. Smiling=3 so that the toggled attribute wins "
-                             "where the requested attributes contradict the data's correlations")
-    parser.add_argument("--fake-labels", choices=FAKE_LABELS, default="batch",
-                        help="attributes asked of G: the real batch's label vectors (batch), each attribute "
-                             "shuffled independently within the batch (shuffled), or Bernoulli draws from the "
-                             "training-set frequencies (frequencies, as the service draws open attributes)")
+    parser.add_argument(
+        "--class-weight",
+        type=float,
+        default=1.0,
+        help="weight of the attribute loss in D's loss (and in G's, unless --g-class-weight)",
+    )
+    parser.add_argument(
+        "--g-class-weight",
+        type=float,
+        help="weight of the attribute loss in G's loss (default: --class-weight); above 1, G shows "
+        "the requested attributes more unmistakably than real faces do",
+    )
+    parser.add_argument(
+        "--attribute-weights",
+        default="",
+        help="comma-separated NAME=WEIGHT: that attribute's term of the attribute loss (D's and G's) "
+        "is multiplied by WEIGHT (others 1), e.g. Smiling=3 so that the toggled attribute wins "
+        "where the requested attributes contradict the data's correlations",
+    )
+    parser.add_argument(
+        "--fake-labels",
+        choices=FAKE_LABELS,
+        default="batch",
+        help="attributes asked of G: the real batch's label vectors (batch), each attribute "
+        "shuffled independently within the batch (shuffled), or Bernoulli draws from the "
+        "training-set frequencies (frequencies, as the service draws open attributes)",
+    )
     parser.add_argument("--toggle", help="attribute of the per-epoch on/off grid (default Smiling, else the first)")
 
 
@@ -68,8 +85,9 @@ def parse_attribute_weights(text: str, names: tuple[str, ...]) -> torch.Tensor |
     for item in text.split(","):
         name, separator, value = item.strip().partition("=")
         if name not in names:
-            raise SystemExit(f"acgan: --attribute-weights names {name!r}, not a trained attribute; "
-                             f"trained: {', '.join(names)}")
+            raise SystemExit(
+                f"acgan: --attribute-weights names {name!r}, not a trained attribute; trained: {', '.join(names)}"
+            )
         try:
             weight = float(value) if separator else float("nan")
         except ValueError:
@@ -106,8 +124,13 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
     names = choose_attributes(args.attributes, attribute_names)
     columns = torch.tensor([attribute_names.index(name) for name in names])
     frequencies = labels[:, columns].float().mean(0)
-    config = ACGANConfig(attributes=names, latent_dim=args.latent_dim, generator_width=args.g_width,
-                         discriminator_width=args.d_width, image_size=args.image_size)
+    config = ACGANConfig(
+        attributes=names,
+        latent_dim=args.latent_dim,
+        generator_width=args.g_width,
+        discriminator_width=args.d_width,
+        image_size=args.image_size,
+    )
     generator = ACGANGenerator(config)
     toggled = preview_attribute(names, args.toggle)
     weight = args.class_weight
@@ -134,8 +157,11 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
         loss_class = attribute_loss(classes_real, target, per_attribute)
         loss = loss_real + loss_fake + weight * loss_class
         return loss, {
-            "loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_d": loss.item(),
-            "acc_real": (logits_real > 0).float().mean().item(), "acc_fake": (logits_fake < 0).float().mean().item(),
+            "loss_d_real": loss_real.item(),
+            "loss_d_fake": loss_fake.item(),
+            "loss_d": loss.item(),
+            "acc_real": (logits_real > 0).float().mean().item(),
+            "acc_fake": (logits_fake < 0).float().mean().item(),
             "loss_cls_real": loss_class.item(),
             "acc_cls_real": ((classes_real > 0).float() == target).float().mean().item(),
         }
@@ -147,7 +173,9 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
         loss_class = attribute_loss(classes, requested, per_attribute)
         loss = adversarial + generator_weight * loss_class
         return loss, {
-            "loss_g": loss.item(), "loss_g_adv": adversarial.item(), "loss_cls_fake": loss_class.item(),
+            "loss_g": loss.item(),
+            "loss_g_adv": adversarial.item(),
+            "loss_cls_fake": loss_class.item(),
             "acc_cls_fake": ((classes > 0).float() == requested).float().mean().item(),
         }
 
@@ -155,7 +183,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
     preview_rng = torch.Generator().manual_seed(args.seed)
     noise = draw_noise(generator.latent_shape, 16, preview_rng)
     attributes = (torch.rand((16, len(names)), generator=preview_rng) < frequencies).float()
-    blocks = [toggle_pairs(noise[i:i + 8], attributes[i:i + 8], toggled) for i in (0, 8)]
+    blocks = [toggle_pairs(noise[i : i + 8], attributes[i : i + 8], toggled) for i in (0, 8)]
     preview = (torch.cat([b[0] for b in blocks]), torch.cat([b[1] for b in blocks]))
 
     return GANRecipe(
@@ -164,11 +192,26 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
         draw_inputs=draw_inputs,
         discriminator_loss=discriminator_loss,
         generator_loss=generator_loss,
-        columns=["loss_d_real", "loss_d_fake", "loss_d", "acc_real", "acc_fake", "loss_cls_real", "acc_cls_real",
-                 "loss_g", "loss_g_adv", "loss_cls_fake", "acc_cls_fake"],
-        panels={"D real/fake loss": ["loss_d_real", "loss_d_fake"], "D real/fake accuracy": ["acc_real", "acc_fake"],
-                "classification loss": ["loss_cls_real", "loss_cls_fake"],
-                "classification accuracy": ["acc_cls_real", "acc_cls_fake"], "G adversarial loss": ["loss_g_adv"]},
+        columns=[
+            "loss_d_real",
+            "loss_d_fake",
+            "loss_d",
+            "acc_real",
+            "acc_fake",
+            "loss_cls_real",
+            "acc_cls_real",
+            "loss_g",
+            "loss_g_adv",
+            "loss_cls_fake",
+            "acc_cls_fake",
+        ],
+        panels={
+            "D real/fake loss": ["loss_d_real", "loss_d_fake"],
+            "D real/fake accuracy": ["acc_real", "acc_fake"],
+            "classification loss": ["loss_cls_real", "loss_cls_fake"],
+            "classification accuracy": ["acc_cls_real", "acc_cls_fake"],
+            "G adversarial loss": ["loss_g_adv"],
+        },
         preview_inputs=preview,
         preview_rows=8,
         d_steps=args.d_steps,

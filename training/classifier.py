@@ -19,8 +19,7 @@ from tqdm import tqdm
 from app.models.checkpoint import save_checkpoint
 from app.models.classifier import AttributeClassifier, ClassifierConfig
 
-from .common import (StepLog, add_common_arguments, preprocess_spec, run_dir, setup, shuffled_batches,
-                     training_metadata)
+from .common import StepLog, add_common_arguments, preprocess_spec, run_dir, setup, shuffled_batches, training_metadata
 from .data import PackedSplit, load_split
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
@@ -28,15 +27,26 @@ from .registry import register_trainer
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, epochs=22, batch_size=64, lr=2e-3)
-    parser.add_argument("--widths", type=lambda s: tuple(int(w) for w in s.split(",")), default=ClassifierConfig.widths,
-                        help="comma-separated channels per stride-2 stage, e.g. 32,64,128,256")
-    parser.add_argument("--convs-per-stage", type=int, default=ClassifierConfig.convs_per_stage,
-                        help="3x3 convs per stage (1: only the stride-2 one)")
+    parser.add_argument(
+        "--widths",
+        type=lambda s: tuple(int(w) for w in s.split(",")),
+        default=ClassifierConfig.widths,
+        help="comma-separated channels per stride-2 stage, e.g. 32,64,128,256",
+    )
+    parser.add_argument(
+        "--convs-per-stage",
+        type=int,
+        default=ClassifierConfig.convs_per_stage,
+        help="3x3 convs per stage (1: only the stride-2 one)",
+    )
     parser.add_argument("--dropout", type=float, default=ClassifierConfig.dropout)
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW decoupled weight decay")
-    parser.add_argument("--pos-weight", action="store_true",
-                        help="weight positives by negatives/positives per attribute (helps rare attributes' recall, "
-                             "costs plain accuracy; off by default)")
+    parser.add_argument(
+        "--pos-weight",
+        action="store_true",
+        help="weight positives by negatives/positives per attribute (helps rare attributes' recall, "
+        "costs plain accuracy; off by default)",
+    )
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -46,7 +56,9 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 @torch.inference_mode()
-def evaluate_split(model: AttributeClassifier, split: PackedSplit, device: torch.device, batch_size: int = 256) -> tuple[float, torch.Tensor]:
+def evaluate_split(
+    model: AttributeClassifier, split: PackedSplit, device: torch.device, batch_size: int = 256
+) -> tuple[float, torch.Tensor]:
     """Mean BCE and per-attribute accuracy (threshold 0.5) over a whole split."""
     was_training = model.training
     model.eval()
@@ -66,7 +78,9 @@ def majority_accuracy(train: PackedSplit, valid: PackedSplit) -> torch.Tensor:
     return (valid.attributes == majority).float().mean(0).double()
 
 
-def accuracy_metrics(names: list[str], accuracy: torch.Tensor, baseline: torch.Tensor, valid_loss: float, images: int) -> dict[str, Any]:
+def accuracy_metrics(
+    names: list[str], accuracy: torch.Tensor, baseline: torch.Tensor, valid_loss: float, images: int
+) -> dict[str, Any]:
     return {
         "valid_mean_accuracy": round(accuracy.mean().item(), 4),
         "valid_accuracy": {name: round(value, 4) for name, value in zip(names, accuracy.tolist())},
@@ -84,8 +98,12 @@ def plot_curves(path: Path, log: StepLog, epochs: list[dict[str, float]], baseli
         loss_axis.plot([row["step"] for row in epochs], [row["valid_loss"] for row in epochs], "o-", label="valid BCE")
         loss_axis.set_title("loss")
         loss_axis.legend()
-        accuracy_axis.plot([row["epoch"] for row in epochs], [row["valid_mean_accuracy"] for row in epochs], "o-",
-                           label="valid mean accuracy")
+        accuracy_axis.plot(
+            [row["epoch"] for row in epochs],
+            [row["valid_mean_accuracy"] for row in epochs],
+            "o-",
+            label="valid mean accuracy",
+        )
         accuracy_axis.axhline(baseline, color="grey", linestyle="--", label="majority baseline")
         accuracy_axis.set_title("validation accuracy (mean of 40 attributes)")
         accuracy_axis.set_xlabel("epoch")
@@ -99,14 +117,21 @@ def train(args: argparse.Namespace) -> None:
     train_split = load_split(args.data, "train", spec, args.limit)
     valid_split = load_split(args.data, "valid", spec, args.limit)
     names = train_split.attribute_names
-    config = ClassifierConfig(image_size=spec.size, widths=args.widths, convs_per_stage=args.convs_per_stage,
-                              num_attributes=len(names), dropout=args.dropout)
+    config = ClassifierConfig(
+        image_size=spec.size,
+        widths=args.widths,
+        convs_per_stage=args.convs_per_stage,
+        num_attributes=len(names),
+        dropout=args.dropout,
+    )
     model = AttributeClassifier(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     total_steps = args.epochs * (len(train_split) // args.batch_size)
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(1, total_steps), pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=max(1, total_steps), pct_start=0.15
+    )
     pos_weight = None
     if args.pos_weight:
         positives = train_split.attributes.mean(0).clamp(1e-3, 1 - 1e-3)
@@ -121,12 +146,17 @@ def train(args: argparse.Namespace) -> None:
     epoch_rows: list[dict[str, float]] = []
     order = torch.Generator().manual_seed(args.seed)
     flips = torch.Generator().manual_seed(args.seed + 1)
-    print(f"{len(train_split)} training / {len(valid_split)} validation images; majority baseline "
-          f"{baseline.mean().item():.4f}; {sum(p.numel() for p in model.parameters())} parameters", flush=True)
+    print(
+        f"{len(train_split)} training / {len(valid_split)} validation images; majority baseline "
+        f"{baseline.mean().item():.4f}; {sum(p.numel() for p in model.parameters())} parameters",
+        flush=True,
+    )
     started, step = time.time(), 0
     model.train()
     for epoch in range(1, args.epochs + 1):
-        progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"classifier epoch {epoch}")
+        progress = tqdm(
+            list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"classifier epoch {epoch}"
+        )
         for indices in progress:
             images, targets = train_split.batch(indices)
             images, targets = random_flip(images, flips).to(device), targets.to(device)
@@ -143,15 +173,34 @@ def train(args: argparse.Namespace) -> None:
                 break
         valid_loss, accuracy = evaluate_split(model, valid_split, device)
         metrics = accuracy_metrics(names, accuracy, baseline, valid_loss, len(valid_split))
-        epoch_rows.append({"epoch": epoch, "step": step, "valid_loss": valid_loss, "valid_mean_accuracy": metrics["valid_mean_accuracy"]})
+        epoch_rows.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "valid_loss": valid_loss,
+                "valid_mean_accuracy": metrics["valid_mean_accuracy"],
+            }
+        )
         with open(epochs_csv, "a", newline="") as handle:
             csv.writer(handle).writerow([epoch, step, f"{valid_loss:.6g}", f"{metrics['valid_mean_accuracy']:.4f}"])
-        print(f"epoch {epoch}: valid BCE {valid_loss:.4f}, mean accuracy {metrics['valid_mean_accuracy']:.4f} "
-              f"(majority {metrics['majority_mean_accuracy']:.4f})", flush=True)
+        print(
+            f"epoch {epoch}: valid BCE {valid_loss:.4f}, mean accuracy {metrics['valid_mean_accuracy']:.4f} "
+            f"(majority {metrics['majority_mean_accuracy']:.4f})",
+            flush=True,
+        )
         plot_curves(out_dir / "curves.png", log, epoch_rows, metrics["majority_mean_accuracy"])
-        save_checkpoint(args.out, model, preprocess=spec, attributes=names, metrics=metrics,
-                        training={**training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
-                                  "weight_decay": args.weight_decay, "pos_weight": bool(args.pos_weight),
-                                  "augmentation": "random horizontal flip"})
+        save_checkpoint(
+            args.out,
+            model,
+            preprocess=spec,
+            attributes=names,
+            metrics=metrics,
+            training={
+                **training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
+                "weight_decay": args.weight_decay,
+                "pos_weight": bool(args.pos_weight),
+                "augmentation": "random horizontal flip",
+            },
+        )
         if args.max_steps and step >= args.max_steps:
             break

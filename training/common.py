@@ -7,8 +7,9 @@ import csv
 import random
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torchvision.utils import save_image
@@ -55,12 +56,16 @@ def run_dir(args: argparse.Namespace) -> Path:
 
 def code_version() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=5).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def training_metadata(args: argparse.Namespace, *, images: int, epochs_done: int, steps: int, started: float) -> dict[str, Any]:
+def training_metadata(
+    args: argparse.Namespace, *, images: int, epochs_done: int, steps: int, started: float
+) -> dict[str, Any]:
     return {
         "data": str(args.data),
         "train_images": images,
@@ -72,8 +77,11 @@ def training_metadata(args: argparse.Namespace, *, images: int, epochs_done: int
         "code_version": code_version(),
         "seconds": round(time.time() - started, 1),
         # Every command-line option, so a checkpoint says which recipe made it (loss weights, schedules, widths).
-        "options": {name: value for name, value in sorted(vars(args).items())
-                    if value is None or isinstance(value, (str, int, float, bool))},
+        "options": {
+            name: value
+            for name, value in sorted(vars(args).items())
+            if value is None or isinstance(value, (str, int, float, bool))
+        },
     }
 
 

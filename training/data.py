@@ -33,7 +33,9 @@ def read_attribute_table(root: Path) -> tuple[list[str], dict[str, list[int]]]:
         if not fields:
             continue
         if len(fields) != len(names) + 1:
-            raise ValueError(f"list_attr_celeba.txt: row {fields[0]!r} has {len(fields) - 1} values, expected {len(names)}")
+            raise ValueError(
+                f"list_attr_celeba.txt: row {fields[0]!r} has {len(fields) - 1} values, expected {len(names)}"
+            )
         table[fields[0]] = [1 if value == "1" else 0 for value in fields[1:]]
     return names, table
 
@@ -50,7 +52,13 @@ def read_partition(root: Path) -> dict[str, int]:
 class CelebA(Dataset):
     """One split of CelebA: items are ``(image in [-1, 1] of shape (3, S, S), float attribute vector of 0/1)``."""
 
-    def __init__(self, root: str | Path, split: str = "train", spec: PreprocessSpec = DEFAULT_PREPROCESS, limit: int | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        spec: PreprocessSpec = DEFAULT_PREPROCESS,
+        limit: int | None = None,
+    ):
         self.root = Path(root)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
@@ -60,7 +68,9 @@ class CelebA(Dataset):
         self.attribute_names, table = read_attribute_table(self.root)
         partition = read_partition(self.root)
         on_disk = {path.name for path in (self.root / "img_align_celeba").glob("*.jpg")}
-        self.files = sorted(name for name, part in partition.items() if part == SPLITS[split] and name in table and name in on_disk)
+        self.files = sorted(
+            name for name, part in partition.items() if part == SPLITS[split] and name in table and name in on_disk
+        )
         if limit is not None:
             self.files = self.files[:limit]
         if not self.files:
@@ -94,16 +104,25 @@ class PackedSplit:
         return uint8_to_unit_range(self.images[indices]), self.attributes[indices]
 
 
-def load_split(root: str | Path, split: str, spec: PreprocessSpec = DEFAULT_PREPROCESS, limit: int | None = None,
-               cache_dir: str | Path | None = ".cache/packs") -> PackedSplit:
+def load_split(
+    root: str | Path,
+    split: str,
+    spec: PreprocessSpec = DEFAULT_PREPROCESS,
+    limit: int | None = None,
+    cache_dir: str | Path | None = ".cache/packs",
+) -> PackedSplit:
     """Decode (or reuse a pack of) one split through the shared preprocessing."""
     dataset = CelebA(root, split, spec, limit)
-    key = hashlib.sha256("\n".join([str(Path(root).resolve()), spec.to_json(), *dataset.files]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([str(Path(root).resolve()), spec.to_json(), *dataset.files]).encode()).hexdigest()[
+        :16
+    ]
     pack = Path(cache_dir) / f"{split}-{key}.safetensors" if cache_dir else None
     if pack is not None and pack.exists():
         images = load_file(pack)["images"]
     else:
-        images = torch.stack([dataset.load_uint8(i) for i in tqdm(range(len(dataset)), desc=f"decoding {split}", leave=False)])
+        images = torch.stack(
+            [dataset.load_uint8(i) for i in tqdm(range(len(dataset)), desc=f"decoding {split}", leave=False)]
+        )
         if pack is not None:
             pack.parent.mkdir(parents=True, exist_ok=True)
             save_file({"images": images}, str(pack))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -49,7 +50,8 @@ def evaluator_for(family: str) -> Evaluator:
         return EVALUATORS[family]
     except KeyError:
         raise EvaluationError(
-            f"no evaluator for family {family!r}; families with evaluators: {', '.join(sorted(EVALUATORS))}") from None
+            f"no evaluator for family {family!r}; families with evaluators: {', '.join(sorted(EVALUATORS))}"
+        ) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,21 +60,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for the figures and metrics.json")
     parser.add_argument("--split", default="valid", choices=sorted(SPLITS), help="split to evaluate on (default valid)")
     parser.add_argument("--limit", type=int, help="use only the first N images of the split")
-    parser.add_argument("--classifier", help="attribute classifier checkpoint that judges acgan/infogan samples "
-                                             "(default: classifier.safetensors beside CHECKPOINT)")
+    parser.add_argument(
+        "--classifier",
+        help="attribute classifier checkpoint that judges acgan/infogan samples "
+        "(default: classifier.safetensors beside CHECKPOINT)",
+    )
     parser.add_argument("--attribute", default="Male", help="CelebA attribute that colours the t-SNE (default Male)")
     parser.add_argument("--tsne-points", type=int, default=500, help="latents in the t-SNE (0 = no t-SNE)")
-    parser.add_argument("--fid", action="store_true",
-                        help="acgan: also the FID of samples and of toggle pairs against the split's real faces "
-                             "(dcgan: always; slow on a CPU, about 0.1-0.2 s per image)")
-    parser.add_argument("--fid-samples", type=int, default=1000,
-                        help="generated images per FID figure (FID grows as counts shrink: compare equal counts)")
+    parser.add_argument(
+        "--fid",
+        action="store_true",
+        help="acgan: also the FID of samples and of toggle pairs against the split's real faces "
+        "(dcgan: always; slow on a CPU, about 0.1-0.2 s per image)",
+    )
+    parser.add_argument(
+        "--fid-samples",
+        type=int,
+        default=1000,
+        help="generated images per FID figure (FID grows as counts shrink: compare equal counts)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--cache-dir", default=".cache/packs", help="where decoded splits are packed for reuse")
-    parser.add_argument("--no-write-metrics", action="store_true",
-                        help="do not merge the metrics into the checkpoint's metadata")
+    parser.add_argument(
+        "--no-write-metrics", action="store_true", help="do not merge the metrics into the checkpoint's metadata"
+    )
 
 
 def attribute_names(data: str | Path) -> list[str]:
@@ -92,7 +105,8 @@ def check_attribute(attribute: str, names: list[str]) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the evaluation of ``args.checkpoint``; returns the metrics. Raises :class:`EvaluationError`/CheckpointError."""
+    """Run the evaluation of ``args.checkpoint``; returns the metrics. Raises :class:`EvaluationError` or
+    :class:`CheckpointError`."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if not Path(args.checkpoint).is_file():
@@ -137,8 +151,16 @@ def load_eval_split(checkpoint: Checkpoint, args: argparse.Namespace) -> PackedS
         raise EvaluationError(str(error)) from None
 
 
-def tsne_figure(points: torch.Tensor, labels: torch.Tensor, attribute: str, path: Path, *, seed: int, title: str,
-                threads: int | None = None) -> int:
+def tsne_figure(
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    attribute: str,
+    path: Path,
+    *,
+    seed: int,
+    title: str,
+    threads: int | None = None,
+) -> int:
     """t-SNE of ``points`` (N, D) coloured by 0/1 ``labels``, saved to ``path``; returns N, or 0 when N < 3."""
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
@@ -149,16 +171,23 @@ def tsne_figure(points: torch.Tensor, labels: torch.Tensor, attribute: str, path
         return 0
     # perplexity must stay below the number of points; 30 is the usual value for hundreds of them.
     perplexity = min(30.0, (count - 1) / 3)
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca" if data.shape[1] >= 2 else "random",
-                random_state=seed)
+    tsne = TSNE(
+        n_components=2, perplexity=perplexity, init="pca" if data.shape[1] >= 2 else "random", random_state=seed
+    )
     with threadpool_limits(limits=threads):
         embedded = tsne.fit_transform(data)
     labels = labels.bool().cpu().numpy()
     with saved_figure(path, size=(6, 5.4), dpi=100) as (_, (axis,)):
         for value, colour, name in ((False, "tab:orange", f"not {attribute}"), (True, "tab:blue", attribute)):
             chosen = labels == value
-            axis.scatter(embedded[chosen, 0], embedded[chosen, 1], s=8, alpha=0.7, c=colour,
-                         label=f"{name} ({int(chosen.sum())})")
+            axis.scatter(
+                embedded[chosen, 0],
+                embedded[chosen, 1],
+                s=8,
+                alpha=0.7,
+                c=colour,
+                label=f"{name} ({int(chosen.sum())})",
+            )
         axis.set_title(title)
         axis.set_xticks([])
         axis.set_yticks([])
@@ -199,11 +228,17 @@ def evaluate_vae(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path
         order = torch.randperm(len(split), generator=seeded_generator(args.seed))[:wanted].sort().values
         means = []
         for start in range(0, wanted, 256):
-            batch, _ = split.batch(order[start:start + 256])
+            batch, _ = split.batch(order[start : start + 256])
             means.append(model.encode(batch.to(device))[0].float().cpu())
-        tsne_count = tsne_figure(torch.cat(means), split.attributes[order, attribute], args.attribute,
-                                 out_dir / "tsne.png", seed=args.seed, threads=args.threads,
-                                 title=f"t-SNE of {wanted} {args.split} latent means by {args.attribute}")
+        tsne_count = tsne_figure(
+            torch.cat(means),
+            split.attributes[order, attribute],
+            args.attribute,
+            out_dir / "tsne.png",
+            seed=args.seed,
+            threads=args.threads,
+            title=f"t-SNE of {wanted} {args.split} latent means by {args.attribute}",
+        )
         print(f"t-SNE of {tsne_count} latent means" if tsne_count else f"t-SNE skipped: {wanted} point(s) are too few")
 
     return {

@@ -21,9 +21,10 @@ The feature-disentangling two are judged by the project's attribute classifier (
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +71,9 @@ class AttributeJudge:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
+            images = F.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return torch.sigmoid(self.model(images).float())
 
 
@@ -80,8 +82,12 @@ def load_judge(path: str | Path, device: torch.device) -> AttributeJudge:
     checkpoint = load_checkpoint(path, device)
     if checkpoint.family != "classifier":
         raise EvaluationError(f"{path} is a {checkpoint.family!r} checkpoint, not an attribute classifier")
-    return AttributeJudge(checkpoint.model, checkpoint.attributes, checkpoint.preprocess.size,
-                          f"{Path(path).name} sha256:{checkpoint.sha256[:12]}")
+    return AttributeJudge(
+        checkpoint.model,
+        checkpoint.attributes,
+        checkpoint.preprocess.size,
+        f"{Path(path).name} sha256:{checkpoint.sha256[:12]}",
+    )
 
 
 def classifier_path(args: argparse.Namespace) -> Path | None:
@@ -98,7 +104,7 @@ def classifier_path(args: argparse.Namespace) -> Path | None:
 def batched(function: Callable[..., torch.Tensor], *inputs: torch.Tensor, batch_size: int = BATCH_SIZE) -> torch.Tensor:
     """``function`` over slices of ``inputs`` (same first dimension), results concatenated on the CPU."""
     starts = range(0, len(inputs[0]), batch_size)
-    return torch.cat([function(*(t[i:i + batch_size] for t in inputs)).cpu() for i in starts])
+    return torch.cat([function(*(t[i : i + batch_size] for t in inputs)).cpu() for i in starts])
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -120,15 +126,20 @@ def evaluate_dcgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
     samples = batched(lambda z: pipeline.run(prepared.operation, (z,))[0], *prepared.inputs)
     save_grid(samples[:32], out_dir / "samples.png", nrow=8)
     reference = fid.statistics(real.batch(torch.arange(len(real)))[0])
-    return {"fid_samples": round(fid.distance(reference, samples), 2), "fid_generated_images": len(samples),
-            "fid_real_images": len(real), "evaluated_split": args.split}
+    return {
+        "fid_samples": round(fid.distance(reference, samples), 2),
+        "fid_generated_images": len(samples),
+        "fid_real_images": len(real),
+        "evaluated_split": args.split,
+    }
 
 
 # --- ACGAN ----------------------------------------------------------------------------------------------------------
 
 
-def draw_toggle_pairs(generator: ACGANGenerator, frequencies: torch.Tensor | None, pairs: int, index: int,
-                      rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw_toggle_pairs(
+    generator: ACGANGenerator, frequencies: torch.Tensor | None, pairs: int, index: int, rng: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``pairs`` off/on pairs of attribute ``index``, drawn by the service's own ACGAN draw
     (:func:`app.models.pipelines.acgan.draw_inputs`). Returns the other attributes (pairs, A), then the
     (2 * pairs) noise and attribute inputs."""
@@ -138,10 +149,18 @@ def draw_toggle_pairs(generator: ACGANGenerator, frequencies: torch.Tensor | Non
 
 
 @torch.inference_mode()
-def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: torch.Tensor,
-                 frequencies: torch.Tensor | None, *, toggle: str, pairs: int = TOGGLE_PAIRS, seed: int = 0,
-                 strength: float = DEFAULT_TOGGLE_STRENGTH, batch_size: int = BATCH_SIZE
-                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def acgan_scores(
+    generator: ACGANGenerator,
+    judge: AttributeJudge,
+    conditions: torch.Tensor,
+    frequencies: torch.Tensor | None,
+    *,
+    toggle: str,
+    pairs: int = TOGGLE_PAIRS,
+    seed: int = 0,
+    strength: float = DEFAULT_TOGGLE_STRENGTH,
+    batch_size: int = BATCH_SIZE,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Agreement on samples conditioned on ``conditions`` (N, A) and the ``toggle`` success rate over ``pairs`` pairs
     at the toggled attribute's ``strength`` (and at each of ``TOGGLE_STRENGTHS``).
 
@@ -152,8 +171,9 @@ def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: t
     rng = seeded_generator(seed)
 
     def judged(noise: torch.Tensor, attributes: torch.Tensor, multipliers: torch.Tensor | None = None) -> torch.Tensor:
-        images = generator.generate(noise.to(device), attributes.to(device),
-                                    None if multipliers is None else multipliers.to(device))
+        images = generator.generate(
+            noise.to(device), attributes.to(device), None if multipliers is None else multipliers.to(device)
+        )
         return judge.probabilities(images)[:, columns]
 
     noise = draw_noise(generator.latent_shape, len(conditions), rng)
@@ -166,8 +186,9 @@ def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: t
     def pair_success(level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per pair: success, P(attribute) of the off image, of the on image."""
         multipliers = emphasis(len(names), index, level)
-        toggled = batched(lambda z, a: judged(z, a, multipliers), pair_noise, pair_attributes,
-                          batch_size=batch_size)[:, index]
+        toggled = batched(lambda z, a: judged(z, a, multipliers), pair_noise, pair_attributes, batch_size=batch_size)[
+            :, index
+        ]
         off, on = toggled[:pairs], toggled[pairs:]
         return (off < 0.5) & (on > 0.5), off, on
 
@@ -186,31 +207,42 @@ def acgan_scores(generator: ACGANGenerator, judge: AttributeJudge, conditions: t
         # Per other attribute, the success rate over the pairs where it was off and where it was on: attributes
         # that co-occur with the toggled one in the data (High_Cheekbones with Smiling) show where pairs fail.
         "toggle_success_by_other_attribute": {
-            name: [round(success[others[:, k] == value].float().mean().item(), 4) if (others[:, k] == value).any()
-                   else None for value in (0, 1)]
-            for k, name in enumerate(names) if k != index},
+            name: [
+                round(success[others[:, k] == value].float().mean().item(), 4)
+                if (others[:, k] == value).any()
+                else None
+                for value in (0, 1)
+            ]
+            for k, name in enumerate(names)
+            if k != index
+        },
         "toggle_probability_off": round(off.mean().item(), 4),
         "toggle_probability_on": round(on.mean().item(), 4),
     }
     shown = torch.arange(min(10, pairs))
     shown = torch.cat([shown, shown + pairs])  # the first pairs: off row, then on row
-    pair_images = generator.generate(pair_noise[shown].to(device), pair_attributes[shown].to(device),
-                                     emphasis(len(names), index, strength).to(device))
+    pair_images = generator.generate(
+        pair_noise[shown].to(device),
+        pair_attributes[shown].to(device),
+        emphasis(len(names), index, strength).to(device),
+    )
     samples = generator.generate(noise[:32].to(device), conditions[:32].to(device))
     return metrics, {"samples": samples.cpu(), "pair_images": pair_images.cpu()}
 
 
 @torch.inference_mode()
-def real_agreement(judge: AttributeJudge, images: torch.Tensor, labels: torch.Tensor, names: list[str],
-                   batch_size: int = BATCH_SIZE) -> torch.Tensor:
+def real_agreement(
+    judge: AttributeJudge, images: torch.Tensor, labels: torch.Tensor, names: list[str], batch_size: int = BATCH_SIZE
+) -> torch.Tensor:
     """Per attribute, the classifier's agreement with the true labels of real images: the ceiling for generated ones."""
     device, columns = device_of(judge.model), judge.columns(names)
     probabilities = batched(lambda x: judge.probabilities(x.to(device))[:, columns], images, batch_size=batch_size)
     return ((probabilities > 0.5).float() == labels).float().mean(0)
 
 
-def real_face_toggle_success(judged_on: torch.Tensor, toggle: torch.Tensor, others: torch.Tensor
-                             ) -> tuple[float, list[dict[str, Any]]]:
+def real_face_toggle_success(
+    judged_on: torch.Tensor, toggle: torch.Tensor, others: torch.Tensor
+) -> tuple[float, list[dict[str, Any]]]:
     """The toggle success a generator would reach if it drew *real* faces for each requested attribute vector.
 
     ``judged_on`` (N,) bool: the judge's call on the toggled attribute of N real faces; ``toggle`` (N,) and
@@ -228,12 +260,20 @@ def real_face_toggle_success(judged_on: torch.Tensor, toggle: torch.Tensor, othe
         matching = (others == values).all(1)
         faces = [matching & (toggle == state) for state in (0, 1)]
         # NaN where a combination has no real face of one state: the bar cannot be estimated from these labels
-        accuracy = [(judged_on[chosen] == bool(state)).float().mean().item() if chosen.any() else float("nan")
-                    for state, chosen in enumerate(faces)]
+        accuracy = [
+            (judged_on[chosen] == bool(state)).float().mean().item() if chosen.any() else float("nan")
+            for state, chosen in enumerate(faces)
+        ]
         share = torch.where(values.bool(), frequencies, 1 - frequencies).prod().item()
         total += share * accuracy[0] * accuracy[1]
-        rows.append({"others": values.tolist(), "faces": [int(chosen.sum()) for chosen in faces],
-                     "accuracy": accuracy, "share": share})
+        rows.append(
+            {
+                "others": values.tolist(),
+                "faces": [int(chosen.sum()) for chosen in faces],
+                "accuracy": accuracy,
+                "share": share,
+            }
+        )
     return total, rows
 
 
@@ -242,8 +282,13 @@ def bar_chart(generated: dict[str, float], real: dict[str, float], path: Path, t
     positions = torch.arange(len(generated)).float()
     with saved_figure(path, size=(max(5.0, 0.5 * len(generated) + 1.5), 3.8), dpi=100) as (_, (axis,)):
         axis.bar((positions - 0.2).tolist(), list(generated.values()), width=0.4, color="tab:blue", label="generated")
-        axis.bar((positions + 0.2).tolist(), [real[name] for name in generated], width=0.4, color="tab:orange",
-                 label="real images")
+        axis.bar(
+            (positions + 0.2).tolist(),
+            [real[name] for name in generated],
+            width=0.4,
+            color="tab:orange",
+            label="real images",
+        )
         axis.legend(loc="lower right", fontsize=8)
         axis.set_xticks(positions.tolist(), list(generated), rotation=60, ha="right", fontsize=8)
         axis.set_ylim(0, 1)
@@ -251,8 +296,17 @@ def bar_chart(generated: dict[str, float], real: dict[str, float], path: Path, t
 
 
 @torch.inference_mode()
-def acgan_fid(generator: ACGANGenerator, fid: FrechetInception, real: torch.Tensor, conditions: torch.Tensor,
-              frequencies: torch.Tensor | None, *, toggle: str, count: int, seed: int = 0) -> dict[str, Any]:
+def acgan_fid(
+    generator: ACGANGenerator,
+    fid: FrechetInception,
+    real: torch.Tensor,
+    conditions: torch.Tensor,
+    frequencies: torch.Tensor | None,
+    *,
+    toggle: str,
+    count: int,
+    seed: int = 0,
+) -> dict[str, Any]:
     """FID against ``real`` faces of ``count`` samples conditioned on (the first) ``conditions``, and of ``count``
     toggle-pair images (off and on halves) at each of ``FID_TOGGLE_STRENGTHS``: what pushing the toggled attribute
     costs in realism."""
@@ -270,8 +324,10 @@ def acgan_fid(generator: ACGANGenerator, fid: FrechetInception, real: torch.Tens
     _, pair_noise, pair_attributes = draw_toggle_pairs(generator, frequencies, pairs, index, rng)
     return {
         "fid_samples": round(fid.distance(reference, samples), 2),
-        "fid_toggle_pairs_by_strength": {f"{level:g}": round(fid.distance(reference, generated(
-            pair_noise, pair_attributes, level)), 2) for level in FID_TOGGLE_STRENGTHS},
+        "fid_toggle_pairs_by_strength": {
+            f"{level:g}": round(fid.distance(reference, generated(pair_noise, pair_attributes, level)), 2)
+            for level in FID_TOGGLE_STRENGTHS
+        },
         "fid_generated_images": count,
         "fid_real_images": len(real),
     }
@@ -283,8 +339,10 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
     names = generator.attribute_names
     path = classifier_path(args)
     if path is None:
-        raise EvaluationError("acgan evaluation needs the attribute classifier: pass --classifier PATH "
-                              f"(no classifier.safetensors beside {args.checkpoint})")
+        raise EvaluationError(
+            "acgan evaluation needs the attribute classifier: pass --classifier PATH "
+            f"(no classifier.safetensors beside {args.checkpoint})"
+        )
     judge = load_judge(path, device_of(generator))
     judge.columns(names)  # fail before generating anything
     fid = FrechetInception(device_of(generator)) if args.fid else None
@@ -300,28 +358,43 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
     labels = split.attributes[:, label_columns]
     picks = torch.randint(len(labels), (ACGAN_SAMPLES,), generator=seeded_generator(args.seed))
     toggle = "Smiling" if "Smiling" in names else names[0]
-    metrics, images = acgan_scores(generator, judge, labels[picks], checkpoint.extras.get(FREQUENCIES_KEY),
-                                   toggle=toggle, seed=args.seed)
+    metrics, images = acgan_scores(
+        generator, judge, labels[picks], checkpoint.extras.get(FREQUENCIES_KEY), toggle=toggle, seed=args.seed
+    )
 
     real = load_eval_split(checkpoint, args)
     real_images = real.batch(torch.arange(len(real)))[0]
     per_attribute = real_agreement(judge, real_images, real.attributes[:, label_columns], names)
     metrics["classifier_agreement_real"] = round(per_attribute.mean().item(), 4)
-    metrics["classifier_agreement_real_per_attribute"] = {name: round(v, 4)
-                                                          for name, v in zip(names, per_attribute.tolist())}
+    metrics["classifier_agreement_real_per_attribute"] = {
+        name: round(v, 4) for name, v in zip(names, per_attribute.tolist())
+    }
     metrics["classifier"] = judge.source
     metrics["evaluated_split"] = args.split
     if fid is not None:
-        metrics.update(acgan_fid(generator, fid, real_images, labels[picks],
-                                 checkpoint.extras.get(FREQUENCIES_KEY), toggle=toggle, count=args.fid_samples,
-                                 seed=args.seed))
+        metrics.update(
+            acgan_fid(
+                generator,
+                fid,
+                real_images,
+                labels[picks],
+                checkpoint.extras.get(FREQUENCIES_KEY),
+                toggle=toggle,
+                count=args.fid_samples,
+                seed=args.seed,
+            )
+        )
 
     shown = len(images["pair_images"]) // 2
     save_grid(images["pair_images"], out_dir / f"toggle_{toggle}.png", nrow=shown)
     save_grid(images["samples"], out_dir / "samples.png", nrow=8)
-    bar_chart(metrics["classifier_agreement_per_attribute"], metrics["classifier_agreement_real_per_attribute"],
-              out_dir / "agreement.png", f"classifier agreement with the attributes: generated "
-              f"{metrics['classifier_agreement']:.3f}, real {metrics['classifier_agreement_real']:.3f}")
+    bar_chart(
+        metrics["classifier_agreement_per_attribute"],
+        metrics["classifier_agreement_real_per_attribute"],
+        out_dir / "agreement.png",
+        f"classifier agreement with the attributes: generated "
+        f"{metrics['classifier_agreement']:.3f}, real {metrics['classifier_agreement_real']:.3f}",
+    )
     return metrics
 
 
@@ -329,8 +402,13 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
 
 
 @torch.no_grad()
-def q_accuracy(generator: InfoGANGenerator, recognizer: InfoGANDiscriminator, samples: int = Q_SAMPLES, seed: int = 0,
-               batch_size: int = BATCH_SIZE) -> tuple[float, list[float]]:
+def q_accuracy(
+    generator: InfoGANGenerator,
+    recognizer: InfoGANDiscriminator,
+    samples: int = Q_SAMPLES,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+) -> tuple[float, list[float]]:
     """Share of codes Q recovers from fresh samples (overall and per code).
 
     Q runs with batch statistics in its BatchNorm layers, as it did in training (always on whole batches of fakes);
@@ -341,16 +419,25 @@ def q_accuracy(generator: InfoGANGenerator, recognizer: InfoGANDiscriminator, sa
     noise = draw_noise(generator.noise_shape, samples, rng)
     codes = draw_codes(samples, generator.n_codes, generator.n_categories, rng)
     recognizer = recognizer.to(device).train()
-    predicted = batched(lambda z, c: recognizer(generator.generate(z.to(device), c.to(device)))[1].argmax(-1),
-                        noise, codes, batch_size=batch_size)
+    predicted = batched(
+        lambda z, c: recognizer(generator.generate(z.to(device), c.to(device)))[1].argmax(-1),
+        noise,
+        codes,
+        batch_size=batch_size,
+    )
     recognizer.eval()
     hits = (predicted == codes).float()
     return hits.mean().item(), hits.mean(0).tolist()
 
 
 @torch.inference_mode()
-def code_effects(generator: InfoGANGenerator, judge: AttributeJudge, rows: int = SWEEP_ROWS, seed: int = 0,
-                 batch_size: int = BATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def code_effects(
+    generator: InfoGANGenerator,
+    judge: AttributeJudge,
+    rows: int = SWEEP_ROWS,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Per code, the classifier's mean probabilities per category, (codes, categories, attributes), their spread
     (max - min over categories, (codes, attributes)) and the first 4 rows of each sweep's images."""
     device = device_of(generator)
@@ -360,8 +447,9 @@ def code_effects(generator: InfoGANGenerator, judge: AttributeJudge, rows: int =
     means, sweeps = [], []
     for code in range(generator.n_codes):
         swept_noise, swept_codes = sweep_inputs(noise, codes, code, generator.n_categories)
-        images = batched(lambda z, c: generator.generate(z.to(device), c.to(device)), swept_noise, swept_codes,
-                         batch_size=batch_size)
+        images = batched(
+            lambda z, c: generator.generate(z.to(device), c.to(device)), swept_noise, swept_codes, batch_size=batch_size
+        )
         probabilities = batched(lambda x: judge.probabilities(x.to(device)), images, batch_size=batch_size)
         means.append(probabilities.view(rows, generator.n_categories, -1).mean(0))
         sweeps.append(images[: min(rows, 4) * generator.n_categories])
@@ -369,15 +457,22 @@ def code_effects(generator: InfoGANGenerator, judge: AttributeJudge, rows: int =
     return means, means.amax(1) - means.amin(1), sweeps
 
 
-def top_effects(means: torch.Tensor, spread: torch.Tensor, attributes: list[str],
-                top: int = TOP_ATTRIBUTES) -> dict[str, list[dict[str, Any]]]:
+def top_effects(
+    means: torch.Tensor, spread: torch.Tensor, attributes: list[str], top: int = TOP_ATTRIBUTES
+) -> dict[str, list[dict[str, Any]]]:
     """Per code, the ``top`` attributes that move most, with the categories where they are lowest and highest."""
     report = {}
     for code in range(spread.shape[0]):
         order = spread[code].argsort(descending=True)[:top].tolist()
-        report[str(code)] = [{"attribute": attributes[a], "spread": round(spread[code, a].item(), 4),
-                              "low_category": int(means[code, :, a].argmin()),
-                              "high_category": int(means[code, :, a].argmax())} for a in order]
+        report[str(code)] = [
+            {
+                "attribute": attributes[a],
+                "spread": round(spread[code, a].item(), 4),
+                "low_category": int(means[code, :, a].argmin()),
+                "high_category": int(means[code, :, a].argmax()),
+            }
+            for a in order
+        ]
     return report
 
 
@@ -413,14 +508,19 @@ def evaluate_infogan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: 
         metrics["code_effects"] = top_effects(means, spread, judge.attributes)
         strongest = int(spread.argmax())
         code, attribute = divmod(strongest, spread.shape[1])
-        metrics["strongest_code_effect"] = {"code": code, "attribute": judge.attributes[attribute],
-                                            "spread": round(spread[code, attribute].item(), 4)}
+        metrics["strongest_code_effect"] = {
+            "code": code,
+            "attribute": judge.attributes[attribute],
+            "spread": round(spread[code, attribute].item(), 4),
+        }
         metrics["classifier"] = judge.source
         metrics["sweep_rows"] = SWEEP_ROWS
         heat_map(spread, judge.attributes, out_dir / "code_effects.png")
         for code, images in enumerate(sweeps):
             save_grid(images, out_dir / f"sweep_code{code}.png", nrow=generator.n_categories)
     if not metrics:
-        raise EvaluationError("nothing to measure: the checkpoint has no recognizer weights and no classifier "
-                              "was given (--classifier PATH)")
+        raise EvaluationError(
+            "nothing to measure: the checkpoint has no recognizer weights and no classifier "
+            "was given (--classifier PATH)"
+        )
     return metrics

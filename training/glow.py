@@ -24,8 +24,16 @@ from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import save_checkpoint
 from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig
 
-from .common import (StepLog, add_common_arguments, preprocess_spec, run_dir, save_grid, setup, shuffled_batches,
-                     training_metadata)
+from .common import (
+    StepLog,
+    add_common_arguments,
+    preprocess_spec,
+    run_dir,
+    save_grid,
+    setup,
+    shuffled_batches,
+    training_metadata,
+)
 from .data import PackedSplit, load_split
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
@@ -39,13 +47,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=GlowConfig.steps, help="K: flow steps per scale")
     parser.add_argument("--hidden", type=int, default=GlowConfig.hidden, help="coupling-network width")
     parser.add_argument("--coupling", choices=("affine", "additive"), default=GlowConfig.coupling)
-    parser.add_argument("--n-bits", type=int, default=GlowConfig.n_bits, help="pixel depth modelled (8, or 5 as in the Glow paper)")
-    parser.add_argument("--y-condition", type=float, default=GlowConfig.y_condition,
-                        help="weight of the class head's attribute BCE (bits per image); 0 turns it off")
+    parser.add_argument(
+        "--n-bits", type=int, default=GlowConfig.n_bits, help="pixel depth modelled (8, or 5 as in the Glow paper)"
+    )
+    parser.add_argument(
+        "--y-condition",
+        type=float,
+        default=GlowConfig.y_condition,
+        help="weight of the class head's attribute BCE (bits per image); 0 turns it off",
+    )
     parser.add_argument("--warmup", type=int, default=500, help="optimiser steps of linear learning-rate warm-up")
     parser.add_argument("--clip-norm", type=float, default=50.0, help="gradient-norm clipping threshold")
-    parser.add_argument("--init-images", type=int, default=256, help="training images for the data-dependent actnorm init")
-    parser.add_argument("--direction-images", type=int, default=2000, help="training faces averaged for the attribute directions")
+    parser.add_argument(
+        "--init-images", type=int, default=256, help="training images for the data-dependent actnorm init"
+    )
+    parser.add_argument(
+        "--direction-images", type=int, default=2000, help="training faces averaged for the attribute directions"
+    )
 
 
 def learning_rate_factor(step: int, warmup: int, total: int) -> float:
@@ -57,7 +75,9 @@ def learning_rate_factor(step: int, warmup: int, total: int) -> float:
 
 
 @torch.inference_mode()
-def validation_bits_per_dim(model: Glow, split: PackedSplit, device: torch.device, seed: int, batch_size: int = 128) -> float:
+def validation_bits_per_dim(
+    model: Glow, split: PackedSplit, device: torch.device, seed: int, batch_size: int = 128
+) -> float:
     """Mean bits/dim of a split under p(x | y) with its true attributes; uniform dequantisation from a fixed seed,
     so the number is the same bound training optimises and comparable between epochs."""
     model.eval()
@@ -71,8 +91,9 @@ def validation_bits_per_dim(model: Glow, split: PackedSplit, device: torch.devic
 
 
 @torch.inference_mode()
-def attribute_directions(model: Glow, split: PackedSplit, device: torch.device, count: int, seed: int,
-                         batch_size: int = 128) -> torch.Tensor:
+def attribute_directions(
+    model: Glow, split: PackedSplit, device: torch.device, count: int, seed: int, batch_size: int = 128
+) -> torch.Tensor:
     """(A, latent_dim): mean latent of faces with each attribute minus mean latent of faces without it, over ``count``
     training faces chosen at random (fixed seed). An attribute no face (or every face) has gets a zero direction."""
     model.eval()
@@ -114,13 +135,23 @@ def train(args: argparse.Namespace) -> None:
     spec = preprocess_spec(args)
     train_split = load_split(args.data, "train", spec, args.limit)
     valid_split = load_split(args.data, "valid", spec, args.limit)
-    config = GlowConfig(image_size=spec.size, levels=args.levels, steps=args.steps, hidden=args.hidden, coupling=args.coupling,
-                        n_bits=args.n_bits, num_attributes=train_split.attributes.shape[1], y_condition=args.y_condition)
+    config = GlowConfig(
+        image_size=spec.size,
+        levels=args.levels,
+        steps=args.steps,
+        hidden=args.hidden,
+        coupling=args.coupling,
+        n_bits=args.n_bits,
+        num_attributes=train_split.attributes.shape[1],
+        y_condition=args.y_condition,
+    )
     model = Glow(config).to(device)
     frequencies = train_split.attributes.mean(0)
 
     # Data-dependent actnorm init on the first (larger) batch, before the optimiser sees any parameter.
-    init_indices = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(args.seed))[: args.init_images]
+    init_indices = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(args.seed))[
+        : args.init_images
+    ]
     init_images, init_attributes = train_split.batch(init_indices)
     model.initialize(init_images.to(device), init_attributes.to(device))
 
@@ -128,14 +159,19 @@ def train(args: argparse.Namespace) -> None:
     total_steps = args.epochs * (len(train_split) // args.batch_size)
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, args.warmup, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, args.warmup, total_steps)
+    )
     out_dir = run_dir(args)
     log = StepLog(out_dir / "losses.csv", ["loss", "bits_per_dim", "class_bits", "grad_norm", "lr"])
     valid_curve: list[tuple[int, float]] = []
     order = torch.Generator().manual_seed(args.seed)
     noise = torch.Generator().manual_seed(args.seed + 1)
-    preview_attributes = (torch.rand((32, config.num_attributes), generator=torch.Generator().manual_seed(args.seed + 2))
-                          < frequencies).float().to(device)
+    preview_attributes = (
+        (torch.rand((32, config.num_attributes), generator=torch.Generator().manual_seed(args.seed + 2)) < frequencies)
+        .float()
+        .to(device)
+    )
     started, step = time.time(), 0
     for epoch in range(1, args.epochs + 1):
         progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"glow epoch {epoch}")
@@ -146,19 +182,29 @@ def train(args: argparse.Namespace) -> None:
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"glow: loss became {loss.item()} at step {step + 1} (epoch {epoch}); try a lower --lr, a longer "
-                    "--warmup, a smaller --clip-norm, --coupling additive or --n-bits 5")
+                    "--warmup, a smaller --clip-norm, --coupling additive or --n-bits 5"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
             if not torch.isfinite(grad_norm):
-                raise FloatingPointError(f"glow: gradient norm became {grad_norm.item()} at step {step + 1} (epoch {epoch}); "
-                                         "try a lower --lr or a longer --warmup")
+                raise FloatingPointError(
+                    f"glow: gradient norm became {grad_norm.item()} at step {step + 1} (epoch {epoch}); "
+                    "try a lower --lr or a longer --warmup"
+                )
             optimizer.step()
             scheduler.step()
             step += 1
             epoch_bits.append(bits_per_dim.item())
-            log.append(epoch=epoch, step=step, loss=loss.item(), bits_per_dim=bits_per_dim.item(), class_bits=class_bits.item(),
-                       grad_norm=grad_norm.item(), lr=scheduler.get_last_lr()[0])
+            log.append(
+                epoch=epoch,
+                step=step,
+                loss=loss.item(),
+                bits_per_dim=bits_per_dim.item(),
+                class_bits=class_bits.item(),
+                grad_norm=grad_norm.item(),
+                lr=scheduler.get_last_lr()[0],
+            )
             progress.set_postfix(bpd=f"{bits_per_dim.item():.3f}", y=f"{class_bits.item():.1f}")
             if args.max_steps and step >= args.max_steps:
                 break
@@ -175,11 +221,23 @@ def train(args: argparse.Namespace) -> None:
         plot_curves(log, valid_curve, out_dir / "curves.png")
         directions = attribute_directions(model, train_split, device, args.direction_images, args.seed)
         save_checkpoint(
-            args.out, model, preprocess=spec, attributes=train_split.attribute_names,
-            metrics={"valid_bits_per_dim": round(valid_bits, 5), "train_bits_per_dim": round(sum(epoch_bits) / len(epoch_bits), 5),
-                     "n_bits": config.n_bits, "valid_images": len(valid_split), "direction_images": min(args.direction_images, len(train_split))},
-            training={**training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
-                      "warmup": args.warmup, "clip_norm": args.clip_norm, "init_images": args.init_images},
+            args.out,
+            model,
+            preprocess=spec,
+            attributes=train_split.attribute_names,
+            metrics={
+                "valid_bits_per_dim": round(valid_bits, 5),
+                "train_bits_per_dim": round(sum(epoch_bits) / len(epoch_bits), 5),
+                "n_bits": config.n_bits,
+                "valid_images": len(valid_split),
+                "direction_images": min(args.direction_images, len(train_split)),
+            },
+            training={
+                **training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
+                "warmup": args.warmup,
+                "clip_norm": args.clip_norm,
+                "init_images": args.init_images,
+            },
             extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies},
             dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
         )

@@ -15,8 +15,14 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from app.models.infogan import (InfoGANConfig, InfoGANDiscriminator, InfoGANGenerator, draw_codes, recognizer_extras,
-                                sweep_inputs)
+from app.models.infogan import (
+    InfoGANConfig,
+    InfoGANDiscriminator,
+    InfoGANGenerator,
+    draw_codes,
+    recognizer_extras,
+    sweep_inputs,
+)
 from app.models.sampling import draw_noise
 
 from .gan import GANRecipe, add_gan_arguments, bce_real_fake, train_gan
@@ -25,13 +31,20 @@ from .registry import register_trainer
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gan_arguments(parser)
-    parser.set_defaults(latent_dim=InfoGANConfig.noise_dim, g_width=InfoGANConfig.generator_width,
-                        d_width=InfoGANConfig.discriminator_width)
+    parser.set_defaults(
+        latent_dim=InfoGANConfig.noise_dim,
+        g_width=InfoGANConfig.generator_width,
+        d_width=InfoGANConfig.discriminator_width,
+    )
     parser.add_argument("--codes", type=int, default=InfoGANConfig.n_codes, help="number of categorical codes")
     parser.add_argument("--categories", type=int, default=InfoGANConfig.n_categories, help="categories per code")
     parser.add_argument("--q-hidden", type=int, default=InfoGANConfig.q_hidden, help="width of Q's hidden layer")
-    parser.add_argument("--info-weight", type=float, default=1.0,
-                        help="weight of the mutual-information loss (sum over codes of Q's cross-entropy)")
+    parser.add_argument(
+        "--info-weight",
+        type=float,
+        default=1.0,
+        help="weight of the mutual-information loss (sum over codes of Q's cross-entropy)",
+    )
 
 
 def code_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -40,9 +53,15 @@ def code_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
 
 
 def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: torch.Tensor) -> GANRecipe:
-    config = InfoGANConfig(noise_dim=args.latent_dim, n_codes=args.codes, n_categories=args.categories,
-                           generator_width=args.g_width, discriminator_width=args.d_width,
-                           q_hidden=args.q_hidden, image_size=args.image_size)
+    config = InfoGANConfig(
+        noise_dim=args.latent_dim,
+        n_codes=args.codes,
+        n_categories=args.categories,
+        generator_width=args.g_width,
+        discriminator_width=args.d_width,
+        q_hidden=args.q_hidden,
+        image_size=args.image_size,
+    )
     generator, discriminator = InfoGANGenerator(config), InfoGANDiscriminator(config)
 
     def draw_inputs(n: int, batch_labels: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,8 +74,11 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
         info = code_cross_entropy(code_logits, inputs[1])
         loss = loss_real + loss_fake + args.info_weight * config.n_codes * info
         return loss, {
-            "loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_d": loss.item(),
-            "acc_real": (logits_real > 0).float().mean().item(), "acc_fake": (logits_fake < 0).float().mean().item(),
+            "loss_d_real": loss_real.item(),
+            "loss_d_fake": loss_fake.item(),
+            "loss_d": loss.item(),
+            "acc_real": (logits_real > 0).float().mean().item(),
+            "acc_fake": (logits_fake < 0).float().mean().item(),
         }
 
     def generator_loss(d, fake, inputs):
@@ -66,14 +88,20 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
         info = code_cross_entropy(code_logits, codes)
         loss = adversarial + args.info_weight * config.n_codes * info
         return loss, {
-            "loss_g": loss.item(), "loss_g_adv": adversarial.item(), "loss_info": info.item(),
+            "loss_g": loss.item(),
+            "loss_g_adv": adversarial.item(),
+            "loss_info": info.item(),
             "acc_q": (code_logits.argmax(-1) == codes).float().mean().item(),
         }
 
     # Per-epoch grid: 8 rows, each one noise vector with code 0 walked through its categories.
     preview_rng = torch.Generator().manual_seed(args.seed)
-    preview = sweep_inputs(draw_noise(generator.noise_shape, 8, preview_rng),
-                           draw_codes(8, config.n_codes, config.n_categories, preview_rng), 0, config.n_categories)
+    preview = sweep_inputs(
+        draw_noise(generator.noise_shape, 8, preview_rng),
+        draw_codes(8, config.n_codes, config.n_categories, preview_rng),
+        0,
+        config.n_categories,
+    )
 
     return GANRecipe(
         generator=generator,
@@ -81,11 +109,24 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
         draw_inputs=draw_inputs,
         discriminator_loss=discriminator_loss,
         generator_loss=generator_loss,
-        columns=["loss_d_real", "loss_d_fake", "loss_d", "acc_real", "acc_fake", "loss_g", "loss_g_adv", "loss_info",
-                 "acc_q"],
-        panels={"D loss": ["loss_d_real", "loss_d_fake"], "D accuracy": ["acc_real", "acc_fake"],
-                "G adversarial loss": ["loss_g_adv"], "Q cross-entropy per code": ["loss_info"],
-                "Q code accuracy": ["acc_q"]},
+        columns=[
+            "loss_d_real",
+            "loss_d_fake",
+            "loss_d",
+            "acc_real",
+            "acc_fake",
+            "loss_g",
+            "loss_g_adv",
+            "loss_info",
+            "acc_q",
+        ],
+        panels={
+            "D loss": ["loss_d_real", "loss_d_fake"],
+            "D accuracy": ["acc_real", "acc_fake"],
+            "G adversarial loss": ["loss_g_adv"],
+            "Q cross-entropy per code": ["loss_info"],
+            "Q code accuracy": ["acc_q"],
+        },
         preview_inputs=preview,
         preview_rows=config.n_categories,
         extras=lambda: recognizer_extras(discriminator),

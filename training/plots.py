@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 
 @contextmanager
-def saved_figure(path: Path, *, panels: int = 1, size: tuple[float, float] = (5.0, 3.6),
-                 dpi: int = 90) -> Iterator[tuple[Any, list[Any]]]:
+def saved_figure(
+    path: Path, *, panels: int = 1, size: tuple[float, float] = (5.0, 3.6), dpi: int = 90
+) -> Iterator[tuple[Any, list[Any]]]:
     """Yields ``(figure, axes)`` for a row of ``panels`` subplots, each ``size`` inches; on exit lays the figure
     out, writes it to ``path`` and closes it (pyplot keeps every open figure alive otherwise)."""
     import matplotlib
@@ -29,8 +31,9 @@ def saved_figure(path: Path, *, panels: int = 1, size: tuple[float, float] = (5.
         plt.close(figure)
 
 
-def plot_smoothed(axis: Any, rows: Sequence[dict[str, float]], column: str, *, label: str | None = None,
-                  smooth: int = 25) -> None:
+def plot_smoothed(
+    axis: Any, rows: Sequence[dict[str, float]], column: str, *, label: str | None = None, smooth: int = 25
+) -> None:
     """One per-step column of a training log against the step, as a moving average over ``smooth`` steps
     (minibatch losses are too noisy to read raw)."""
     steps = torch.tensor([row["step"] for row in rows])

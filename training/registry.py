@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 Trainer = Callable[[argparse.Namespace], None]
 TRAINERS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Trainer]] = {}
 
 
-def register_trainer(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[[Trainer], Trainer]:
+def register_trainer(
+    name: str, add_arguments: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Trainer], Trainer]:
     def decorate(function: Trainer) -> Trainer:
         TRAINERS[name] = (add_arguments, function)
         return function

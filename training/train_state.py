@@ -38,28 +38,42 @@ def _load_optimizer(name: str, optimizer: torch.optim.Optimizer, tensors: dict[s
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(name + "."):
-            index, entry = key[len(name) + 1:].split(".", 1)
+            index, entry = key[len(name) + 1 :].split(".", 1)
             state.setdefault(int(index), {})[entry] = value
     # The hyper-parameters come from this run's arguments; only the per-parameter moments are restored.
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
-def save_train_state(directory: Path, position: RunPosition, modules: dict[str, nn.Module],
-                     optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator]) -> Path:
+def save_train_state(
+    directory: Path,
+    position: RunPosition,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
-        tensors.update({f"{name}.{key}": value.detach().cpu().contiguous() for key, value in module.state_dict().items()})
+        tensors.update(
+            {f"{name}.{key}": value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
+        )
     for name, optimizer in optimizers.items():
         tensors.update({key: value.cpu().contiguous() for key, value in _optimizer_tensors(name, optimizer).items()})
     for name, generator in generators.items():
         tensors[f"rng.{name}"] = generator.get_state()
     # atomic: a run killed mid-write keeps the previous epoch's state
-    return write_safetensors(directory / STATE_FILE, tensors, {"epoch": str(position.epoch), "step": str(position.step),
-                                                               "seconds": f"{position.seconds:.1f}"})
+    return write_safetensors(
+        directory / STATE_FILE,
+        tensors,
+        {"epoch": str(position.epoch), "step": str(position.step), "seconds": f"{position.seconds:.1f}"},
+    )
 
 
-def load_train_state(directory: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                     generators: dict[str, torch.Generator]) -> RunPosition:
+def load_train_state(
+    directory: Path,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+) -> RunPosition:
     """Restore ``modules``, ``optimizers`` and ``generators`` in place (strictly) and say where the run stopped."""
     path = directory / STATE_FILE
     if not path.is_file():
@@ -70,8 +84,10 @@ def load_train_state(directory: Path, modules: dict[str, nn.Module], optimizers:
     for name, module in modules.items():
         prefix = name + "."
         device = next(module.parameters()).device
-        module.load_state_dict({key[len(prefix):]: value.to(device) for key, value in tensors.items()
-                                if key.startswith(prefix)}, strict=True)
+        module.load_state_dict(
+            {key[len(prefix) :]: value.to(device) for key, value in tensors.items() if key.startswith(prefix)},
+            strict=True,
+        )
     for name, optimizer in optimizers.items():
         _load_optimizer(name, optimizer, tensors)
     for name, generator in generators.items():

@@ -12,8 +12,17 @@ from app.models.checkpoint import save_checkpoint
 from app.models.sampling import draw_noise
 from app.models.vae import VAE, VAEConfig, vae_loss
 
-from .common import (StepLog, add_common_arguments, preprocess_spec, resolve_device, run_dir, save_grid, setup,
-                     shuffled_batches, training_metadata)
+from .common import (
+    StepLog,
+    add_common_arguments,
+    preprocess_spec,
+    resolve_device,
+    run_dir,
+    save_grid,
+    setup,
+    shuffled_batches,
+    training_metadata,
+)
 from .data import PackedSplit, load_split
 from .registry import register_trainer
 
@@ -21,8 +30,12 @@ from .registry import register_trainer
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, epochs=30, batch_size=64, lr=1e-3)
     parser.add_argument("--latent-dim", type=int, default=VAEConfig.latent_dim)
-    parser.add_argument("--widths", type=lambda s: tuple(int(w) for w in s.split(",")), default=VAEConfig.widths,
-                        help="comma-separated encoder widths, e.g. 32,64,128,256")
+    parser.add_argument(
+        "--widths",
+        type=lambda s: tuple(int(w) for w in s.split(",")),
+        default=VAEConfig.widths,
+        help="comma-separated encoder widths, e.g. 32,64,128,256",
+    )
     parser.add_argument("--lambda-kl", type=float, default=VAEConfig.lambda_kl)
 
 
@@ -45,8 +58,10 @@ def encode_means(model: VAE, split: PackedSplit, device: torch.device, batch_siz
     """Posterior means of every image of ``split``, (N, latent_dim) on the CPU."""
     was_training = model.training
     model.eval()
-    means = [model.encode(split.batch(torch.arange(start, min(start + batch_size, len(split))))[0].to(device))[0].cpu()
-             for start in range(0, len(split), batch_size)]
+    means = [
+        model.encode(split.batch(torch.arange(start, min(start + batch_size, len(split))))[0].to(device))[0].cpu()
+        for start in range(0, len(split), batch_size)
+    ]
     model.train(was_training)
     return torch.cat(means)
 
@@ -78,8 +93,15 @@ def refit_prior(args: argparse.Namespace) -> None:
         raise SystemExit(f"vae-fit-prior: {args.checkpoint} is a {checkpoint.family} checkpoint, not a vae")
     split = load_split(args.data, "train", checkpoint.preprocess, args.limit)
     metrics = {**checkpoint.metrics, **fit_sampling_prior(checkpoint.model, split, device)}
-    save_checkpoint(args.checkpoint, checkpoint.model, preprocess=checkpoint.preprocess, attributes=checkpoint.attributes,
-                    metrics=metrics, training=checkpoint.training, extras=checkpoint.extras)
+    save_checkpoint(
+        args.checkpoint,
+        checkpoint.model,
+        preprocess=checkpoint.preprocess,
+        attributes=checkpoint.attributes,
+        metrics=metrics,
+        training=checkpoint.training,
+        extras=checkpoint.extras,
+    )
     print(f"{args.checkpoint}: {metrics['sampling_prior']}")
 
 
@@ -118,14 +140,23 @@ def train(args: argparse.Namespace) -> None:
                 break
         valid_mse = validation_mse(model, valid_split, device)
         print(f"epoch {epoch}: valid MSE {valid_mse:.5f}", flush=True)
-        metrics = {"valid_mse": round(valid_mse, 6), "valid_images": len(valid_split),
-                   **fit_sampling_prior(model, train_split, device)}
+        metrics = {
+            "valid_mse": round(valid_mse, 6),
+            "valid_images": len(valid_split),
+            **fit_sampling_prior(model, train_split, device),
+        }
         model.eval()
         with torch.inference_mode():
             save_grid(model.generate(fixed_noise.to(device)), out_dir / f"samples_epoch{epoch:03d}.png")
         model.train()
         log.plot(out_dir / "curves.png", {"reconstruction (MSE)": ["mse"], "KL": ["kl"]})
-        save_checkpoint(args.out, model, preprocess=spec, attributes=train_split.attribute_names, metrics=metrics,
-                        training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started))
+        save_checkpoint(
+            args.out,
+            model,
+            preprocess=spec,
+            attributes=train_split.attribute_names,
+            metrics=metrics,
+            training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
+        )
         if args.max_steps and step >= args.max_steps:
             break

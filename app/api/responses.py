@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from fastapi import HTTPException
@@ -12,8 +12,15 @@ from pydantic import BaseModel
 from app.imaging import base64_pngs, grid_png
 
 
-def image_output(images: torch.Tensor, *, format: str, seed: int, json_body: Callable[[list[str]], BaseModel],
-                 nrow: int = 8, png_headers: dict[str, str] | None = None) -> Response:
+def image_output(
+    images: torch.Tensor,
+    *,
+    format: str,
+    seed: int,
+    json_body: Callable[[list[str]], BaseModel],
+    nrow: int = 8,
+    png_headers: dict[str, str] | None = None,
+) -> Response:
     """The generated images as one PNG grid (``nrow`` per row) or as JSON; both carry ``X-Seed``.
 
     ``json_body(base64 PNGs)`` builds the family's JSON model, only when JSON is asked for (encoding each image
@@ -21,8 +28,9 @@ def image_output(images: torch.Tensor, *, format: str, seed: int, json_body: Cal
     """
     headers = {"X-Seed": str(seed)}
     if format == "json":
-        return Response(json_body(base64_pngs(images)).model_dump_json(), media_type="application/json",
-                        headers=headers)
+        return Response(
+            json_body(base64_pngs(images)).model_dump_json(), media_type="application/json", headers=headers
+        )
     return Response(grid_png(images, nrow=nrow), media_type="image/png", headers={**headers, **(png_headers or {})})
 
 

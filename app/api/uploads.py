@@ -14,7 +14,9 @@ def _decode_all(payloads: list[tuple[str, bytes]], spec: PreprocessSpec, max_pix
     return torch.stack([preprocess(decode_image(data, name, max_pixels), spec) for name, data in payloads])
 
 
-async def read_upload_batch(files: list[UploadFile], spec: PreprocessSpec, max_pixels: int, field: str = "images") -> tuple[torch.Tensor, list[str]]:
+async def read_upload_batch(
+    files: list[UploadFile], spec: PreprocessSpec, max_pixels: int, field: str = "images"
+) -> tuple[torch.Tensor, list[str]]:
     """Decode and preprocess every upload; a bad one answers 4xx naming the file."""
     payloads = []
     for index, upload in enumerate(files):

@@ -17,8 +17,19 @@ from .registry import register_family
 
 # The 13 attributes of the classic course set (hair, smile, make-up, sex, mouth).
 DEFAULT_ATTRIBUTES = (
-    "Bangs", "Big_Lips", "Black_Hair", "Blond_Hair", "Brown_Hair", "Heavy_Makeup", "High_Cheekbones", "Male",
-    "Mouth_Slightly_Open", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Lipstick",
+    "Bangs",
+    "Big_Lips",
+    "Black_Hair",
+    "Blond_Hair",
+    "Brown_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Lipstick",
 )
 
 
@@ -90,17 +101,23 @@ class ACGANGenerator(nn.Module):
     def attribute_names(self) -> list[str]:
         return list(self.config.attributes)
 
-    def forward(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``strength`` (A,): multiplies each attribute's -1/+1 condition signal (default 1: as trained)."""
         if attributes.shape != (noise.shape[0], len(self.config.attributes)):
-            raise ValueError(f"attributes must have shape ({noise.shape[0]}, {len(self.config.attributes)}), "
-                             f"got {tuple(attributes.shape)}")
+            raise ValueError(
+                f"attributes must have shape ({noise.shape[0]}, {len(self.config.attributes)}), "
+                f"got {tuple(attributes.shape)}"
+            )
         signal = condition_signal(attributes).to(noise.dtype)
         if strength is not None:
             signal = signal * strength.to(signal)
         return self.net(torch.cat([noise, signal], dim=1)[:, :, None, None])
 
-    def generate(self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+    def generate(
+        self, noise: torch.Tensor, attributes: torch.Tensor, strength: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self(noise, attributes, strength)
 
 

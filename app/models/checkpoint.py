@@ -65,7 +65,8 @@ def save_checkpoint(
     extras: dict[str, torch.Tensor] | None = None,
     dtype: torch.dtype | None = torch.float16,
 ) -> Path:
-    """Write ``model`` (a registered family) and its metadata; floating tensors stored as ``dtype`` (None keeps them)."""
+    """Write ``model`` (a registered family) and its metadata; floating tensors stored as ``dtype`` (None keeps
+    them)."""
     image_size = getattr(model.config, "image_size", preprocess.size)
     if image_size != preprocess.size:
         # Serving preprocesses uploads with this spec: a mismatch would feed the model the wrong size.
@@ -110,7 +111,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", allow_missing: tuple[str, ...] = ()) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", allow_missing: tuple[str, ...] = ()
+) -> Checkpoint:
     """Rebuild, strictly load, check and move a checkpoint. Raises :class:`CheckpointError` with the reason.
 
     ``allow_missing`` names tensors that may be absent and then keep the module's initial values: only for offline
@@ -130,7 +133,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", allow_
     if missing_keys:
         raise CheckpointError(f"{path}: metadata lacks {missing_keys}; is this a facegen checkpoint?")
     if metadata["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {metadata['format_version']!r}, this code reads {FORMAT_VERSION!r}")
+        raise CheckpointError(
+            f"{path}: format_version {metadata['format_version']!r}, this code reads {FORMAT_VERSION!r}"
+        )
     try:
         config = json.loads(metadata["config"])
         preprocess = PreprocessSpec.from_json(metadata["preprocess"])
@@ -141,7 +146,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", allow_
     except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: bad metadata ({error})") from None
 
-    extras = {name[len(EXTRA_PREFIX):]: t for name, t in tensors.items() if name.startswith(EXTRA_PREFIX)}
+    extras = {name[len(EXTRA_PREFIX) :]: t for name, t in tensors.items() if name.startswith(EXTRA_PREFIX)}
     weights = {name: t for name, t in tensors.items() if not name.startswith(EXTRA_PREFIX)}
     expected = model.state_dict()
     for name in allow_missing:
@@ -149,8 +154,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", allow_
             weights[name] = expected[name]
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: tensors do not match the {metadata['family']} config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    wrong = [f"{name} {tuple(weights[name].shape)} != {tuple(t.shape)}" for name, t in expected.items() if weights[name].shape != t.shape]
+        raise CheckpointError(
+            f"{path}: tensors do not match the {metadata['family']} config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    wrong = [
+        f"{name} {tuple(weights[name].shape)} != {tuple(t.shape)}"
+        for name, t in expected.items()
+        if weights[name].shape != t.shape
+    ]
     if wrong:
         raise CheckpointError(f"{path}: wrong tensor shapes: {'; '.join(wrong[:5])}")
     # safetensors checks structure, not values: a NaN weight would silently serve black images.

@@ -26,7 +26,11 @@ class ClassifierConfig:
 
 
 def _conv_block(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 @register_family("classifier")
@@ -51,8 +55,12 @@ class AttributeClassifier(nn.Module):
                 layers += _conv_block(width, width, 1)
             channels = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(config.dropout),
-                                  nn.Linear(channels, config.num_attributes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(config.dropout),
+            nn.Linear(channels, config.num_attributes),
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] -> logits (N, num_attributes)."""

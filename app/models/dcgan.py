@@ -38,13 +38,19 @@ def generator_trunk(in_channels: int, width: int, image_size: int) -> nn.Sequent
         nn.ReLU(True),
     ]
     for _ in range(stages - 1):
-        layers += [nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(channels // 2), nn.ReLU(True)]
+        layers += [
+            nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(channels // 2),
+            nn.ReLU(True),
+        ]
         channels //= 2
     layers += [nn.ConvTranspose2d(channels, 3, 4, 2, 1, bias=False), nn.Tanh()]
     return nn.Sequential(*layers)
 
 
-def discriminator_body(width: int, image_size: int, first_norm: bool = False, slope: float = 0.2) -> tuple[nn.Sequential, int]:
+def discriminator_body(
+    width: int, image_size: int, first_norm: bool = False, slope: float = 0.2
+) -> tuple[nn.Sequential, int]:
     """(N, 3, S, S) -> (N, C, 4, 4) features; returns the module and C. No BatchNorm on the first layer."""
     stages = _ladder(image_size)
     layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1, bias=False)]
@@ -53,7 +59,11 @@ def discriminator_body(width: int, image_size: int, first_norm: bool = False, sl
     layers.append(nn.LeakyReLU(slope, True))
     channels = width
     for _ in range(stages - 1):
-        layers += [nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(channels * 2), nn.LeakyReLU(slope, True)]
+        layers += [
+            nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(channels * 2),
+            nn.LeakyReLU(slope, True),
+        ]
         channels *= 2
     return nn.Sequential(*layers), channels
 

@@ -236,7 +236,9 @@ class ConditionalPrior(nn.Module):
         mean, logs = self(context, y)
         return gaussian_log_p(z, mean, logs).flatten(1).sum(1)
 
-    def sample(self, context: torch.Tensor | None, y: torch.Tensor, eps: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    def sample(
+        self, context: torch.Tensor | None, y: torch.Tensor, eps: torch.Tensor, temperature: float | torch.Tensor
+    ) -> torch.Tensor:
         """``mean + temperature * std * eps``: the latent whose standardised noise is ``eps``."""
         mean, logs = self(context, y)
         return mean + temperature * torch.exp(logs) * eps

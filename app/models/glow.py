@@ -41,7 +41,9 @@ class GlowConfig:
     coupling: str = "affine"  # "affine" (sigmoid-bounded scale and shift) or "additive" (shift only)
     n_bits: int = 8  # pixel depth the model is trained on (5 smooths samples; bits/dim compare only at equal n_bits)
     num_attributes: int = 40  # length of the 0/1 attribute vector conditioning the priors
-    y_condition: float = 0.01  # weight of the class head's BCE (bits per image) against bits/dim; 0 = no class head loss
+    y_condition: float = (
+        0.01  # weight of the class head's BCE (bits per image) against bits/dim; 0 = no class head loss
+    )
 
     def __post_init__(self) -> None:
         if self.coupling not in ("affine", "additive"):
@@ -54,8 +56,12 @@ class GlowConfig:
             raise ValueError(f"image_size {self.image_size} does not halve {self.levels} times evenly")
 
 
-def dequantize(images: torch.Tensor, n_bits: int, noise: Literal["uniform", "center"] = "center",
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def dequantize(
+    images: torch.Tensor,
+    n_bits: int,
+    noise: Literal["uniform", "center"] = "center",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """[-1, 1] images -> flow inputs in [-0.5, 0.5]: quantised to ``n_bits``, plus uniform noise within each bin
     (training: the objective is then a bound on the discrete likelihood) or half a bin (serving: deterministic).
 
@@ -84,7 +90,9 @@ def postprocess(x: torch.Tensor, n_bits: int) -> torch.Tensor:
 class GlowLevel(nn.Module):
     def __init__(self, channels: int, size: int, config: GlowConfig, split: bool):
         super().__init__()
-        self.steps = nn.ModuleList(FlowStep(channels, config.hidden, config.coupling == "affine") for _ in range(config.steps))
+        self.steps = nn.ModuleList(
+            FlowStep(channels, config.hidden, config.coupling == "affine") for _ in range(config.steps)
+        )
         self.split = Split(channels, size, size, config.num_attributes) if split else None
 
 
@@ -183,16 +191,22 @@ class Glow(nn.Module):
         dims = 3 * self.config.image_size**2
         return (-log_p + dims * self.config.n_bits * math.log(2)) / (dims * math.log(2))
 
-    def loss(self, images: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss(
+        self, images: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(objective, mean bits/dim, mean class bits) of [-1, 1] images under uniform dequantisation."""
         log_p, logits = self(dequantize(images, self.config.n_bits, "uniform", generator), y)
         bits_per_dim = self.bits_per_dim_from_log_p(log_p).mean()
         class_bits = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1).mean() / math.log(2)
         return bits_per_dim + self.config.y_condition * class_bits, bits_per_dim, class_bits
 
-    def bits_per_dim(self, images: torch.Tensor, y: torch.Tensor, noise: Literal["uniform", "center"] = "center",
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+    def bits_per_dim(
+        self,
+        images: torch.Tensor,
+        y: torch.Tensor,
+        noise: Literal["uniform", "center"] = "center",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Bits/dim of each [-1, 1] image under p(x | y), (N,)."""
         return self.bits_per_dim_from_log_p(self(dequantize(images, self.config.n_bits, noise, generator), y)[0])
 
@@ -225,7 +239,9 @@ class Glow(nn.Module):
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode_images(self.encode_images(images))
 
-    def sample(self, y: torch.Tensor, temperature: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, y: torch.Tensor, temperature: float = 0.7, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Images (N, 3, S, S) in [-1, 1] for attribute vectors y (N, A) on the model's device.
 
         All noise is one (N, latent_dim) standard normal draw on the CPU from ``generator``, made before anything
@@ -260,7 +276,9 @@ class Glow(nn.Module):
         self.train(was_training)
 
 
-def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, method: Literal["linear", "slerp"] = "linear") -> torch.Tensor:
+def interpolate_latents(
+    z_a: torch.Tensor, z_b: torch.Tensor, steps: int, method: Literal["linear", "slerp"] = "linear"
+) -> torch.Tensor:
     """(D,) and (D,) -> (steps, D) from z_a to z_b inclusive; the endpoints are exactly z_a and z_b."""
     t = torch.linspace(0, 1, steps, dtype=z_a.dtype, device=z_a.device)[:, None]
     if method == "linear":

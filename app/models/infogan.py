@@ -37,8 +37,9 @@ class InfoGANConfig:
         _ladder(self.image_size)  # refuses sizes the conv ladders cannot reach
 
 
-def sweep_inputs(noise: torch.Tensor, codes: torch.Tensor, code: int,
-                 n_categories: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sweep_inputs(
+    noise: torch.Tensor, codes: torch.Tensor, code: int, n_categories: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-major sweep: for each of the R rows (one noise vector and its codes), code ``code`` walked through every
     category. Returns (R * n_categories) noise vectors and codes; the other codes stay those of the row."""
     rows = noise.shape[0]
@@ -96,8 +97,11 @@ class InfoGANDiscriminator(nn.Module):
         self.body, channels = discriminator_body(config.discriminator_width, config.image_size, slope=0.1)
         self.real_fake_head = nn.Conv2d(channels, 1, 4, 1, 0)
         self.q_head = nn.Sequential(
-            nn.Conv2d(channels, config.q_hidden, 4, 1, 0, bias=False), nn.BatchNorm2d(config.q_hidden),
-            nn.LeakyReLU(0.1, True), nn.Flatten(), nn.Linear(config.q_hidden, config.n_codes * config.n_categories),
+            nn.Conv2d(channels, config.q_hidden, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(config.q_hidden),
+            nn.LeakyReLU(0.1, True),
+            nn.Flatten(),
+            nn.Linear(config.q_hidden, config.n_codes * config.n_categories),
         )
         self.apply(init_dcgan_weights)
 
@@ -119,16 +123,19 @@ class InfoGANDiscriminator(nn.Module):
 RECOGNIZER_PREFIX = "recognizer."
 
 
-def recognizer_extras(discriminator: InfoGANDiscriminator,
-                      dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+def recognizer_extras(
+    discriminator: InfoGANDiscriminator, dtype: torch.dtype = torch.float16
+) -> dict[str, torch.Tensor]:
     """D/Q weights as checkpoint extras (floating tensors in ``dtype``, like the module weights)."""
-    return {RECOGNIZER_PREFIX + name: (t.detach().to(dtype) if t.is_floating_point() else t.detach())
-            for name, t in discriminator.state_dict().items()}
+    return {
+        RECOGNIZER_PREFIX + name: (t.detach().to(dtype) if t.is_floating_point() else t.detach())
+        for name, t in discriminator.state_dict().items()
+    }
 
 
 def recognizer_from_extras(config: InfoGANConfig, extras: dict[str, torch.Tensor]) -> InfoGANDiscriminator | None:
     """Rebuild D/Q from a checkpoint's extras (strict), or None when the checkpoint has none."""
-    state = {name[len(RECOGNIZER_PREFIX):]: t for name, t in extras.items() if name.startswith(RECOGNIZER_PREFIX)}
+    state = {name[len(RECOGNIZER_PREFIX) :]: t for name, t in extras.items() if name.startswith(RECOGNIZER_PREFIX)}
     if not state:
         return None
     recognizer = InfoGANDiscriminator(config)

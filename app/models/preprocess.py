@@ -25,7 +25,7 @@ class PreprocessSpec:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "PreprocessSpec":
+    def from_json(cls, text: str) -> PreprocessSpec:
         return cls(**json.loads(text))
 
 

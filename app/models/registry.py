@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -52,7 +53,9 @@ def family_class(name: str) -> type[nn.Module]:
     try:
         return _FAMILIES[name]
     except KeyError:
-        raise UnknownFamilyError(f"unknown model family {name!r}; known families: {', '.join(list_families())}") from None
+        raise UnknownFamilyError(
+            f"unknown model family {name!r}; known families: {', '.join(list_families())}"
+        ) from None
 
 
 def config_from_dict(config_class: type, values: dict[str, Any]):

@@ -73,25 +73,44 @@ class Job:
 class BatcherMetrics:
     def __init__(self, registry: CollectorRegistry | None):
         kwargs = {"registry": registry}
-        self.batch_rows = Histogram("facegen_batch_rows", "rows (images) per forward", ["family"],
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), **kwargs)
-        self.batch_requests = Histogram("facegen_batch_requests", "requests per forward", ["family"],
-                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128), **kwargs)
+        self.batch_rows = Histogram(
+            "facegen_batch_rows",
+            "rows (images) per forward",
+            ["family"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            **kwargs,
+        )
+        self.batch_requests = Histogram(
+            "facegen_batch_requests",
+            "requests per forward",
+            ["family"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            **kwargs,
+        )
         self.queue_rows = Gauge("facegen_queue_rows", "rows waiting in the queue", ["family"], **kwargs)
-        self.queue_wait = Histogram("facegen_queue_wait_seconds", "time from arrival to the start of its forward",
-                                    ["family"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-                                    **kwargs)
-        self.forward_seconds = Histogram("facegen_forward_seconds", "duration of one batched forward", ["family"],
-                                         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-                                         **kwargs)
-        self.shed = Counter("facegen_shed_requests", "requests answered without being computed", ["family", "reason"],
-                            **kwargs)
+        self.queue_wait = Histogram(
+            "facegen_queue_wait_seconds",
+            "time from arrival to the start of its forward",
+            ["family"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            **kwargs,
+        )
+        self.forward_seconds = Histogram(
+            "facegen_forward_seconds",
+            "duration of one batched forward",
+            ["family"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            **kwargs,
+        )
+        self.shed = Counter(
+            "facegen_shed_requests", "requests answered without being computed", ["family", "reason"], **kwargs
+        )
 
 
 class ModelQueue:
     """The queue and worker of one model."""
 
-    def __init__(self, name: str, pipeline: Pipeline, batcher: "Batcher"):
+    def __init__(self, name: str, pipeline: Pipeline, batcher: Batcher):
         self.name, self.pipeline, self.batcher = name, pipeline, batcher
         self.pending: deque[Job] = deque()
         self.queued_rows = 0
@@ -107,8 +126,11 @@ class ModelQueue:
         rows = prepared.rows
         if self.queued_rows and self.queued_rows + rows > batcher.max_queue:
             batcher.metrics.shed.labels(self.name, "queue_full").inc()
-            raise Overloaded(f"{self.name}: {self.queued_rows} images are already waiting (FACEGEN_MAX_QUEUE="
-                             f"{batcher.max_queue}); try again shortly", retry_after_s=self.retry_after_s(rows))
+            raise Overloaded(
+                f"{self.name}: {self.queued_rows} images are already waiting (FACEGEN_MAX_QUEUE="
+                f"{batcher.max_queue}); try again shortly",
+                retry_after_s=self.retry_after_s(rows),
+            )
         now = loop.time()
         job = Job(prepared.operation, prepared.inputs, rows, now, now + timeout_s, loop.create_future())
         self.pending.append(job)
@@ -119,8 +141,10 @@ class ModelQueue:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
         except asyncio.TimeoutError:
             batcher.metrics.shed.labels(self.name, "deadline").inc()
-            raise DeadlineExceeded(f"{self.name}: not answered within FACEGEN_REQUEST_TIMEOUT_S={timeout_s:g} s "
-                                   "(the server is busy)", retry_after_s=self.retry_after_s(rows)) from None
+            raise DeadlineExceeded(
+                f"{self.name}: not answered within FACEGEN_REQUEST_TIMEOUT_S={timeout_s:g} s (the server is busy)",
+                retry_after_s=self.retry_after_s(rows),
+            ) from None
         finally:
             # Timed out or cancelled (the client went away): a job still queued is dropped, never computed.
             if not job.future.done():
@@ -153,8 +177,11 @@ class ModelQueue:
                 continue
             first = self.pending[0]
             fill_until = first.arrived + batcher.delay_s
-            while (self.rows_of(first.operation) < batcher.max_batch and not batcher.closing
-                   and (remaining := fill_until - loop.time()) > 0):
+            while (
+                self.rows_of(first.operation) < batcher.max_batch
+                and not batcher.closing
+                and (remaining := fill_until - loop.time()) > 0
+            ):
                 self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), remaining)
@@ -205,17 +232,26 @@ class ModelQueue:
             if isinstance(error, asyncio.CancelledError):
                 raise
             sizes = [job.rows for job in jobs]
-            logger.error("forward of %s/%s failed for a batch of %d requests (rows %s): %r", self.name,
-                         jobs[0].operation, len(jobs), sizes, error)
+            logger.error(
+                "forward of %s/%s failed for a batch of %d requests (rows %s): %r",
+                self.name,
+                jobs[0].operation,
+                len(jobs),
+                sizes,
+                error,
+            )
             for job in jobs:
                 if not job.future.done():
-                    job.future.set_exception(ForwardFailed(f"{self.name}: the model failed on this batch "
-                                                           f"({type(error).__name__}); see the server log"))
+                    job.future.set_exception(
+                        ForwardFailed(
+                            f"{self.name}: the model failed on this batch ({type(error).__name__}); see the server log"
+                        )
+                    )
             return
         offset = 0
         for job in jobs:
             if not job.future.done():
-                job.future.set_result(tuple(output[offset:offset + job.rows] for output in outputs))
+                job.future.set_result(tuple(output[offset : offset + job.rows] for output in outputs))
             offset += job.rows
 
     async def split_after_oom(self, jobs: list[Job]) -> None:
@@ -224,9 +260,13 @@ class ModelQueue:
         if len(jobs) == 1:
             self.batcher.metrics.shed.labels(self.name, "out_of_memory").inc()
             if not jobs[0].future.done():
-                jobs[0].future.set_exception(DoesNotFit(
-                    f"{self.name}: this request alone ({jobs[0].rows} images) does not fit in the device's memory; "
-                    "ask for fewer images", retry_after_s=None))
+                jobs[0].future.set_exception(
+                    DoesNotFit(
+                        f"{self.name}: this request alone ({jobs[0].rows} images) does not fit in the device's memory; "
+                        "ask for fewer images",
+                        retry_after_s=None,
+                    )
+                )
             return
         logger.warning("%s: out of memory on a batch of %d requests; retrying in halves", self.name, len(jobs))
         half = len(jobs) // 2
@@ -237,8 +277,15 @@ class ModelQueue:
 class Batcher:
     """All models of one device. ``forward`` is the single place a model runs for the service."""
 
-    def __init__(self, pipelines: dict[str, Pipeline], *, max_batch: int, delay_ms: float, max_queue: int,
-                 metrics: BatcherMetrics | None = None):
+    def __init__(
+        self,
+        pipelines: dict[str, Pipeline],
+        *,
+        max_batch: int,
+        delay_ms: float,
+        max_queue: int,
+        metrics: BatcherMetrics | None = None,
+    ):
         if max_batch < 1 or max_queue < 1 or delay_ms < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and delay_ms >= 0")
         self.max_batch, self.delay_s, self.max_queue = max_batch, delay_ms / 1000, max_queue
@@ -274,8 +321,10 @@ class Batcher:
         rows = int(inputs[0].shape[0])
         if rows <= self.max_batch:
             return pipeline.run(operation, inputs)
-        parts = [pipeline.run(operation, tuple(t[start:start + self.max_batch] for t in inputs))
-                 for start in range(0, rows, self.max_batch)]
+        parts = [
+            pipeline.run(operation, tuple(t[start : start + self.max_batch] for t in inputs))
+            for start in range(0, rows, self.max_batch)
+        ]
         return tuple(torch.cat(chunks) for chunks in zip(*parts))
 
     async def warm_up(self) -> dict[str, str]:

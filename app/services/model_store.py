@@ -30,7 +30,7 @@ class ModelStore:
     failures: dict[str, str] = field(default_factory=dict)  # file name -> why it was skipped
 
     @classmethod
-    def from_directory(cls, directory: Path, device: torch.device, precision: str = "float32") -> "ModelStore":
+    def from_directory(cls, directory: Path, device: torch.device, precision: str = "float32") -> ModelStore:
         store = cls(device=device, precision=precision)
         if not directory.is_dir():
             logger.warning("weights directory %s does not exist; serving no models", directory)

@@ -32,7 +32,7 @@ def render(servers: list[str], listen: str, text: str | None = None) -> str:
         raise ValueError(f"the upstream has {len(found)} server lines, got {len(servers)} addresses")
     addresses = iter(servers)
     block = _SERVER.sub(lambda m: f"{m.group(1)}{next(addresses)}{m.group(3) or ''};", upstream.group(1))
-    text = text[: upstream.start(1)] + block + text[upstream.end(1):]
+    text = text[: upstream.start(1)] + block + text[upstream.end(1) :]
     text, listens = _LISTEN.subn(lambda m: f"{m.group(1)}{listen}{m.group(3) or ''};", text)
     if listens != 1:
         raise ValueError(f"expected one listen line, found {listens}")
@@ -47,17 +47,19 @@ def write_standalone(prefix: Path, servers: list[str], listen: str) -> Path:
     site = prefix / "facegen.conf"
     site.write_text(render(servers, listen))
     (prefix / "temp").mkdir(parents=True, exist_ok=True)
-    temp = "\n".join(f"    {kind}_temp_path {prefix / 'temp' / kind};" for kind in
-                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix / 'temp' / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     main_conf = prefix / "nginx.conf"
     main_conf.write_text(f"""worker_processes 1;
-pid {prefix / 'nginx.pid'};
-error_log {prefix / 'error.log'} info;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} info;
 events {{
     worker_connections 256;
 }}
 http {{
-    access_log {prefix / 'access.log'};
+    access_log {prefix / "access.log"};
 {temp}
     include {site};
 }}

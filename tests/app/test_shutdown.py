@@ -11,19 +11,26 @@ import sys
 import time
 
 import httpx
-import pytest
 
 from bench.server import free_port
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits_0(tiny_weights, tmp_path):
     port = free_port()
-    env = {**os.environ, "FACEGEN_WEIGHTS_DIR": str(tiny_weights), "FACEGEN_DEVICE": "cpu", "FACEGEN_TORCH_THREADS": "1",
-           "FACEGEN_MAX_BATCH": "1"}  # batching off: 64-image requests run 64 forwards each, so they stay in flight
+    env = {
+        **os.environ,
+        "FACEGEN_WEIGHTS_DIR": str(tiny_weights),
+        "FACEGEN_DEVICE": "cpu",
+        "FACEGEN_TORCH_THREADS": "1",
+        "FACEGEN_MAX_BATCH": "1",
+    }  # batching off: 64-image requests run 64 forwards each, so they stay in flight
     log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port",
-                               str(port), "--timeout-graceful-shutdown", "60"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "60"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -39,8 +46,9 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tiny_weights, tmp_path
 
         async def load() -> tuple[list[int], bool]:
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                requests = [asyncio.ensure_future(client.post("/generate/glow", json={"n": 64, "seed": i}))
-                            for i in range(12)]
+                requests = [
+                    asyncio.ensure_future(client.post("/generate/glow", json={"n": 64, "seed": i})) for i in range(12)
+                ]
                 await asyncio.sleep(0.5)  # all sent and queued behind each other
                 server.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.5)

@@ -24,20 +24,39 @@ router = APIRouter(prefix="/generate", tags=["generate"])
 class ACGANRequest(StrictModel):
     n: int = Field(8, ge=1, description="images; with `toggle`, pairs (2n images, at most FACEGEN_MAX_N in all)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images; omitted: random, reported")
-    attributes: dict[str, bool] = Field(default_factory=dict,
-                                        description="attribute name -> on/off; the model's other attributes are "
-                                                    "drawn from their training-set frequencies")
-    toggle: str | None = Field(None, description="attribute shown off (row 1) and on (row 2) for the same noise "
-                                                 "and other attributes; overrides its value in `attributes`")
-    strength: float = Field(DEFAULT_TOGGLE_STRENGTH, gt=0, le=MAX_STRENGTH,
-                            description="with `toggle`: how far the toggled attribute is pushed off and on (the "
-                                        "generator's condition input is -strength/+strength for it, -1/+1 for the "
-                                        "others); 1 is as trained, the default makes the change unmistakable")
+    attributes: dict[str, bool] = Field(
+        default_factory=dict,
+        description="attribute name -> on/off; the model's other attributes are "
+        "drawn from their training-set frequencies",
+    )
+    toggle: str | None = Field(
+        None,
+        description="attribute shown off (row 1) and on (row 2) for the same noise "
+        "and other attributes; overrides its value in `attributes`",
+    )
+    strength: float = Field(
+        DEFAULT_TOGGLE_STRENGTH,
+        gt=0,
+        le=MAX_STRENGTH,
+        description="with `toggle`: how far the toggled attribute is pushed off and on (the "
+        "generator's condition input is -strength/+strength for it, -1/+1 for the "
+        "others); 1 is as trained, the default makes the change unmistakable",
+    )
     format: ImageFormat = Field("png", description="png: one grid (header X-Attributes); json: base64 PNGs")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"n": 8, "seed": 42, "attributes": {"Male": False, "Blond_Hair": True}, "toggle": "Smiling", "format": "png"},
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "n": 8,
+                    "seed": 42,
+                    "attributes": {"Male": False, "Blond_Hair": True},
+                    "toggle": "Smiling",
+                    "format": "png",
+                },
+            ]
+        }
+    )
 
 
 class ACGANResponse(ImagesResponse):
@@ -46,9 +65,17 @@ class ACGANResponse(ImagesResponse):
     strength: float | None = Field(None, description="the toggled attribute's strength (only with `toggle`)")
 
 
-@router.post("/acgan", response_class=Response, responses={
-    200: {"content": {"image/png": {}}, "model": ACGANResponse,
-          "description": "a PNG grid (X-Seed and X-Attributes headers) or JSON"}})
+@router.post(
+    "/acgan",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "model": ACGANResponse,
+            "description": "a PNG grid (X-Seed and X-Attributes headers) or JSON",
+        }
+    },
+)
 async def generate_acgan(request: ACGANRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep):
     """``n`` samples with the requested attributes; with ``toggle``, ``n`` off/on pairs (row 1 off, row 2 on)."""
     pipeline = require_pipeline(store, "acgan")
@@ -60,9 +87,18 @@ async def generate_acgan(request: ACGANRequest, store: StoreDep, infer: Inferenc
     (images,) = await infer("acgan", prepared)
 
     names, vectors = pipeline.attributes, prepared.report["attributes"]
-    return image_output(images, format=request.format, seed=seed, nrow=request.n if request.toggle else 8,
-                        json_body=lambda encoded: ACGANResponse(model="acgan", seed=seed, images=encoded,
-                                                                attributes=attribute_report(vectors, names),
-                                                                toggle=request.toggle,
-                                                                strength=request.strength if request.toggle else None),
-                        png_headers={"X-Attributes": attribute_header(vectors, names)})
+    return image_output(
+        images,
+        format=request.format,
+        seed=seed,
+        nrow=request.n if request.toggle else 8,
+        json_body=lambda encoded: ACGANResponse(
+            model="acgan",
+            seed=seed,
+            images=encoded,
+            attributes=attribute_report(vectors, names),
+            toggle=request.toggle,
+            strength=request.strength if request.toggle else None,
+        ),
+        png_headers={"X-Attributes": attribute_header(vectors, names)},
+    )

@@ -24,8 +24,21 @@ class ClassifyResponse(BaseModel):
     model: str
     images: list[ImageAttributes]
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "classifier", "images": [
-        {"filename": "face.jpg", "attributes": {"Smiling": 0.9731, "Male": 0.0214, "Eyeglasses": 0.0032}}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "classifier",
+                    "images": [
+                        {
+                            "filename": "face.jpg",
+                            "attributes": {"Smiling": 0.9731, "Male": 0.0214, "Eyeglasses": 0.0032},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
 
 @router.post("/classify", response_model=ClassifyResponse)
@@ -43,8 +56,13 @@ async def classify(
     pipeline = require_pipeline(store, "classifier")
     batch, filenames = await read_upload_batch(images, pipeline.checkpoint.preprocess, settings.max_image_pixels)
     (probabilities,) = await infer("classifier", pipeline.prepare_classification(batch))
-    return ClassifyResponse(model="classifier", images=[
-        ImageAttributes(filename=name, attributes={attribute: round(value, 4)
-                                                   for attribute, value in zip(pipeline.attributes, row.tolist())})
-        for name, row in zip(filenames, probabilities)
-    ])
+    return ClassifyResponse(
+        model="classifier",
+        images=[
+            ImageAttributes(
+                filename=name,
+                attributes={attribute: round(value, 4) for attribute, value in zip(pipeline.attributes, row.tolist())},
+            )
+            for name, row in zip(filenames, probabilities)
+        ],
+    )

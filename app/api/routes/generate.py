@@ -27,8 +27,12 @@ async def sample_unconditional(family: str, request: GenerateRequest, store, inf
     pipeline = require_pipeline(store, family)
     seed = resolve_seed(request.seed)
     (images,) = await infer(family, pipeline.prepare_samples(request.n, seed))
-    return image_output(images, format=request.format, seed=seed,
-                        json_body=lambda encoded: ImagesResponse(model=family, seed=seed, images=encoded))
+    return image_output(
+        images,
+        format=request.format,
+        seed=seed,
+        json_body=lambda encoded: ImagesResponse(model=family, seed=seed, images=encoded),
+    )
 
 
 @router.post("/vae", responses=IMAGE_RESPONSES, response_class=Response)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,16 +37,33 @@ SequenceFormat = Literal["png", "gif", "json"]
 class GlowRequest(StrictModel):
     n: int = Field(16, ge=1, description="number of images (at most FACEGEN_MAX_N)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images; omitted: random, reported")
-    temperature: float = Field(0.7, ge=0.0, le=MAX_TEMPERATURE, description="scale of the prior's standard deviations: lower is "
-                                                                "smoother and more typical, 1 is the model's own spread")
-    attributes: dict[str, bool] = Field(default_factory=dict,
-                                        description="attribute name -> on/off; the other attributes are drawn per image "
-                                                    "from their training-set frequencies")
+    temperature: float = Field(
+        0.7,
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description="scale of the prior's standard deviations: lower is "
+        "smoother and more typical, 1 is the model's own spread",
+    )
+    attributes: dict[str, bool] = Field(
+        default_factory=dict,
+        description="attribute name -> on/off; the other attributes are drawn per image "
+        "from their training-set frequencies",
+    )
     format: ImageFormat = Field("png", description="png: one grid (headers X-Seed, X-Attributes); json: base64 PNGs")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"n": 8, "seed": 42, "temperature": 0.7, "attributes": {"Smiling": True, "Male": False}, "format": "png"},
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "n": 8,
+                    "seed": 42,
+                    "temperature": 0.7,
+                    "attributes": {"Smiling": True, "Male": False},
+                    "format": "png",
+                },
+            ]
+        }
+    )
 
 
 class GlowImagesResponse(ImagesResponse):
@@ -86,13 +103,26 @@ def sequence_output(frames: torch.Tensor, format: str, json_body, headers: dict[
     return Response(json_body().model_dump_json(), media_type="application/json", headers=headers)
 
 
-SEQUENCE_RESPONSES = {200: {"content": {"image/png": {}, "image/gif": {}, "application/json": {}},
-                            "description": "a PNG strip, an animated GIF or JSON"}}
+SEQUENCE_RESPONSES = {
+    200: {
+        "content": {"image/png": {}, "image/gif": {}, "application/json": {}},
+        "description": "a PNG strip, an animated GIF or JSON",
+    }
+}
 
 
-@router.post("/generate/glow", response_class=Response, tags=["generate"], responses={
-    200: {"content": {"image/png": {}}, "model": GlowImagesResponse,
-          "description": "a PNG grid (X-Seed and X-Attributes headers) or JSON"}})
+@router.post(
+    "/generate/glow",
+    response_class=Response,
+    tags=["generate"],
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "model": GlowImagesResponse,
+            "description": "a PNG grid (X-Seed and X-Attributes headers) or JSON",
+        }
+    },
+)
 async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep):
     """``n`` conditional samples: the requested attributes fixed, the rest drawn from training frequencies (attributes
     first, then the latent noise, both from one seeded CPU generator, so the same request gives the same bytes)."""
@@ -103,11 +133,19 @@ async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceD
     (images,) = await infer("glow", prepared)
     names, vectors = pipeline.attributes, prepared.report["attributes"]
 
-    return image_output(images, format=request.format, seed=seed,
-                        json_body=lambda encoded: GlowImagesResponse(model="glow", seed=seed, images=encoded,
-                                                                     temperature=request.temperature,
-                                                                     attributes=attribute_report(vectors, names)),
-                        png_headers={"X-Attributes": attribute_header(vectors, names)})
+    return image_output(
+        images,
+        format=request.format,
+        seed=seed,
+        json_body=lambda encoded: GlowImagesResponse(
+            model="glow",
+            seed=seed,
+            images=encoded,
+            temperature=request.temperature,
+            attributes=attribute_report(vectors, names),
+        ),
+        png_headers={"X-Attributes": attribute_header(vectors, names)},
+    )
 
 
 @router.post("/glow/interpolate", response_class=Response, responses=SEQUENCE_RESPONSES)
@@ -118,17 +156,22 @@ async def interpolate(
     infer: InferenceDep,
     settings: SettingsDep,
     steps: Annotated[int, Form(ge=2, le=MAX_FRAMES, description="frames, both ends included")] = 8,
-    method: Annotated[Literal["linear", "slerp"], Form(description="straight line or great circle in latent space")] = "linear",
+    method: Annotated[
+        Literal["linear", "slerp"], Form(description="straight line or great circle in latent space")
+    ] = "linear",
     format: Annotated[SequenceFormat, Form()] = "png",
 ):
     """Frames from face_a to face_b along a path between their latents (all levels); the first and last frames are
     the reconstructions of a and b."""
     pipeline = require_pipeline(store, "glow")
-    batch, _ = await read_upload_batch([face_a, face_b], pipeline.checkpoint.preprocess, settings.max_image_pixels,
-                                       field="face")
+    batch, _ = await read_upload_batch(
+        [face_a, face_b], pipeline.checkpoint.preprocess, settings.max_image_pixels, field="face"
+    )
     (latents,) = await infer("glow", pipeline.prepare_encoding(batch))
     (frames,) = await infer("glow", pipeline.prepare_decoding(pipeline.interpolation_latents(latents, steps, method)))
-    return sequence_output(frames, format, lambda: InterpolationResponse(model="glow", method=method, frames=base64_pngs(frames)))
+    return sequence_output(
+        frames, format, lambda: InterpolationResponse(model="glow", method=method, frames=base64_pngs(frames))
+    )
 
 
 def parse_strengths(text: str) -> list[float]:
@@ -137,7 +180,9 @@ def parse_strengths(text: str) -> list[float]:
     try:
         values = [float(item) for item in items]
     except ValueError:
-        raise field_error("strengths", f"strengths must be a comma-separated list of numbers, e.g. -1,-0.5,0,0.5,1; got {text!r}") from None
+        raise field_error(
+            "strengths", f"strengths must be a comma-separated list of numbers, e.g. -1,-0.5,0,0.5,1; got {text!r}"
+        ) from None
     if not 1 <= len(values) <= MAX_FRAMES:
         raise field_error("strengths", f"give between 1 and {MAX_FRAMES} strengths, got {len(values)}")
     bad = [value for value in values if not abs(value) <= MAX_STRENGTH]  # also catches nan and inf
@@ -153,9 +198,15 @@ async def manipulate(
     store: StoreDep,
     infer: InferenceDep,
     settings: SettingsDep,
-    strengths: Annotated[str | None, Form(description="comma list in units of the attribute direction, e.g. -1,-0.5,0,0.5,1")] = None,
-    steps: Annotated[int | None, Form(ge=2, le=MAX_FRAMES, description="instead of strengths: evenly spaced from "
-                                                                       "-max_strength to +max_strength")] = None,
+    strengths: Annotated[
+        str | None, Form(description="comma list in units of the attribute direction, e.g. -1,-0.5,0,0.5,1")
+    ] = None,
+    steps: Annotated[
+        int | None,
+        Form(
+            ge=2, le=MAX_FRAMES, description="instead of strengths: evenly spaced from -max_strength to +max_strength"
+        ),
+    ] = None,
     max_strength: Annotated[float, Form(gt=0, le=MAX_STRENGTH)] = 1.0,
     format: Annotated[SequenceFormat, Form()] = "png",
 ):
@@ -172,10 +223,22 @@ async def manipulate(
         values = torch.linspace(-max_strength, max_strength, steps or 5, dtype=torch.float64).tolist()
     batch, _ = await read_upload_batch([face], pipeline.checkpoint.preprocess, settings.max_image_pixels, field="face")
     (latent,) = await infer("glow", pipeline.prepare_encoding(batch))
-    (images,) = await infer("glow", pipeline.prepare_decoding(pipeline.manipulation_latents(latent[0], attribute, values)))
+    (images,) = await infer(
+        "glow", pipeline.prepare_decoding(pipeline.manipulation_latents(latent[0], attribute, values))
+    )
     headers = {"X-Strengths": ",".join(f"{value:g}" for value in values)}
-    return sequence_output(images, format, lambda: ManipulationResponse(
-        model="glow", attribute=attribute, strengths=values, original=base64_pngs(batch)[0], images=base64_pngs(images)), headers)
+    return sequence_output(
+        images,
+        format,
+        lambda: ManipulationResponse(
+            model="glow",
+            attribute=attribute,
+            strengths=values,
+            original=base64_pngs(batch)[0],
+            images=base64_pngs(images),
+        ),
+        headers,
+    )
 
 
 @router.post("/glow/likelihood", response_model=LikelihoodResponse)
@@ -196,5 +259,6 @@ async def likelihood(
     pipeline = require_pipeline(store, "glow")
     batch, names = await read_upload_batch(images, pipeline.checkpoint.preprocess, settings.max_image_pixels)
     (bits,) = await infer("glow", pipeline.prepare_likelihood(batch))
-    return LikelihoodResponse(model="glow", images=[Likelihood(filename=name, bits_per_dim=float(value))
-                                                    for name, value in zip(names, bits)])
+    return LikelihoodResponse(
+        model="glow", images=[Likelihood(filename=name, bits_per_dim=float(value)) for name, value in zip(names, bits)]
+    )

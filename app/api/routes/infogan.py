@@ -32,9 +32,17 @@ class InfoGANResponse(BaseModel):
     rows: list[list[str]] = Field(description="per row, the base64 PNGs of the code's categories in order")
 
 
-@router.post("/infogan", response_class=Response, responses={
-    200: {"content": {"image/png": {}}, "model": InfoGANResponse,
-          "description": "a PNG grid (rows x categories) or JSON"}})
+@router.post(
+    "/infogan",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "model": InfoGANResponse,
+            "description": "a PNG grid (rows x categories) or JSON",
+        }
+    },
+)
 async def generate_infogan(request: InfoGANRequest, store: StoreDep, infer: InferenceDep):
     """A ``rows`` x categories grid: code ``code`` walked through its categories, everything else fixed per row."""
     pipeline = require_pipeline(store, "infogan")
@@ -42,7 +50,15 @@ async def generate_infogan(request: InfoGANRequest, store: StoreDep, infer: Infe
     (images,) = await infer("infogan", pipeline.prepare_samples(request.rows, seed, code=request.code))
 
     per_row = pipeline.categories
-    return image_output(images, format=request.format, seed=seed, nrow=per_row,
-                        json_body=lambda encoded: InfoGANResponse(
-                            model="infogan", seed=seed, code=request.code,
-                            rows=[encoded[i:i + per_row] for i in range(0, len(encoded), per_row)]))
+    return image_output(
+        images,
+        format=request.format,
+        seed=seed,
+        nrow=per_row,
+        json_body=lambda encoded: InfoGANResponse(
+            model="infogan",
+            seed=seed,
+            code=request.code,
+            rows=[encoded[i : i + per_row] for i in range(0, len(encoded), per_row)],
+        ),
+    )

@@ -18,8 +18,11 @@ router = APIRouter(prefix="/vae", tags=["vae"])
 MAX_RECONSTRUCT = 32
 
 
-@router.post("/reconstruct", responses={200: {"content": {"image/png": {}}, "model": ReconstructResponse}},
-             response_class=Response)
+@router.post(
+    "/reconstruct",
+    responses={200: {"content": {"image/png": {}}, "model": ReconstructResponse}},
+    response_class=Response,
+)
 async def reconstruct(
     images: Annotated[list[UploadFile], File(description="1 to 32 face images (JPEG, PNG or WebP, any size)")],
     store: StoreDep,
@@ -37,7 +40,11 @@ async def reconstruct(
     body = ReconstructResponse(
         model="vae",
         mean_mse=float(errors.mean()),
-        images=[Reconstruction(filename=name, mse=float(error), original=original, reconstruction=reconstruction)
-                for name, error, original, reconstruction in zip(names, errors, base64_pngs(batch), base64_pngs(reconstructions))],
+        images=[
+            Reconstruction(filename=name, mse=float(error), original=original, reconstruction=reconstruction)
+            for name, error, original, reconstruction in zip(
+                names, errors, base64_pngs(batch), base64_pngs(reconstructions)
+            )
+        ],
     )
     return Response(body.model_dump_json(), media_type="application/json")

@@ -3,11 +3,33 @@
 import importlib
 import pkgutil
 
-from .base import (CAPABILITIES, ENCODE, SAMPLE, SCORE, Pipeline, Prepared, build_pipeline, families_with,
-                   finite_images, pipeline_class, register_pipeline)
+from .base import (
+    CAPABILITIES,
+    ENCODE,
+    SAMPLE,
+    SCORE,
+    Pipeline,
+    Prepared,
+    build_pipeline,
+    families_with,
+    finite_images,
+    pipeline_class,
+    register_pipeline,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["CAPABILITIES", "ENCODE", "SAMPLE", "SCORE", "Pipeline", "Prepared", "build_pipeline", "families_with",
-           "finite_images", "pipeline_class", "register_pipeline"]
+__all__ = [
+    "CAPABILITIES",
+    "ENCODE",
+    "SAMPLE",
+    "SCORE",
+    "Pipeline",
+    "Prepared",
+    "build_pipeline",
+    "families_with",
+    "finite_images",
+    "pipeline_class",
+    "register_pipeline",
+]

@@ -10,9 +10,15 @@ from ..sampling import draw_noise, seeded_generator
 from .base import SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
 
 
-def draw_inputs(latent_shape: tuple[int, ...], names: list[str], frequencies: torch.Tensor | None, n: int,
-                generator: torch.Generator, attributes: dict[str, bool] | None = None, toggle: str | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw_inputs(
+    latent_shape: tuple[int, ...],
+    names: list[str],
+    frequencies: torch.Tensor | None,
+    n: int,
+    generator: torch.Generator,
+    attributes: dict[str, bool] | None = None,
+    toggle: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ACGAN draw, in its one order: ``n`` noise vectors, then ``n`` attribute vectors (open attributes ~
     Bernoulli(training frequency)). Returns (noise, attribute vectors, the n drawn vectors); with ``toggle`` the
     first two are the 2n rows of :func:`toggle_pairs` (the n with it off, then the same n with it on)."""
@@ -41,15 +47,28 @@ class ACGANPipeline(Pipeline):
     def attributes(self) -> list[str]:
         return list(self.model.attribute_names)
 
-    def prepare_samples(self, n: int, seed: int, attributes: dict[str, bool] | None = None, toggle: str | None = None,
-                        strength: float = DEFAULT_TOGGLE_STRENGTH) -> Prepared:
+    def prepare_samples(
+        self,
+        n: int,
+        seed: int,
+        attributes: dict[str, bool] | None = None,
+        toggle: str | None = None,
+        strength: float = DEFAULT_TOGGLE_STRENGTH,
+    ) -> Prepared:
         """``n`` samples, or with ``toggle`` ``n`` pairs: 2n rows, the n with it off, then the same n with it on,
         the toggled attribute's condition pushed to -strength/+strength (1 = as trained)."""
         if not 0 < strength <= MAX_STRENGTH:
             raise InvalidRequest("strength", f"strength must be in (0, {MAX_STRENGTH}], got {strength}")
         names = self.attributes
-        noise, vectors, _ = draw_inputs(self.model.latent_shape, names, self.checkpoint.extras.get(FREQUENCIES_KEY), n,
-                                        seeded_generator(seed), attributes, toggle)
+        noise, vectors, _ = draw_inputs(
+            self.model.latent_shape,
+            names,
+            self.checkpoint.extras.get(FREQUENCIES_KEY),
+            n,
+            seeded_generator(seed),
+            attributes,
+            toggle,
+        )
         multipliers = torch.ones(len(vectors), len(names))
         if toggle is not None:
             multipliers = emphasis(len(names), names.index(toggle), strength).expand(len(vectors), -1).contiguous()

@@ -18,8 +18,9 @@ calls a model's forward for serving.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -133,8 +134,10 @@ class Pipeline:
     def check_attributes_match_outputs(self, count: int, what: str) -> None:
         """A checkpoint must name exactly the attributes its model has inputs or outputs for."""
         if len(self.attributes) != count:
-            raise CheckpointError(f"the {self.family} checkpoint names {len(self.attributes)} attributes for a model "
-                                  f"with {count} {what}; it cannot be served")
+            raise CheckpointError(
+                f"the {self.family} checkpoint names {len(self.attributes)} attributes for a model "
+                f"with {count} {what}; it cannot be served"
+            )
 
 
 _PIPELINES: dict[str, type[Pipeline]] = {}

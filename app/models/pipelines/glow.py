@@ -27,21 +27,30 @@ class GlowPipeline(Pipeline):
     def validate(self) -> None:
         self.check_attributes_match_outputs(self.model.config.num_attributes, "condition inputs")
         # Fixed once: the marginal likelihood averages over these attribute vectors for every upload.
-        self.likelihood_draws = resolve_attributes({}, self.attributes, self.checkpoint.extras.get(FREQUENCIES_KEY),
-                                                   LIKELIHOOD_DRAWS, seeded_generator(LIKELIHOOD_SEED))
+        self.likelihood_draws = resolve_attributes(
+            {},
+            self.attributes,
+            self.checkpoint.extras.get(FREQUENCIES_KEY),
+            LIKELIHOOD_DRAWS,
+            seeded_generator(LIKELIHOOD_SEED),
+        )
 
     @property
     def latent_dim(self) -> int:
         return self.model.latent_dim
 
     # ---- sampling ----------------------------------------------------------------------------------------------
-    def prepare_samples(self, n: int, seed: int, attributes: dict[str, bool] | None = None,
-                        temperature: float = 0.7) -> Prepared:
+    def prepare_samples(
+        self, n: int, seed: int, attributes: dict[str, bool] | None = None, temperature: float = 0.7
+    ) -> Prepared:
         if not 0 <= temperature <= MAX_TEMPERATURE:
-            raise InvalidRequest("temperature", f"temperature must be between 0 and {MAX_TEMPERATURE}, got {temperature}")
+            raise InvalidRequest(
+                "temperature", f"temperature must be between 0 and {MAX_TEMPERATURE}, got {temperature}"
+            )
         generator = seeded_generator(seed)
-        vectors = resolve_attributes(attributes or {}, self.attributes, self.checkpoint.extras.get(FREQUENCIES_KEY),
-                                     n, generator)
+        vectors = resolve_attributes(
+            attributes or {}, self.attributes, self.checkpoint.extras.get(FREQUENCIES_KEY), n, generator
+        )
         eps = torch.randn((n, self.latent_dim), generator=generator)
         return Prepared("sample", (vectors, eps, torch.full((n,), float(temperature))), {"attributes": vectors})
 
@@ -77,8 +86,9 @@ class GlowPipeline(Pipeline):
         check_attribute_names([attribute], self.attributes, "attribute")
         directions = self.checkpoint.extras.get(DIRECTIONS_KEY)
         if directions is None:
-            raise CheckpointError("the loaded glow checkpoint has no attribute directions; retrain it with "
-                                  "`python -m training glow`")
+            raise CheckpointError(
+                "the loaded glow checkpoint has no attribute directions; retrain it with `python -m training glow`"
+            )
         direction = directions[self.attributes.index(attribute)].float().cpu()
         amounts = torch.tensor(strengths, dtype=latent.dtype)[:, None]
         return latent[None] + amounts * direction

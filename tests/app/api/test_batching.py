@@ -21,11 +21,18 @@ from app.settings import Settings
 PROBES = {
     "dcgan": ({"n": 2, "seed": 7}, [{"n": n, "seed": 100 + n} for n in (1, 3, 5)]),
     "vae": ({"n": 2, "seed": 7}, [{"n": n, "seed": 100 + n} for n in (1, 3, 5)]),
-    "acgan": ({"n": 2, "seed": 7, "attributes": {"Smiling": True}},
-              [{"n": 3, "seed": 1}, {"n": 2, "seed": 2, "toggle": "Male", "strength": 2.0}, {"n": 4, "seed": 3}]),
-    "infogan": ({"rows": 1, "seed": 7, "code": 1}, [{"rows": 2, "seed": 3, "code": 0}, {"rows": 1, "seed": 4, "code": 2}]),
-    "glow": ({"n": 2, "seed": 7, "temperature": 0.5},
-             [{"n": 3, "seed": 1, "temperature": 0.9}, {"n": 1, "seed": 2, "attributes": {"Male": True}}]),
+    "acgan": (
+        {"n": 2, "seed": 7, "attributes": {"Smiling": True}},
+        [{"n": 3, "seed": 1}, {"n": 2, "seed": 2, "toggle": "Male", "strength": 2.0}, {"n": 4, "seed": 3}],
+    ),
+    "infogan": (
+        {"rows": 1, "seed": 7, "code": 1},
+        [{"rows": 2, "seed": 3, "code": 0}, {"rows": 1, "seed": 4, "code": 2}],
+    ),
+    "glow": (
+        {"n": 2, "seed": 7, "temperature": 0.5},
+        [{"n": 3, "seed": 1, "temperature": 0.9}, {"n": 1, "seed": 2, "attributes": {"Male": True}}],
+    ),
 }
 # Families whose forward gives bit-identical rows whatever the batch; the others' float reductions may differ in the
 # last bits with the batch size, which can move a pixel by one 8-bit level (measured on the shipped weights too).
@@ -90,8 +97,13 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_weights):
 def test_batcher_metrics_are_exported(client):
     assert client.post("/generate/dcgan", json={"n": 3, "seed": 1}).status_code == 200
     text = client.get("/metrics").text
-    for name in ("facegen_batch_rows_bucket", "facegen_queue_rows", "facegen_queue_wait_seconds_bucket",
-                 "facegen_forward_seconds_bucket", "facegen_batch_requests_bucket"):
+    for name in (
+        "facegen_batch_rows_bucket",
+        "facegen_queue_rows",
+        "facegen_queue_wait_seconds_bucket",
+        "facegen_forward_seconds_bucket",
+        "facegen_batch_requests_bucket",
+    ):
         assert f'{name}{{family="dcgan"' in text, name
     assert 'facegen_batch_rows_sum{family="dcgan"} 3.0' in text
 

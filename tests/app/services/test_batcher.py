@@ -92,7 +92,7 @@ def test_a_request_larger_than_max_batch_runs_alone_in_chunks():
     async def scenario():
         model = StandIn()
         batcher = await started({"m": model}, max_batch=4)
-        (doubled, _), = await asyncio.gather(batcher.submit("m", request(10, 3.0), 5))
+        ((doubled, _),) = await asyncio.gather(batcher.submit("m", request(10, 3.0), 5))
         await batcher.close()
         return model, doubled
 
@@ -163,8 +163,9 @@ def test_a_failing_forward_fails_only_its_batch_and_the_worker_goes_on():
     async def scenario():
         model = StandIn(fail_when=lambda x: bool((x == 13).any()))
         batcher = await started({"m": model})
-        bad = await asyncio.gather(batcher.submit("m", request(1, 13.0), 5), batcher.submit("m", request(2, 1.0), 5),
-                                   return_exceptions=True)
+        bad = await asyncio.gather(
+            batcher.submit("m", request(1, 13.0), 5), batcher.submit("m", request(2, 1.0), 5), return_exceptions=True
+        )
         good = await batcher.submit("m", request(1, 4.0), 5)
         await batcher.close()
         return bad, good
