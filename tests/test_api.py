@@ -114,12 +114,6 @@ def test_unknown_family_is_404(client):
     assert response.status_code == 404 and "unknown family 'stylegan'" in response.json()["detail"]
 
 
-def test_family_not_loaded_is_503(make_client, tmp_path):
-    write_tiny_checkpoint(tmp_path, "dcgan")
-    response = make_client(weights_dir=tmp_path).post("/generate/vae", json={"n": 1})
-    assert response.status_code == 503 and "'vae' is not loaded" in response.json()["detail"]
-
-
 def test_reconstruct_png_and_json(client, face_bytes):
     files = [("images", (f"face{i}.jpg", data, "image/jpeg")) for i, data in enumerate(face_bytes)]
     response = client.post("/vae/reconstruct", files=files)

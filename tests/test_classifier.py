@@ -169,11 +169,3 @@ def test_classify_refuses_a_truncated_image(classifier_client, face_bytes):
     response = classifier_client.post("/classify", files=upload(["cut.jpg"], [face_bytes[0][:300]]))
     assert 400 <= response.status_code < 500
     assert "cut.jpg" in response.json()["detail"]
-
-
-def test_classify_without_a_classifier_is_503(tmp_path, make_client, face_bytes):
-    write_tiny_checkpoint(tmp_path, "vae")
-    client = make_client(weights_dir=tmp_path, device="cpu")
-    response = client.post("/classify", files=upload(["face.jpg"], face_bytes[:1]))
-    assert response.status_code == 503
-    assert "classifier" in response.json()["detail"]
