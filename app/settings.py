@@ -23,8 +23,33 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     max_n: int = Field(64, ge=1, le=1024, description="largest number of images one request may ask for")
     max_upload_mb: float = Field(10.0, gt=0, le=512, description="cap on a whole request body, in MiB")
-    max_image_pixels: int = Field(40_000_000, ge=64 * 64, description="largest decoded upload (width x height)")
+    max_image_pixels: int = Field(
+        40_000_000, ge=64 * 64, description="largest upload (width x height, read from its header before decoding)"
+    )
+    max_request_pixels: int = Field(
+        64_000_000,
+        ge=64 * 64,
+        description="decoded-pixel budget of one request, all its uploads together (JPEGs count at the reduced size "
+        "they are decoded at)",
+    )
+    decode_side: int = Field(
+        512,
+        ge=64,
+        le=8192,
+        description="JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale whose shorter side is still at least this",
+    )
+    decode_concurrency: int = Field(2, ge=1, le=64, description="uploads decoded at the same time, server-wide")
     required: Annotated[list[str], NoDecode] = Field(default_factory=list, description="families /ready waits for")
+    require_all: bool = Field(
+        True,
+        description="/ready is 503 while any checkpoint in the weights folder failed to load (false: only "
+        "FACEGEN_REQUIRED counts)",
+    )
+    verify_weights: bool = Field(
+        True,
+        description="check every checkpoint against the folder's SHA256SUMS and refuse a mismatch or an unlisted "
+        "file (a folder without SHA256SUMS is served unverified, with a warning); false: load them anyway",
+    )
     request_timeout_s: float = Field(
         60.0, gt=0, description="a request not answered within this (queue wait and inference) answers 503"
     )
@@ -47,6 +72,22 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, min_length=8, description="when set, every route but /health needs X-API-Key")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="allowed browser origins")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a connection that has not sent a request's complete headers within this "
+        "gets 408 and is closed (python -m app)",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="a request body that stalls this long between two reads gets 408"
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="open connections and requests in progress beyond which uvicorn answers 503 "
+        "(python -m app: --limit-concurrency)",
+    )
 
     @field_validator("required", "cors_origins", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.models.pipelines import Pipeline, Prepared
-from app.models.pipelines.base import Tensors
+from app.models.pipelines.base import Tensors, implausible_images
 
 logger = logging.getLogger("facegen.batcher")
 
@@ -329,14 +329,16 @@ class Batcher:
 
     async def warm_up(self) -> dict[str, str]:
         """One small forward per model, off the event loop, before the service reports ready. A model whose warm-up
-        fails is taken out of service; returns name -> why, for each."""
+        fails, or whose images are implausible (non-finite, constant, saturated), is taken out of service; returns
+        name -> why, for each."""
         loop = asyncio.get_running_loop()
         failures = {}
         for name, queue in list(self.queues.items()):
             try:
                 outputs = await loop.run_in_executor(self.executor, queue.pipeline, queue.pipeline.warmup())
-                if not all(torch.isfinite(output).all() for output in outputs if output.is_floating_point()):
-                    raise ValueError("non-finite outputs")
+                problem = implausible_images(outputs)
+                if problem is not None:
+                    raise ValueError(problem)
             except Exception as error:  # noqa: BLE001 - one bad model must not stop the others
                 failures[name] = f"warm-up failed: {error}"
                 logger.error("%s: warm-up failed, not serving it: %r", name, error)

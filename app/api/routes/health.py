@@ -16,14 +16,25 @@ def health() -> dict[str, str]:
 
 @router.get("/ready")
 def ready(request: Request, store: StoreDep, settings: SettingsDep):
-    """200 when every family in FACEGEN_REQUIRED is loaded (and at least one model is) and every model has run its
-    warm-up forward, else 503 naming what is missing."""
+    """200 when every checkpoint in the weights folder loaded, passed the manifest check and its warm-up (with
+    FACEGEN_REQUIRE_ALL=false: every family in FACEGEN_REQUIRED, and at least one model), else 503 saying what is
+    missing or failed. Files are named, never their server paths."""
     missing = store.missing(settings.required)
-    body = {"loaded": sorted(store.models), "missing": missing, "failed_files": store.failures}
-    if missing or not store.models or not request.app.state.warm:
+    body = {
+        "loaded": sorted(store.models),
+        "missing": missing,
+        "failed_files": store.failures,
+        "weights_verified": store.verification,
+    }
+    failed = settings.require_all and store.failures
+    if missing or failed or not store.models or not request.app.state.warm:
         body["status"] = "not ready"
         if not request.app.state.warm:
             body["detail"] = "warming up"
+        elif failed:
+            body["detail"] = (
+                f"{len(store.failures)} checkpoint(s) failed to load (FACEGEN_REQUIRE_ALL=false serves the others)"
+            )
         elif not store.models and not missing:
             body["detail"] = "no models are loaded"
         return JSONResponse(body, status_code=503)

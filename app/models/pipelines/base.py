@@ -58,6 +58,27 @@ def finite_images(images: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(images.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp_(-1.0, 1.0)
 
 
+def implausible_images(outputs: Tensors) -> str | None:
+    """Why a warm-up's outputs cannot be served, or None. Checks the image outputs ((N, 3, H, W) floats in [-1, 1]):
+    finite, no image a single flat colour, and not saturated. A checkpoint whose tensors were scaled (tampered or
+    broken, but finite) drives tanh outputs to +-1: over 99 % of their pixels, where trained models have under 4 %
+    (and even untrained tiny test models under 60 %)."""
+    for output in outputs:
+        if not output.is_floating_point():
+            continue
+        if not torch.isfinite(output).all():
+            return "non-finite outputs"
+        if output.dim() != 4 or output.shape[1] != 3:
+            continue
+        flat = output.flatten(1)
+        if (flat.std(dim=1) < 1e-6).any():
+            return "a constant image (every pixel the same)"
+        saturated = float((flat.abs() > 0.99).float().mean())
+        if saturated > 0.9:
+            return f"saturated images ({saturated:.0%} of pixels at -1 or +1): are the weights scaled?"
+    return None
+
+
 class Pipeline:
     """Base class: subclasses set ``family`` and ``capabilities`` (via :func:`register_pipeline`) and implement
     :meth:`operations` and :meth:`warmup`."""
