@@ -1,17 +1,32 @@
-"""Decoding uploads safely and encoding model outputs (PNG, PNG grid, animated GIF, base64)."""
+"""Decoding uploads safely and encoding model outputs (PNG, PNG grid, animated GIF, base64).
+
+Decoding is bounded three ways, because the models need a few hundred pixels of face, never 40 megapixels: each
+upload's size is read from its header and refused (413) before any pixel is decoded when it is over the per-image
+limit or over what is left of its request's decoded-pixel budget; JPEGs are decoded at reduced scale (libjpeg's DCT
+scaling, "draft mode") when they are much larger than needed; and only a few decodes run at once server-wide, so
+parallel requests cannot multiply the peak memory.
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import io
+import logging
+import math
+import threading
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.models.preprocess import to_uint8
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP"}
+logger = logging.getLogger("facegen.imaging")
 
 
 class ImageDecodeError(ValueError):
@@ -22,8 +37,84 @@ class ImageDecodeError(ValueError):
         self.status = status
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Bytes -> fully decoded RGB image, refusing non-images, other formats, truncation and decompression bombs."""
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Server-wide decoding limits (from the settings); ``slots`` bounds the decodes running at once."""
+
+    max_image_pixels: int = 40_000_000
+    max_request_pixels: int = 64_000_000
+    decode_side: int = 512
+    concurrency: int = 2
+    slots: threading.BoundedSemaphore = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "slots", threading.BoundedSemaphore(self.concurrency))
+
+
+class DecodeBudget:
+    """The decoded pixels one request may still spend, all its uploads together (thread-safe: uploads are decoded in
+    worker threads)."""
+
+    def __init__(self, limits: DecodeLimits):
+        self.limits, self.used = limits, 0
+        self._lock = threading.Lock()
+
+    def charge(self, name: str, width: int, height: int) -> None:
+        with self._lock:
+            if self.used + width * height > self.limits.max_request_pixels:
+                raise ImageDecodeError(
+                    f"{name}: decoding it ({width}x{height} pixels) would take this request past its budget of "
+                    f"{self.limits.max_request_pixels} decoded pixels for all uploads together "
+                    f"(FACEGEN_MAX_REQUEST_PIXELS; {self.used} already used): send fewer or smaller images",
+                    413,
+                )
+            self.used += width * height
+
+
+# The current request's budget: set by the app's middleware around each request, read where uploads are decoded
+# (worker threads inherit it: anyio runs them in a copy of the caller's context).
+_current_budget: contextvars.ContextVar[DecodeBudget | None] = contextvars.ContextVar("decode_budget", default=None)
+DEFAULT_LIMITS = DecodeLimits()
+
+
+@contextlib.contextmanager
+def request_budget(limits: DecodeLimits) -> Iterator[DecodeBudget]:
+    """Within the block, :func:`decode_image` charges one fresh :class:`DecodeBudget` of ``limits``."""
+    budget = DecodeBudget(limits)
+    token = _current_budget.set(budget)
+    try:
+        yield budget
+    finally:
+        _current_budget.reset(token)
+
+
+def draft_size(width: int, height: int, side: int) -> tuple[int, int] | None:
+    """The size to ask a JPEG decoder for so that the shorter side stays at least ``side`` (None: full size)."""
+    scale = side / min(width, height)
+    if scale >= 0.5:  # libjpeg scales by 1/2, 1/4, 1/8: nothing to gain
+        return None
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def upright(image: Image.Image, name: str) -> Image.Image:
+    """The image as a person sees it: EXIF orientation (e.g. 6, a phone held upright) applied. A corrupt EXIF block
+    is ignored rather than refused: the pixels are fine."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as error:  # noqa: BLE001 - EXIF parsers raise many types on junk
+        logger.info("%s: ignoring unreadable EXIF orientation (%r)", name, error)
+        return image
+
+
+def decode_image(
+    data: bytes, name: str, max_pixels: int | None = None, budget: DecodeBudget | None = None
+) -> Image.Image:
+    """Bytes -> decoded, upright RGB image, refusing non-images, other formats, truncation, decompression bombs and
+    uploads past the request's decoded-pixel budget (the current request's, see :func:`request_budget`, or
+    ``budget``; offline callers without one get a fresh budget of the default limits)."""
+    budget = budget or _current_budget.get() or DecodeBudget(DEFAULT_LIMITS)
+    limits = budget.limits
+    max_pixels = limits.max_image_pixels if max_pixels is None else min(max_pixels, limits.max_image_pixels)
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     try:
@@ -33,7 +124,12 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
             width, height = image.size  # read from the header: checked before any pixel is decoded
             if width * height > max_pixels:
                 raise ImageDecodeError(f"{name}: {width}x{height} pixels is more than the {max_pixels} allowed", 413)
-            image.load()
+            if image.format == "JPEG" and (size := draft_size(width, height, limits.decode_side)) is not None:
+                image.draft("RGB", size)  # decode at 1/2..1/8 scale: a fraction of the time and memory
+            budget.charge(name, *image.size)
+            with limits.slots:
+                image.load()
+                image = upright(image, name).convert("RGB")
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -42,9 +138,9 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise ImageDecodeError(
             f"{name}: not an image in an accepted format ({', '.join(sorted(ALLOWED_FORMATS))})", 415
         ) from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageDecodeError(f"{name}: image data is truncated or corrupt ({error})") from None
-    return image.convert("RGB")
+    return image
 
 
 def png_bytes(image: torch.Tensor) -> bytes:

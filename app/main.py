@@ -10,19 +10,23 @@ import pkgutil
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app import __version__
-from app.api import routes
+from app.api import openapi, routes
 from app.api.deps import ClientDisconnected
+from app.api.forms import no_empty_form_values
 from app.api.routes import generate
-from app.middleware import APIKeyGuard, BodySizeLimit, Metrics
+from app.imaging import DecodeLimits
+from app.middleware import APIKeyGuard, DecodeBudgets, HeadAsGet, Metrics, RequestBodyGuard, ServerErrors
 from app.models.attributes import InvalidRequest
 from app.models.checkpoint import CheckpointError
 from app.services.batcher import Batcher, BatcherMetrics, ForwardFailed, ServiceUnavailable
@@ -44,6 +48,22 @@ def json_safe(value):
     return value
 
 
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
+def body_error_message(cause: BaseException | None) -> str:
+    """What was wrong with a body the framework could not parse (it says only that it could not)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the request body is not valid UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the JSON body is nested too deeply to parse"
+    if isinstance(cause, StarletteHTTPException):  # the multipart parser's own message
+        return f"the multipart body cannot be parsed: {cause.detail}"
+    if cause is not None:
+        return f"the request body cannot be parsed ({type(cause).__name__}: {cause})"
+    return "the request body cannot be parsed"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     registry = CollectorRegistry()
@@ -57,7 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes per batch size: let cuDNN pick its kernels
         app.state.warm = False
-        store = ModelStore.from_directory(settings.weights_dir, device, settings.precision)
+        store = ModelStore.from_directory(
+            settings.weights_dir, device, settings.precision, verify=settings.verify_weights
+        )
         batcher = Batcher(
             store.pipelines,
             max_batch=settings.batch_size_for(device.type),
@@ -80,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="facegen",
         version=__version__,
         lifespan=lifespan,
+        dependencies=[Depends(no_empty_form_values)],
         description="Deep generative models of 64x64 faces. Weights trained on CelebA: non-commercial research use.",
     )
     app.state.settings = settings
@@ -94,6 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics: requests and latency per route; batch sizes, queue depth, queue wait, forward time
         and shed requests per model."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    openapi.install(app, settings)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 400 and error.detail == FASTAPI_BODY_ERROR:
+            error = StarletteHTTPException(400, body_error_message(error.__cause__), headers=error.headers)
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -122,18 +153,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_gone(request: Request, error: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it, the metrics count it
 
-    # Added last = outermost: the size cap and key check run before anything reads the body.
-    app.add_middleware(Metrics, registry=registry)
+    # Added last = outermost (see app.middleware): CORS outside the key check answers preflights, and its headers
+    # reach every answer, refusals and errors included; the metrics count them all.
+    limits = DecodeLimits(
+        max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
+        decode_side=settings.decode_side,
+        concurrency=settings.decode_concurrency,
+    )
+    app.add_middleware(DecodeBudgets, limits=limits)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(RequestBodyGuard, max_mb=settings.max_upload_mb, read_timeout_s=settings.body_timeout_s)
+    app.add_middleware(APIKeyGuard, api_key=settings.api_key)
+    app.add_middleware(ServerErrors)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["*"],
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["X-API-Key", "Content-Type"],
             expose_headers=["X-Seed", "X-Attributes", "X-Strengths", "Retry-After"],
+            max_age=600,
         )
-    app.add_middleware(APIKeyGuard, api_key=settings.api_key)
-    app.add_middleware(BodySizeLimit, max_mb=settings.max_upload_mb)
+    app.add_middleware(Metrics, registry=registry)
     return app
 
 

@@ -1,79 +1,125 @@
-"""Pure ASGI middleware: request-size cap, optional API key, Prometheus metrics."""
+"""Pure ASGI middleware: request-body guard (size cap, read timeout, content encoding), optional API key, HEAD on GET
+routes, the upload decoding budget, JSON 500s, Prometheus metrics.
+
+Order, outermost first (``create_app``): Metrics (counts every answer, refusals included), CORS (answers preflights
+before the key check and puts its headers on every answer, errors too), ServerErrors, APIKeyGuard, RequestBodyGuard,
+HeadAsGet, DecodeBudgets, then the app.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.imaging import DecodeLimits, request_budget
 
-async def send_json(send: Send, status: int, body: dict) -> None:
+logger = logging.getLogger("facegen.http")
+
+
+async def send_json(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyRefused(Exception):
+    """Raised from ``receive`` when the body must not be read further; the guard answers ``status`` instead."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
-class BodySizeLimit:
-    """413 for bodies over ``max_bytes``: at once from Content-Length, or as soon as a chunked body passes the cap,
-    before anything parses it."""
+class RequestBodyGuard:
+    """Refuses a body before anything parses it: 413 when it is over ``max_mb`` (at once from Content-Length, or as
+    soon as a chunked body passes the cap), 415 for a Content-Encoding other than identity (nothing here inflates
+    bodies: a gzip body is bytes no parser understands), and 408 when the client stops sending it for
+    ``read_timeout_s`` (a body shorter than its Content-Length would otherwise hold the request forever)."""
 
-    def __init__(self, app: ASGIApp, max_mb: float):
+    def __init__(self, app: ASGIApp, max_mb: float, read_timeout_s: float = 30.0):
         self.app, self.max_mb, self.max_bytes = app, max_mb, int(max_mb * 1024 * 1024)
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = f"request body is larger than the {self.max_mb:g} MiB allowed (FACEGEN_MAX_UPLOAD_MB)"
         headers = dict(scope.get("headers") or [])
+        too_large = f"request body is larger than the {self.max_mb:g} MiB allowed (FACEGEN_MAX_UPLOAD_MB)"
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await send_json(send, 413, {"detail": message})
-        received, exceeded, answered = 0, False, False
+            return await send_json(send, 413, {"detail": too_large})
+        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if encoding not in ("", "identity"):
+            return await send_json(
+                send,
+                415,
+                {"detail": f"Content-Encoding {encoding!r} is not supported: send the request body uncompressed"},
+            )
+        received, complete = 0, False
+        refused: BodyRefused | None = None
+        answered = False
 
-        async def counting_receive() -> Message:
-            nonlocal received, exceeded
-            incoming = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, complete, refused
+            if complete:  # after the body, the next message is the disconnect: wait for it as long as it takes
+                return await receive()
+            try:
+                incoming = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except asyncio.TimeoutError:
+                refused = BodyRefused(
+                    408,
+                    f"the request body stalled: nothing received for {self.read_timeout_s:g} s "
+                    f"(FACEGEN_BODY_TIMEOUT_S; {received} bytes had arrived)",
+                )
+                raise refused from None
             if incoming["type"] == "http.request":
                 received += len(incoming.get("body", b""))
+                complete = not incoming.get("more_body", False)
                 if received > self.max_bytes:
-                    exceeded = True
-                    raise BodyTooLarge
+                    refused = BodyRefused(413, too_large)
+                    raise refused
+            else:
+                complete = True
             return incoming
 
         async def guarded_send(outgoing: Message) -> None:
             nonlocal answered
-            if not exceeded:
+            if refused is None:
                 answered = answered or outgoing["type"] == "http.response.start"
                 return await send(outgoing)
-            # The app may turn our exception into its own error (FastAPI answers 400 for a body it could not
-            # read): replace whatever it says with the 413 the client deserves.
+            # The app may turn our exception into its own error (FastAPI answers 400 for a body it could not read):
+            # replace whatever it says with what the client deserves, and close (the rest of the body is unread).
             if not answered:
                 answered = True
-                await send_json(send, 413, {"detail": message})
+                await send_json(send, refused.status, {"detail": refused.message}, [(b"connection", b"close")])
 
         try:
-            await self.app(scope, counting_receive, guarded_send)
-        except BodyTooLarge:
+            await self.app(scope, guarded_receive, guarded_send)
+        except BodyRefused:
             pass
-        if exceeded and not answered:
-            await send_json(send, 413, {"detail": message})
+        if refused is not None and not answered:
+            await send_json(send, refused.status, {"detail": refused.message}, [(b"connection", b"close")])
 
 
 class APIKeyGuard:
-    """When a key is configured, every route but /health needs header ``X-API-Key`` (compared in constant time)."""
+    """When a key is configured, every route but /health needs header ``X-API-Key`` (compared in constant time).
+    CORS preflights never get here: the CORS middleware outside answers them (browsers send no key with them)."""
 
     OPEN_PATHS = {"/health"}
 
@@ -84,12 +130,85 @@ class APIKeyGuard:
         if scope["type"] == "http" and self.api_key is not None and scope["path"] not in self.OPEN_PATHS:
             given = dict(scope.get("headers") or []).get(b"x-api-key", b"")
             if not hmac.compare_digest(given, self.api_key):
-                return await send_json(send, 401, {"detail": "missing or wrong X-API-Key header"})
+                return await send_json(
+                    send, 401, {"detail": "missing or wrong X-API-Key header"}, [(b"www-authenticate", b"X-API-Key")]
+                )
         await self.app(scope, receive, send)
 
 
+class HeadAsGet:
+    """``HEAD`` on a GET route answers like ``GET`` without the body (FastAPI routes list GET only, so HEAD would be a
+    405). Content-Length still says how long the GET body is, as HTTP wants."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        scope["method"] = "GET"  # in place: the metrics outside read the route the router writes into this scope
+
+        async def bodiless_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, bodiless_send)
+        finally:
+            scope["method"] = "HEAD"
+
+
+class DecodeBudgets:
+    """Gives each request its own decoded-pixel budget for uploads (:func:`app.imaging.request_budget`)."""
+
+    def __init__(self, app: ASGIApp, limits: DecodeLimits):
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        with request_budget(self.limits):
+            await self.app(scope, receive, send)
+
+
+class ServerErrors:
+    """An unexpected exception becomes a JSON 500 here, inside the CORS middleware, so a browser can read it (the
+    framework's own last-resort handler sits outside every middleware and answers plain text without CORS headers)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("unhandled error answering %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # too late for an answer: let the server drop the connection
+            await send_json(send, 500, {"detail": "internal server error; see the server log"})
+
+
+# Label values come only from fixed sets, whatever a client sends: a made-up method is "other", a path no route
+# matches is "unmatched", statuses are counted by class.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
 class Metrics:
-    """Request counts and latencies per route template, on a registry private to this app."""
+    """Request counts and latencies per method, route template and status class, on a registry private to this app."""
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry):
         self.app = app
@@ -106,6 +225,7 @@ class Metrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), 500
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
 
         async def recording_send(message: Message) -> None:
             nonlocal status
@@ -118,5 +238,5 @@ class Metrics:
         finally:
             # The route template (not the raw path) keeps label cardinality bounded.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(scope["method"], route, str(status)).inc()
-            self.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+            self.requests.labels(method, route, status_class(status)).inc()
+            self.latency.labels(method, route).observe(time.perf_counter() - started)

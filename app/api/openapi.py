@@ -1,0 +1,174 @@
+"""The OpenAPI schema, made to state what the server does.
+
+FastAPI's generated schema knows the request models' static limits. What only the running server knows is added
+here, once the models are loaded: every error status an operation can answer (from what the operation depends on),
+``n``'s maximum (``FACEGEN_MAX_N``), the attribute names of the loaded model as enums, InfoGAN's code range, and
+the rules between fields (``strength`` only with ``toggle``; pairs halve ``n``'s maximum; ``strengths`` or ``steps``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from app.api.deps import Inference
+from app.settings import Settings
+
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "properties": {"detail": {"title": "Detail", "type": "string"}},
+    "required": ["detail"],
+}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def error(description: str, headers: dict | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def uses(route: APIRoute, call: Any) -> bool:
+    """Whether ``route`` depends on ``call``, directly or through its dependencies."""
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        if dependant.call is call:
+            return True
+        pending.extend(dependant.dependencies)
+    return False
+
+
+def error_responses(route: APIRoute, operation: dict, settings: Settings) -> dict[str, dict]:
+    responses: dict[str, dict] = {}
+    if settings.api_key and route.path != "/health":
+        responses["401"] = error("missing or wrong X-API-Key header")
+    body = operation.get("requestBody", {}).get("content", {})
+    if body:
+        uploads = "multipart/form-data" in body
+        responses["400"] = error(
+            "the body cannot be parsed (not UTF-8, JSON nested too deeply, malformed multipart)"
+            + ("; an upload is empty, truncated or corrupt" if uploads else "")
+        )
+        responses["408"] = error("the request body stalled (FACEGEN_BODY_TIMEOUT_S)")
+        responses["413"] = error(
+            "the body is over FACEGEN_MAX_UPLOAD_MB"
+            + (
+                "; an upload has too many pixels, or the uploads together are over the request's budget"
+                if uploads
+                else ""
+            )
+        )
+        responses["415"] = error(
+            "a Content-Encoding (e.g. gzip) the server does not inflate"
+            + ("; an upload that is not a JPEG, PNG or WebP image" if uploads else "")
+        )
+    if "{" in route.path:
+        responses["404"] = error("nothing by that name is loaded")
+    if uses(route, Inference):
+        responses["503"] = error(
+            "the model is not loaded, its queue is full, the request timed out, or the server is shutting down",
+            RETRY_AFTER,
+        )
+    if route.path == "/ready":
+        responses["503"] = {"description": "not ready: what is missing or failed", "content": {"application/json": {}}}
+    return responses
+
+
+def family_of(path: str) -> str:
+    """The model family an operation serves: ``/generate/<family>``, ``/<family>/<operation>``; ``/classify`` is the
+    classifier's."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "generate" and len(parts) > 1:
+        return parts[1]
+    return "classifier" if parts[0] == "classify" else parts[0]
+
+
+def request_schema(schema: dict, operation: dict) -> dict | None:
+    """The component schema of an operation's request body (JSON or multipart), resolved."""
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        ref = media.get("schema", {}).get("$ref", "")
+        if ref.startswith("#/components/schemas/"):
+            return schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return None
+
+
+def name_enum(prop: dict, names: list[str]) -> None:
+    """Restrict a string (or nullable string) property to ``names``."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") == "string":
+            branch["enum"] = list(names)
+
+
+def add_model_facts(body: dict, path: str, pipeline: Any, settings: Settings) -> None:
+    props = body.get("properties", {})
+    rules = []
+    if "n" in props and path.startswith("/generate/"):
+        props["n"]["maximum"] = settings.max_n
+    if pipeline is not None and pipeline.attributes:
+        names = pipeline.attributes
+        if props.get("attributes", {}).get("type") == "object":
+            props["attributes"]["propertyNames"] = {"enum": list(names)}
+        for field in ("toggle", "attribute"):
+            if field in props:
+                name_enum(props[field], names)
+    if "code" in props and pipeline is not None and hasattr(pipeline.model, "n_codes"):
+        props["code"].update(minimum=0, maximum=pipeline.model.n_codes - 1)
+    if "toggle" in props:
+        toggled = {"required": ["toggle"], "properties": {"toggle": {"type": "string"}}}
+        rules.append({"if": toggled, "then": {"properties": {"n": {"maximum": max(1, settings.max_n // 2)}}}})
+        if "strength" in props:
+            rules.append({"if": {"required": ["strength"]}, "then": toggled})
+    if "strengths" in props and "steps" in props:
+        rules.append({"not": {"required": ["strengths", "steps"]}})
+    if rules:
+        body["allOf"] = rules
+
+
+def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        openapi_version=app.openapi_version,
+        description=app.description,
+        routes=app.routes,
+    )
+    schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    store = getattr(app.state, "store", None)
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        for method in route.methods:
+            operation = schema["paths"][route.path_format].get(method.lower())
+            if operation is None:
+                continue
+            for status, response in error_responses(route, operation, settings).items():
+                operation["responses"].setdefault(status, response)
+            body = request_schema(schema, operation)
+            if body is not None:
+                pipeline = store.pipelines.get(family_of(route.path)) if store is not None else None
+                add_model_facts(body, route.path, pipeline, settings)
+    return schema
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Serve :func:`build_openapi` at /openapi.json, computed once the models are loaded (their attribute names are
+    part of it) and cached from then on."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build_openapi(app, settings)
+        if getattr(app.state, "warm", False):
+            app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
