@@ -1,6 +1,8 @@
-"""Benchmark of a running facegen service: ``python -m bench --url http://127.0.0.1:8000``.
+"""Benchmark of the facegen service: ``python -m bench --startup`` (see :mod:`bench.cli` and README "Benchmark").
 
-It measures, per sampling family, the raw in-process forward throughput, the end-to-end HTTP throughput and
-latency, the server's resident memory and (with ``--startup``) the time from process start to ``GET /ready`` = 200,
-and checks them against the targets in :mod:`bench.report`.
+It measures, side by side in one run: closed-loop HTTP load per scenario (:mod:`bench.scenarios`) and concurrency
+with dynamic batching on and off, the end-to-end cost of a request of 64 against the raw in-process forward
+(:mod:`bench.raw`), a LitServe peer serving the same DCGAN checkpoint (:mod:`bench.peer_litserve`), the behaviour
+under overload (:mod:`bench.overload`), the server's memory and start-up time, and checks them against the
+targets in :mod:`bench.report`.
 """

@@ -1,108 +1,491 @@
-"""``python -m bench``: measure a facegen server against its targets and print a markdown report.
+"""``python -m bench``: measure facegen against its targets, side by side in one run, and print a markdown report.
 
-The ratio target compares the server with a raw forward in this process, so give --threads the server's
-FACEGEN_TORCH_THREADS (with --startup the started server gets the same value).
+With --startup (the usual mode) the bench starts the server itself, once per --modes entry (on: the service's
+defaults, dynamic batching on; off: FACEGEN_MAX_BATCH=1), and measures every scenario (dcgan n=1, acgan n=8, vae
+n=1, glow n=1, classify one upload) at every --concurrency level with closed-loop clients for --seconds each. In
+the batching-on server it also times POST /generate/<family> {"n": 64} at concurrency 1 against the raw forward of
+64. Then, with no server running, it times the raw forwards in this process, serves the same DCGAN checkpoint with
+LitServe (--peer) and measures it with the same client, and finally starts a server with a small queue and
+overloads it (--overload) while probing /health. With --url it measures a server you started (one mode, no
+overload run).
+
+The raw forward runs in this process (in one worker thread, as the service's batcher runs its forwards), so give
+--threads the server's FACEGEN_TORCH_THREADS (the started servers and the peer get the same value).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import itertools
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import torch
 
-from bench import e2e, raw, report, server
+from bench import e2e, overload, raw, report, server
+from bench.scenarios import (
+    SAMPLE,
+    SCENARIO_NAMES,
+    Scenario,
+    Upload,
+    card_for,
+    choose_scenarios,
+    find_scenario,
+    load_upload,
+    servable,
+)
 
 logger = logging.getLogger("bench")
 
-SIZES = (1, 64)  # images per request / raw batch sizes
-CONCURRENCY = (1, 8)
+MODE_SETTINGS = {report.ON: {}, report.OFF: {"FACEGEN_MAX_BATCH": "1"}}
+URL_MODE = "url"
+
+
+def int_list(text: str) -> list[int]:
+    """ "1, 8,32" -> [1, 8, 32]: positive, without repeats, in the given order."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def name_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+        unknown = [name for name in names if name not in choices]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)}, got {text!r}")
+        return names
+
+    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="server to measure (ignored with --startup)")
-    parser.add_argument("--weights", type=Path, default=Path("weights"), help="checkpoints for the raw measurement")
-    parser.add_argument("--families", type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
-                        help="comma-separated subset (default: every family the server samples from)")
-    parser.add_argument("--requests", type=int, default=20, help="requests per (family, n, concurrency) cell")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each raw forward (median taken)")
-    parser.add_argument("--threads", type=int, help="torch threads for the raw forward (and the --startup server)")
-    parser.add_argument("--device", help="device of the raw forward (default: the one the server reports)")
-    parser.add_argument("--pid", type=int, help="server PID for RSS (default: the uvicorn process on the URL's port)")
-    parser.add_argument("--startup", action="store_true",
-                        help="start uvicorn app.main:app on a free port, time it to GET /ready = 200, then measure it")
-    parser.add_argument("--api-key", default=os.environ.get("FACEGEN_API_KEY"), help="X-API-Key (default: $FACEGEN_API_KEY)")
-    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    where = parser.add_argument_group("what to measure")
+    where.add_argument(
+        "--startup",
+        action="store_true",
+        help="start uvicorn app.main:app on free ports (once per mode) and time each to GET /ready",
+    )
+    where.add_argument("--url", default="http://127.0.0.1:8000", help="server to measure (ignored with --startup)")
+    where.add_argument(
+        "--modes",
+        type=name_list((report.ON, report.OFF)),
+        default=[report.ON, report.OFF],
+        help="with --startup: on (defaults) and/or off (FACEGEN_MAX_BATCH=1); default on,off",
+    )
+    where.add_argument(
+        "--weights",
+        type=Path,
+        default=Path("weights"),
+        help="checkpoints of the started servers, the raw forwards and the peer (default weights/)",
+    )
+    where.add_argument(
+        "--scenarios",
+        type=name_list(SCENARIO_NAMES),
+        default=list(SCENARIO_NAMES),
+        help=f"comma-separated subset of {','.join(SCENARIO_NAMES)} (default: all the server serves)",
+    )
+    where.add_argument(
+        "--face", type=Path, help="image the classify scenario uploads (default: the first of tests/data/faces/*.jpg)"
+    )
+    load = parser.add_argument_group("load")
+    load.add_argument(
+        "--concurrency", type=int_list, default=[1, 8, 32, 64], help="closed-loop clients per cell (default 1,8,32,64)"
+    )
+    load.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell (default 5)")
+    load.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)")
+    load.add_argument(
+        "--target-concurrency",
+        type=int,
+        default=report.TARGET_CONCURRENCY,
+        help="the concurrency the batching and peer targets are checked at (default 32)",
+    )
+    load.add_argument("--client-timeout", type=float, default=120.0, help="seconds before a request is given up")
+    raw_group = parser.add_argument_group("raw forward and the e2e/raw ratio")
+    raw_group.add_argument(
+        "--raw-batches", type=int_list, default=[1, 32, 64], help="raw batch sizes (default 1,32,64)"
+    )
+    raw_group.add_argument("--repeats", type=int, default=5, help="timed repeats of each raw forward (median taken)")
+    raw_group.add_argument(
+        "--ratio-n",
+        type=int,
+        default=report.RATIO_BATCH,
+        help="images per request of the e2e/raw ratio (default 64; also timed raw)",
+    )
+    raw_group.add_argument("--ratio-requests", type=int, default=5, help="timed requests of the ratio (default 5)")
+    raw_group.add_argument("--threads", type=int, help="torch threads: the raw forward, the started servers, the peer")
+    raw_group.add_argument(
+        "--device",
+        help="device of the raw forward and the started servers (default: the one "
+        "the server reports; servers: FACEGEN_DEVICE or auto)",
+    )
+    peer = parser.add_argument_group("peer (LitServe serving the same DCGAN checkpoint)")
+    peer.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="measure the peer")
+    peer.add_argument(
+        "--peer-concurrency", type=int_list, help="default: the --concurrency levels up to --target-concurrency"
+    )
+    peer.add_argument("--peer-max-batch", type=int, default=64, help="LitServe max_batch_size (default 64)")
+    peer.add_argument("--peer-batch-timeout", type=float, default=0.005, help="LitServe batch_timeout in s (0.005)")
+    peer.add_argument(
+        "--peer-warmup",
+        type=float,
+        default=3.0,
+        help="unmeasured seconds of load at the highest peer concurrency before its first cell "
+        "(default 3): LitServe runs no warm-up forward before it reports healthy, facegen does "
+        "before /ready, and the peer's first requests take hundreds of ms",
+    )
+    over = parser.add_argument_group("overload")
+    over.add_argument(
+        "--overload",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start a server with a small queue and overload it (needs --startup)",
+    )
+    over.add_argument(
+        "--overload-scenario",
+        choices=SCENARIO_NAMES,
+        default="acgan",
+        help="what the overloading clients send (default acgan: n=8, a forward slow enough to queue)",
+    )
+    over.add_argument("--overload-clients", type=int, default=256, help="closed-loop clients (default 256)")
+    over.add_argument("--overload-queue", type=int, default=64, help="the server's FACEGEN_MAX_QUEUE (default 64)")
+    over.add_argument("--overload-seconds", type=float, help="default: --seconds")
+    over.add_argument("--probe-interval-ms", type=float, default=50.0, help="GET /health every this many ms (50)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--pid", type=int, help="server PID for RSS with --url (default: the uvicorn process on its port)")
+    out.add_argument(
+        "--api-key", default=os.environ.get("FACEGEN_API_KEY"), help="X-API-Key (default: $FACEGEN_API_KEY)"
+    )
+    out.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.repeats < 1:
-        parser.error("--requests and --repeats must be >= 1")
+    if args.repeats < 1 or args.ratio_requests < 0 or args.ratio_n < 1:
+        parser.error("--repeats and --ratio-n must be >= 1, --ratio-requests >= 0")
+    if args.seconds <= 0 or args.warmup < 0 or args.peer_warmup < 0 or args.client_timeout <= 0:
+        parser.error("--seconds and --client-timeout must be > 0, --warmup and --peer-warmup >= 0")
+    if args.overload_clients < 1 or args.overload_queue < 1 or args.probe_interval_ms <= 0:
+        parser.error("--overload-clients, --overload-queue and --probe-interval-ms must be positive")
+    if args.peer_concurrency is None:
+        levels = [c for c in args.concurrency if c <= args.target_concurrency]
+        args.peer_concurrency = levels or [args.target_concurrency]
+    if args.overload_seconds is None:
+        args.overload_seconds = args.seconds
     return args
 
 
-def choose_families(available: dict[str, dict], wanted: list[str] | None) -> dict[str, dict]:
-    if not wanted:
-        return available
-    for family in wanted:
-        if family not in available:
-            logger.warning("skipping %s: the server has no sampling endpoint with a known body for it (served: %s)",
-                           family, sorted(available))
-    return {family: card for family, card in available.items() if family in wanted}
+def config_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "startup": args.startup,
+        "url": None if args.startup else args.url.rstrip("/"),
+        "modes": args.modes if args.startup else [URL_MODE],
+        "scenarios": args.scenarios,
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "target_concurrency": args.target_concurrency,
+        "raw_batches": raw_batches(args),
+        "repeats": args.repeats,
+        "ratio_n": args.ratio_n,
+        "ratio_requests": args.ratio_requests,
+        "threads": args.threads,
+        "device": args.device,
+        "weights": str(args.weights),
+        "face": str(args.face) if args.face else None,
+        "peer": args.peer,
+        "peer_concurrency": args.peer_concurrency,
+        "peer_warmup_s": args.peer_warmup,
+        "overload": args.overload,
+        "overload_clients": args.overload_clients,
+        "overload_queue": args.overload_queue,
+        "overload_scenario": args.overload_scenario,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+    }
 
 
-def measure_raw_all(families: dict[str, dict], args: argparse.Namespace) -> list[dict]:
-    rows = []
-    for family, card in families.items():
-        path = raw.find_checkpoint(args.weights, family, card.get("file"))
-        if path is None:
-            logger.warning("no %s checkpoint in %s: raw figures n/a", family, args.weights)
-            continue
-        try:
-            rows += raw.measure_raw(path, family, args.device or card.get("device", "cpu"), SIZES, args.repeats)
-        except (RuntimeError, ValueError, TypeError) as error:  # e.g. no cuda here, or generate takes other inputs
-            logger.warning("raw %s failed (%s); raw figures n/a (see bench.raw.RAW_FORWARDS)", family, error)
-    return rows
+def raw_batches(args: argparse.Namespace) -> list[int]:
+    return sorted(set(args.raw_batches) | ({args.ratio_n} if args.ratio_requests else set()))
 
 
-async def measure_http(url: str, args: argparse.Namespace) -> tuple[dict[str, dict], list[dict]]:
-    async with e2e.make_client(url, args.api_key, max(CONCURRENCY)) as client:
-        families = choose_families(await e2e.discover(client), args.families)
-        rows = [await e2e.run_cell(client, family, n, concurrency, args.requests)
-                for family in families for n in SIZES for concurrency in CONCURRENCY]
-    return families, rows
+def empty_results(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "config": config_of(args),
+        "device": None,
+        "models": [],
+        "scenarios": [],
+        "skipped_scenarios": {},
+        "servers": {},
+        "e2e": [],
+        "ratio": [],
+        "raw": [],
+        "peer": {"status": "skipped", "reason": "not run"},
+        "overload": {"status": "skipped", "reason": "not run"},
+        "comparisons": {},
+        "checks": [],
+    }
 
 
-def server_pid(args: argparse.Namespace, url: str, started: server.StartedServer | None) -> int | None:
+# ---- one facegen server -----------------------------------------------------------------------------------------
+
+
+async def measure_server(
+    url: str, mode: str, args: argparse.Namespace, results: dict[str, Any], upload: Upload | None, with_ratio: bool
+) -> None:
+    """Every scenario at every concurrency (rows appended to results["e2e"] with ``mode``), and with ``with_ratio``
+    the n=64 requests of each sampling scenario (results["ratio"]). The first server measured decides the scenarios
+    (from its GET /models)."""
+    async with e2e.make_client(url, args.api_key, max(args.concurrency), args.client_timeout) as client:
+        cards = await e2e.fetch_models(client)
+        if not results["models"]:
+            results["models"] = [
+                {key: card.get(key) for key in ("name", "family", "capabilities", "file", "device")} for card in cards
+            ]
+            results["device"] = cards[0].get("device") if cards else None
+            scenarios, skipped = choose_scenarios(cards, args.scenarios)
+            for scenario in scenarios:
+                if scenario.upload and upload is None:
+                    skipped[scenario.name] = "no image to upload (tests/data/faces/*.jpg missing; give --face)"
+            results["scenarios"] = [s.describe() for s in scenarios if s.name not in skipped]
+            results["skipped_scenarios"] = skipped
+            for name, why in skipped.items():
+                logger.warning("skipping scenario %s: %s", name, why)
+        scenarios = [find_scenario(s["name"]) for s in results["scenarios"]]
+        seeds = itertools.count(1)
+        for scenario in scenarios:
+            for concurrency in args.concurrency:
+                row = await e2e.run_cell(client, scenario, concurrency, args.seconds, args.warmup, upload, seeds)
+                results["e2e"].append({"mode": mode, **row})
+        if with_ratio and args.ratio_requests:
+            for scenario in scenarios:
+                if scenario.capability == SAMPLE:
+                    results["ratio"].append(await measure_ratio(client, scenario, mode, args, seeds))
+
+
+async def measure_ratio(client, scenario: Scenario, mode: str, args: argparse.Namespace, seeds) -> dict[str, Any]:
+    """``--ratio-requests`` requests of ``--ratio-n`` images one after another, after one warm-up request."""
+    big = scenario.with_rows(args.ratio_n)
+    await e2e.fixed_count(client, big, 1, seeds=seeds)
+    outcomes, wall = await e2e.fixed_count(client, big, args.ratio_requests, seeds=seeds)
+    row = {
+        "mode": mode,
+        "scenario": scenario.name,
+        "family": scenario.family,
+        "n": args.ratio_n,
+        "concurrency": 1,
+        **e2e.summarize(outcomes, big.rows, wall),
+    }
+    logger.info(
+        "ratio %s n=%d: p50 %s ms",
+        scenario.family,
+        args.ratio_n,
+        f"{row['p50_ms']:.1f}" if row["p50_ms"] is not None else "n/a",
+    )
+    return row
+
+
+def server_info(pid: int | None, startup_s: float | None, settings: dict[str, str] | None, url: str) -> dict[str, Any]:
+    memory = server.read_memory(pid) if pid else None
+    return {
+        "url": url,
+        "pid": pid,
+        "settings": settings,
+        "startup_s": startup_s,
+        "rss_bytes": memory.rss_bytes if memory else None,
+        "peak_rss_bytes": memory.peak_rss_bytes if memory else None,
+    }
+
+
+def url_server_pid(args: argparse.Namespace) -> int | None:
     if args.pid:
         return args.pid
-    if started:
-        return started.pid
-    parts = urlsplit(url)
+    parts = urlsplit(args.url)
     if parts.hostname not in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
         return None  # a remote server's memory cannot be read from here
     return server.find_server_pid(parts.port or 80)
 
 
-def run(args: argparse.Namespace, started: server.StartedServer | None) -> dict[str, Any]:
-    url = started.url if started else args.url.rstrip("/")
-    results: dict[str, Any] = {"url": url, "threads": args.threads, "requests": args.requests, "repeats": args.repeats,
-                               "torch": torch.__version__, "startup_s": started.wait_ready() if started else None}
-    families, results["e2e"] = asyncio.run(measure_http(url, args))
-    if not families:
-        raise SystemExit(f"{url} serves no family this benchmark can sample (GET /models, /openapi.json)")
-    results["device"] = next(iter(families.values())).get("device")
-    results["raw"] = measure_raw_all(families, args)
-    pid = server_pid(args, url, started)
-    memory = server.read_memory(pid) if pid else None
-    results.update(server_pid=pid, rss_bytes=memory.rss_bytes if memory else None,
-                   peak_rss_bytes=memory.peak_rss_bytes if memory else None)
+def measure_servers(args: argparse.Namespace, results: dict[str, Any], upload: Upload | None) -> None:
+    if not args.startup:
+        url = args.url.rstrip("/")
+        asyncio.run(measure_server(url, URL_MODE, args, results, upload, with_ratio=True))
+        results["servers"][URL_MODE] = server_info(url_server_pid(args), None, None, url)
+        return
+    # The ratio is measured in the batching-on server (or the first, if "on" is not among the modes).
+    ratio_mode = report.ON if report.ON in args.modes else args.modes[0]
+    for mode in args.modes:
+        logger.info("starting the server with batching %s", mode)
+        with server.StartedServer(args.weights, args.threads, env=MODE_SETTINGS[mode], device=args.device) as started:
+            startup = started.wait_ready(api_key=args.api_key)
+            logger.info("server (batching %s) ready in %.1f s at %s", mode, startup, started.url)
+            asyncio.run(measure_server(started.url, mode, args, results, upload, with_ratio=mode == ratio_mode))
+            results["servers"][mode] = server_info(started.pid, startup, started.settings, started.url)
+
+
+# ---- raw forwards -----------------------------------------------------------------------------------------------
+
+
+def measure_raw_all(args: argparse.Namespace, results: dict[str, Any], upload: Upload | None) -> None:
+    families = list(dict.fromkeys(s["family"] for s in results["scenarios"]))
+    for family in families:
+        card = card_for(family, results["models"]) or {}
+        path = raw.find_checkpoint(args.weights, family, card.get("file"))
+        if path is None:
+            logger.warning("no %s checkpoint in %s: raw figures n/a", family, args.weights)
+            continue
+        try:
+            results["raw"] += raw.measure_raw(
+                path, args.device or card.get("device") or "cpu", raw_batches(args), args.repeats, upload, args.threads
+            )
+        except (RuntimeError, ValueError, TypeError) as error:  # e.g. no cuda here
+            logger.warning("raw %s failed (%s): raw figures n/a", family, error)
+
+
+# ---- the LitServe peer ------------------------------------------------------------------------------------------
+
+
+def peer_unavailable(args: argparse.Namespace) -> str | None:
+    """Why the peer cannot run, or None."""
+    if not args.peer:
+        return "--no-peer"
+    if importlib.util.find_spec("litserve") is None:
+        return "litserve is not installed (pip install 'facegen[bench]')"
+    if not (Path(__file__).parent / "peer_litserve.py").is_file():
+        return "bench/peer_litserve.py is missing"
+    return None
+
+
+async def measure_peer_load(url: str, scenario: Scenario, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    async with e2e.make_client(url, None, max(args.peer_concurrency), args.client_timeout) as client:
+        seeds = itertools.count(1)
+        if args.peer_warmup > 0:
+            await e2e.closed_loop(client, scenario, max(args.peer_concurrency), args.peer_warmup, None, seeds)
+        for concurrency in args.peer_concurrency:
+            row = await e2e.run_cell(client, scenario, concurrency, args.seconds, args.warmup, None, seeds)
+            rows.append({"mode": report.PEER_MODE, **row})
+    return rows
+
+
+def measure_peer(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    reason = peer_unavailable(args)
+    if reason is None and not any(s["name"] == report.PEER_SCENARIO for s in results["scenarios"]):
+        reason = f"the {report.PEER_SCENARIO} scenario was not measured on facegen"
+    card = card_for("dcgan", results["models"]) or {}
+    path = raw.find_checkpoint(args.weights, "dcgan", card.get("file")) if reason is None else None
+    if reason is None and path is None:
+        reason = f"no dcgan checkpoint in {args.weights}"
+    if reason is not None:
+        logger.warning("peer skipped: %s", reason)
+        return {"status": "skipped", "reason": reason}
+    from bench.peer_litserve import PEER_PATH, peer_body, start_peer, stop_peer
+
+    scenario = Scenario(report.PEER_SCENARIO, "dcgan", SAMPLE, "POST", PEER_PATH, 1, lambda rows, seed: peer_body(seed))
+    port = server.free_port()
+    info = {
+        "status": "ok",
+        "version": metadata.version("litserve"),
+        "file": path.name,
+        "path": PEER_PATH,
+        "max_batch_size": args.peer_max_batch,
+        "batch_timeout_s": args.peer_batch_timeout,
+        "threads": args.threads,
+        "warmup_s": args.peer_warmup,
+    }
+    logger.info("starting the LitServe peer on port %d", port)
+    try:
+        process = start_peer(
+            path,
+            port,
+            max_batch_size=args.peer_max_batch,
+            batch_timeout_s=args.peer_batch_timeout,
+            threads=args.threads,
+        )
+    except (RuntimeError, OSError) as error:
+        logger.warning("peer did not start: %s", error)
+        return {"status": "skipped", "reason": f"the peer did not start: {str(error)[:500]}"}
+    try:
+        info["e2e"] = asyncio.run(measure_peer_load(f"http://127.0.0.1:{port}", scenario, args))
+    finally:
+        stop_peer(process)
+    return info
+
+
+# ---- overload ---------------------------------------------------------------------------------------------------
+
+
+def measure_overload(args: argparse.Namespace, results: dict[str, Any], upload: Upload | None) -> dict[str, Any]:
+    scenario = find_scenario(args.overload_scenario)
+    reason = None
+    if not args.overload:
+        reason = "--no-overload"
+    elif not args.startup:
+        reason = "needs --startup (the bench starts a server with FACEGEN_MAX_QUEUE=--overload-queue)"
+    elif results["models"] and not servable(scenario, results["models"]):
+        reason = f"the server cannot serve the {scenario.name} scenario"
+    elif scenario.upload and upload is None:
+        reason = "no image to upload"
+    if reason is not None:
+        logger.warning("overload skipped: %s", reason)
+        return {"status": "skipped", "reason": reason}
+    settings = {"FACEGEN_MAX_QUEUE": str(args.overload_queue)}
+    logger.info(
+        "overload: %d clients against a server with FACEGEN_MAX_QUEUE=%d", args.overload_clients, args.overload_queue
+    )
+    with server.StartedServer(args.weights, args.threads, env=settings, device=args.device) as started:
+        startup = started.wait_ready(api_key=args.api_key)
+
+        async def drive() -> dict[str, Any]:
+            async with e2e.make_client(started.url, args.api_key, args.overload_clients, args.client_timeout) as client:
+                return await overload.run_overload(
+                    client,
+                    started.url,
+                    scenario,
+                    args.overload_clients,
+                    args.overload_seconds,
+                    args.probe_interval_ms / 1000,
+                    upload,
+                )
+
+        outcome = asyncio.run(drive())
+        results["servers"]["overload"] = server_info(started.pid, startup, started.settings, started.url)
+    logger.info(
+        "overload: %s; /health p95 %s ms",
+        report.format_statuses(outcome["statuses"], skip=()),
+        report.format_number(outcome["health"]["p95_ms"]),
+    )
+    return {"status": "ok", "max_queue": args.overload_queue, **outcome}
+
+
+# ---- the whole run ----------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results = empty_results(args)
+    upload = load_upload(args.face)
+    measure_servers(args, results, upload)
+    if not results["scenarios"]:
+        raise SystemExit(f"no scenario to measure: {results['skipped_scenarios'] or 'the server serves no model'}")
+    measure_raw_all(args, results, upload)  # no facegen server runs now: the forwards have the cores to themselves
+    results["peer"] = measure_peer(args, results)
+    results["overload"] = measure_overload(args, results, upload)
+    results["ratio"] = report.ratio_rows(results)
+    results["comparisons"] = report.comparisons(results)
     results["checks"] = report.checks_as_json(report.build_checks(results))
     return results
 
@@ -110,14 +493,10 @@ def run(args: argparse.Namespace, started: server.StartedServer | None) -> dict[
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = server.StartedServer(args.weights, args.threads) if args.startup else None
-    try:
-        results = run(args, started)
-    finally:
-        if started:
-            started.stop()
+    results = run(args)
     print(report.render(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

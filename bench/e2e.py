@@ -1,4 +1,5 @@
-"""End-to-end HTTP: which families the server samples from, and throughput/latency of ``POST /generate/<family>``."""
+"""End-to-end HTTP load: closed-loop clients (each sends its next request when its last one is answered) for a
+bounded time, and the summary of what came back."""
 
 from __future__ import annotations
 
@@ -6,107 +7,148 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from bench.stats import images_per_second, percentile
+from bench.scenarios import Scenario, Upload
+from bench.stats import count_statuses, images_per_second, latency_summary
 
 logger = logging.getLogger("bench")
 
-BodyFn = Callable[[int, int], dict[str, Any]]
-DEFAULT_BODY_FIELDS = frozenset({"n", "seed", "format"})
+OK = "200"
 
 
-def unconditional_body(n: int, seed: int) -> dict[str, Any]:
-    return {"n": n, "seed": seed, "format": "png"}
+@dataclass(frozen=True)
+class Outcome:
+    """One request: ``status`` is the HTTP code as a string, "bad-content-type" for a 200 that is not what the
+    scenario expects, or the transport error's class name (ConnectError, ReadTimeout, ...)."""
+
+    status: str
+    seconds: float
+    retry_after: str | None = None
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
 
 
-# Request body per family; families not listed get unconditional_body when their endpoint takes {"n", "seed", "format"}.
-# A family with another body (acgan attributes, infogan rows/code, glow temperature) is benchmarked once it has an
-# entry here, e.g. "glow": lambda n, seed: {"n": n, "seed": seed, "temperature": 0.7, "format": "png"}.
-REQUEST_BODIES: dict[str, BodyFn] = {}
-
-
-def request_body(family: str, n: int, seed: int) -> dict[str, Any]:
-    return REQUEST_BODIES.get(family, unconditional_body)(n, seed)
-
-
-def request_fields(openapi: dict[str, Any], path: str) -> set[str] | None:
-    """The JSON body's property names of ``POST path`` in an OpenAPI document; None when there is no such operation."""
-    operation = openapi.get("paths", {}).get(path, {}).get("post")
-    if operation is None:
-        return None
-    schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
-    ref = schema.get("$ref", "")
-    if ref.startswith("#/components/schemas/"):
-        schema = openapi.get("components", {}).get("schemas", {}).get(ref.rsplit("/", 1)[-1], {})
-    return set(schema.get("properties", {}))
-
-
-def sampling_families(cards: list[dict[str, Any]], openapi: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Loaded families that have ``POST /generate/<family>`` and a body we know how to build, with their model card."""
-    chosen = {}
-    for card in cards:
-        family = card["family"]
-        fields = request_fields(openapi, f"/generate/{family}")
-        if fields is not None and (family in REQUEST_BODIES or DEFAULT_BODY_FIELDS <= fields):
-            chosen[family] = card
-    return chosen
-
-
-async def discover(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
-    cards = (await client.get("/models")).raise_for_status().json()
-    openapi = (await client.get("/openapi.json")).raise_for_status().json()
-    return sampling_families(cards, openapi)
-
-
-async def timed_post(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[float, str | None]:
-    """(seconds, error or None) of one request."""
+async def send(client: httpx.AsyncClient, scenario: Scenario, seed: int, upload: Upload | None = None) -> Outcome:
+    kwargs = scenario.request(seed, upload)
     start = time.perf_counter()
     try:
-        response = await client.post(path, json=body)
+        response = await client.request(**kwargs)
     except httpx.HTTPError as error:
-        return time.perf_counter() - start, f"{type(error).__name__}: {error}"
+        return Outcome(type(error).__name__, time.perf_counter() - start, detail=str(error)[:200])
     seconds = time.perf_counter() - start
-    if response.status_code != 200 or not response.headers.get("content-type", "").startswith("image/png"):
-        return seconds, f"HTTP {response.status_code}: {response.text[:200]}"
-    return seconds, None
+    status = str(response.status_code)
+    detail = None
+    if response.status_code == 200 and not response.headers.get("content-type", "").startswith(scenario.expect):
+        status, detail = "bad-content-type", response.headers.get("content-type")
+    elif response.status_code != 200:
+        detail = response.text[:200]
+    return Outcome(status, seconds, response.headers.get("retry-after"), detail)
 
 
-async def run_cell(client: httpx.AsyncClient, family: str, n: int, concurrency: int, requests: int) -> dict[str, Any]:
-    """``requests`` requests of ``n`` images, ``concurrency`` in flight at once, after one warm-up request."""
-    path = f"/generate/{family}"
-    await timed_post(client, path, request_body(family, n, 0))
-    seeds = itertools.count(1)
-    latencies: list[float] = []
-    errors: list[str] = []
-
-    async def worker() -> None:
-        for seed in seeds:
-            if seed > requests:
-                return
-            seconds, error = await timed_post(client, path, request_body(family, n, seed))
-            if error:
-                errors.append(error)
-            else:
-                latencies.append(seconds)
-
+async def closed_loop(
+    client: httpx.AsyncClient,
+    scenario: Scenario,
+    concurrency: int,
+    seconds: float,
+    upload: Upload | None = None,
+    seeds: Iterator[int] | None = None,
+) -> tuple[list[Outcome], float]:
+    """``concurrency`` clients, each sending requests back to back until ``seconds`` have passed (a request under
+    way then is finished and counted). Returns the outcomes and the wall time until the last one was answered."""
+    seeds = seeds if seeds is not None else itertools.count()
+    outcomes: list[Outcome] = []
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    row = {"family": family, "n": n, "concurrency": concurrency, "requests": requests, "errors": len(errors),
-           "wall_s": wall, "images_per_s": images_per_second(n * len(latencies), wall),
-           "p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
-           "p95_ms": percentile(latencies, 95) * 1000 if latencies else None,
-           "first_error": errors[0] if errors else None}
-    logger.info("e2e %s n=%d c=%d: %s img/s, p50 %s ms", family, n, concurrency, f"{row['images_per_s']:.1f}",
-                f"{row['p50_ms']:.1f}" if latencies else "n/a")
+    deadline = start + seconds
+
+    async def client_loop() -> None:
+        while time.perf_counter() < deadline:
+            outcomes.append(await send(client, scenario, next(seeds), upload))
+
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    return outcomes, time.perf_counter() - start
+
+
+async def fixed_count(
+    client: httpx.AsyncClient,
+    scenario: Scenario,
+    requests: int,
+    upload: Upload | None = None,
+    seeds: Iterator[int] | None = None,
+) -> tuple[list[Outcome], float]:
+    """``requests`` requests one after another (concurrency 1)."""
+    seeds = seeds if seeds is not None else itertools.count()
+    start = time.perf_counter()
+    outcomes = [await send(client, scenario, next(seeds), upload) for _ in range(requests)]
+    return outcomes, time.perf_counter() - start
+
+
+def summarize(outcomes: Sequence[Outcome], rows_per_request: int, wall_s: float) -> dict[str, Any]:
+    """Counts by status, rows/s of the successful requests over the wall time, and their latency percentiles."""
+    ok = [o.seconds for o in outcomes if o.ok]
+    statuses = count_statuses(o.status for o in outcomes)
+    errors = {status: count for status, count in statuses.items() if status != OK}
+    first_error = next((f"{o.status}: {o.detail}" for o in outcomes if not o.ok), None)
+    return {
+        "requests": len(outcomes),
+        "ok": len(ok),
+        "errors": sum(errors.values()),
+        "statuses": statuses,
+        "wall_s": wall_s,
+        "images_per_s": images_per_second(rows_per_request * len(ok), wall_s) if ok else 0.0,
+        **latency_summary(ok),
+        "first_error": first_error,
+    }
+
+
+async def run_cell(
+    client: httpx.AsyncClient,
+    scenario: Scenario,
+    concurrency: int,
+    seconds: float,
+    warmup_s: float,
+    upload: Upload | None = None,
+    seeds: Iterator[int] | None = None,
+) -> dict[str, Any]:
+    """One (scenario, concurrency) cell: a warm-up at that concurrency (not counted), then the measured run."""
+    seeds = seeds if seeds is not None else itertools.count()
+    if warmup_s > 0:
+        await closed_loop(client, scenario, concurrency, warmup_s, upload, seeds)
+    outcomes, wall = await closed_loop(client, scenario, concurrency, seconds, upload, seeds)
+    row = {
+        "scenario": scenario.name,
+        "family": scenario.family,
+        "rows_per_request": scenario.rows,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        **summarize(outcomes, scenario.rows, wall),
+    }
+    logger.info(
+        "e2e %s c=%d: %d requests (%d errors), %.1f images/s, p95 %s ms",
+        scenario.name,
+        concurrency,
+        row["requests"],
+        row["errors"],
+        row["images_per_s"],
+        f"{row['p95_ms']:.1f}" if row["p95_ms"] is not None else "n/a",
+    )
     return row
 
 
-def make_client(url: str, api_key: str | None, concurrency: int, timeout_s: float = 300.0) -> httpx.AsyncClient:
+def make_client(url: str, api_key: str | None, connections: int, timeout_s: float = 120.0) -> httpx.AsyncClient:
+    """One client per measured server; its pool holds ``connections`` (the highest concurrency), so no request
+    waits for a connection."""
     headers = {"X-API-Key": api_key} if api_key else {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout_s, trust_env=False)
+
+
+async def fetch_models(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    return (await client.get("/models")).raise_for_status().json()

@@ -88,29 +88,73 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-class StartedServer:
-    """``python -m uvicorn app.main:app`` on a free loopback port; the PID is uvicorn's own (no wrapper)."""
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Batching settings a started server takes from its mode alone, never from the bench's own environment, so that
+# "on" means the service's defaults.
+MODE_SETTINGS = ("FACEGEN_MAX_BATCH", "FACEGEN_BATCH_DELAY_MS", "FACEGEN_MAX_QUEUE")
 
-    def __init__(self, weights: Path, threads: int | None = None, host: str = "127.0.0.1"):
+
+def child_env(extra: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment with the repository importable (``python -m bench...``, ``app.main``), without
+    ``drop``, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if key not in drop}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+class StartedServer:
+    """``python -m uvicorn app.main:app`` on a free loopback port; the PID is uvicorn's own (no wrapper).
+
+    ``env``: extra ``FACEGEN_*`` settings (e.g. ``{"FACEGEN_MAX_BATCH": "1"}``); the batching settings not given
+    there are the service's defaults whatever the bench's environment says."""
+
+    def __init__(
+        self,
+        weights: Path,
+        threads: int | None = None,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        device: str | None = None,
+    ):
         self.host, self.port = host, free_port(host)
         self.url = f"http://{host}:{self.port}"
-        env = {**os.environ, "FACEGEN_WEIGHTS_DIR": str(weights)}
+        self.settings = {"FACEGEN_WEIGHTS_DIR": str(Path(weights).resolve())}
         if threads:
-            env["FACEGEN_TORCH_THREADS"] = str(threads)
+            self.settings["FACEGEN_TORCH_THREADS"] = str(threads)
+        if device:
+            self.settings["FACEGEN_DEVICE"] = device
+        self.settings.update(env or {})
         self.log = tempfile.NamedTemporaryFile(prefix="facegen-bench-server-", suffix=".log", delete=False)
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(self.port), "--log-level", "warning"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                host,
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=child_env(self.settings, drop=MODE_SETTINGS),
+            cwd=REPO_ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def wait_ready(self, timeout_s: float = 120.0, poll_s: float = 0.05) -> float:
-        """Seconds from process start to the first ``GET /ready`` = 200."""
+    def wait_ready(self, timeout_s: float = 120.0, poll_s: float = 0.05, api_key: str | None = None) -> float:
+        """Seconds from process start to the first ``GET /ready`` = 200 (``api_key``: when the server needs one)."""
         deadline = self.started + timeout_s
-        with httpx.Client(base_url=self.url, timeout=2.0, trust_env=False) as client:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        with httpx.Client(base_url=self.url, timeout=2.0, trust_env=False, headers=headers) as client:
             while time.perf_counter() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"server exited with code {self.process.returncode}:\n{self.log_tail()}")
@@ -120,8 +164,9 @@ class StartedServer:
                 except httpx.HTTPError:
                     pass
                 time.sleep(poll_s)
-        raise TimeoutError(f"server not ready after {timeout_s:g} s (are there checkpoints in the weights folder?):\n"
-                           f"{self.log_tail()}")
+        raise TimeoutError(
+            f"server not ready after {timeout_s:g} s (are there checkpoints in the weights folder?):\n{self.log_tail()}"
+        )
 
     def log_tail(self, chars: int = 2000) -> str:
         self.log.flush()
@@ -137,3 +182,9 @@ class StartedServer:
                 self.process.wait()
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
+
+    def __enter__(self) -> StartedServer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -24,3 +25,21 @@ def median(values: Sequence[float]) -> float:
 
 def images_per_second(images: int, seconds: float) -> float:
     return images / seconds if seconds > 0 else math.inf
+
+
+def latency_summary(seconds: Sequence[float], quantiles: Sequence[int] = (50, 95, 99)) -> dict[str, float | None]:
+    """``{"p50_ms": ..., "p95_ms": ..., "p99_ms": ...}`` of latencies given in seconds; None each when empty."""
+    return {f"p{q}_ms": percentile(seconds, q) * 1000 if seconds else None for q in quantiles}
+
+
+def count_statuses(statuses: Iterable[str | int]) -> dict[str, int]:
+    """Status (HTTP code or error name) -> how many, keys as strings, sorted by key."""
+    counts = Counter(str(status) for status in statuses)
+    return dict(sorted(counts.items()))
+
+
+def ratio_or_none(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, or None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
