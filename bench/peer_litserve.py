@@ -110,16 +110,24 @@ if ls is not None:
             return Response(grid_png(output, nrow=8), media_type="image/png", headers=headers)
 
 
-def build_server(checkpoint: str | Path, max_batch_size: int, batch_timeout_s: float, workers: int = 1,
-                 device: str = "cpu", threads: int | None = None, fast_queue: bool = False):
+def build_server(
+    checkpoint: str | Path,
+    max_batch_size: int,
+    batch_timeout_s: float,
+    workers: int = 1,
+    device: str = "cpu",
+    threads: int | None = None,
+    fast_queue: bool = False,
+):
     """The LitServer (not yet running). ``device``: cpu, cuda or cuda:N."""
     if ls is None:
         raise ImportError("litserve is not installed: pip install 'facegen[bench]'")
     api = DCGANPeerAPI(checkpoint, threads=threads, max_batch_size=max_batch_size, batch_timeout=batch_timeout_s)
     accelerator, _, index = device.partition(":")
     devices: Any = [int(index)] if index else 1  # cpu: LitServer runs workers_per_device workers on "cpu"
-    return ls.LitServer(api, accelerator=accelerator, devices=devices, workers_per_device=workers,
-                        fast_queue=fast_queue)
+    return ls.LitServer(
+        api, accelerator=accelerator, devices=devices, workers_per_device=workers, fast_queue=fast_queue
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,14 +136,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"])
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--max-batch-size", type=int, default=64, help="requests per forward at most")
-    parser.add_argument("--batch-timeout", type=float, default=0.005,
-                        help="seconds the worker collects requests for a batch (LitServe's batch_timeout)")
+    parser.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=0.005,
+        help="seconds the worker collects requests for a batch (LitServe's batch_timeout)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="inference worker processes per device")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads per worker (default: torch's)")
-    parser.add_argument("--fast-queue", action="store_true", help="LitServe's ZeroMQ transport instead of its default "
-                        "multiprocessing-manager queues")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads per worker (default: torch's)"
+    )
+    parser.add_argument(
+        "--fast-queue",
+        action="store_true",
+        help="LitServe's ZeroMQ transport instead of its default multiprocessing-manager queues",
+    )
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -149,8 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint.is_file():
         print(f"no such checkpoint: {args.checkpoint}", file=sys.stderr)
         return 2
-    server = build_server(args.checkpoint, args.max_batch_size, args.batch_timeout, args.workers, args.device,
-                          args.threads, args.fast_queue)
+    server = build_server(
+        args.checkpoint,
+        args.max_batch_size,
+        args.batch_timeout,
+        args.workers,
+        args.device,
+        args.threads,
+        args.fast_queue,
+    )
     # SIGTERM to the launcher alone: LitServe's own graceful shutdown (it handles KeyboardInterrupt), which ends its
     # worker processes too.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -162,16 +185,42 @@ def main(argv: list[str] | None = None) -> int:
 # --- for the benchmark driver: start, wait for, and stop a peer subprocess ---------------------------------------
 
 
-def start_peer(checkpoint: Path, port: int, max_batch_size: int, batch_timeout_s: float, threads: int | None,
-               *, host: str = "127.0.0.1", device: str = "cpu", workers: int = 1, fast_queue: bool = False,
-               timeout_s: float = 60.0) -> subprocess.Popen:
+def start_peer(
+    checkpoint: Path,
+    port: int,
+    max_batch_size: int,
+    batch_timeout_s: float,
+    threads: int | None,
+    *,
+    host: str = "127.0.0.1",
+    device: str = "cpu",
+    workers: int = 1,
+    fast_queue: bool = False,
+    timeout_s: float = 60.0,
+) -> subprocess.Popen:
     """Launch ``python -m bench.peer_litserve`` in a new session (its own process group) and return once
     ``GET /health`` answers 200; on exit or timeout, stop it and raise RuntimeError with its output."""
     import httpx
 
-    command = [sys.executable, "-m", "bench.peer_litserve", "--checkpoint", str(Path(checkpoint).resolve()),
-               "--host", host, "--port", str(port), "--max-batch-size", str(max_batch_size),
-               "--batch-timeout", str(batch_timeout_s), "--workers", str(workers), "--device", device]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.peer_litserve",
+        "--checkpoint",
+        str(Path(checkpoint).resolve()),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(max_batch_size),
+        "--batch-timeout",
+        str(batch_timeout_s),
+        "--workers",
+        str(workers),
+        "--device",
+        device,
+    ]
     env = dict(os.environ)
     if threads:
         command += ["--threads", str(threads)]
@@ -191,8 +240,9 @@ def start_peer(checkpoint: Path, port: int, max_batch_size: int, batch_timeout_s
                 stop_peer(process, close_log=False)
                 output = peer_output(process)
                 log.close()
-                raise RuntimeError(f"LitServe peer exited with code {process.returncode} before it was healthy:\n"
-                                   f"{output}")
+                raise RuntimeError(
+                    f"LitServe peer exited with code {process.returncode} before it was healthy:\n{output}"
+                )
             try:
                 if client.get(url).status_code == 200:
                     return process
@@ -226,7 +276,7 @@ def _group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
