@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from anyio import to_thread
 from fastapi import HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 from app.imaging import base64_pngs, grid_png
 
 
-def image_output(
+async def image_output(
     images: torch.Tensor,
     *,
     format: str,
@@ -25,13 +26,15 @@ def image_output(
 
     ``json_body(base64 PNGs)`` builds the family's JSON model, only when JSON is asked for (encoding each image
     separately costs more than the grid). ``png_headers`` carry on a PNG what the JSON body says in fields.
+    Encoding runs on a worker thread: a grid of 64 takes milliseconds, which the event loop needs for other
+    clients (health checks, fast 503s) under load.
     """
     headers = {"X-Seed": str(seed)}
     if format == "json":
-        return Response(
-            json_body(base64_pngs(images)).model_dump_json(), media_type="application/json", headers=headers
-        )
-    return Response(grid_png(images, nrow=nrow), media_type="image/png", headers={**headers, **(png_headers or {})})
+        body = await to_thread.run_sync(lambda: json_body(base64_pngs(images)).model_dump_json())
+        return Response(body, media_type="application/json", headers=headers)
+    png = await to_thread.run_sync(grid_png, images, nrow)
+    return Response(png, media_type="image/png", headers={**headers, **(png_headers or {})})
 
 
 def field_error(field: str, message: str) -> HTTPException:

@@ -335,7 +335,11 @@ class Batcher:
         failures = {}
         for name, queue in list(self.queues.items()):
             try:
-                outputs = await loop.run_in_executor(self.executor, queue.pipeline, queue.pipeline.warmup())
+                prepared = queue.pipeline.warmup()
+                started = time.perf_counter()
+                outputs = await loop.run_in_executor(self.executor, queue.pipeline, prepared)
+                # A first estimate of the forward rate, so the Retry-After of the first refusals is not a guess.
+                queue.rows_per_s = prepared.rows / max(time.perf_counter() - started, 1e-6)
                 problem = implausible_images(outputs)
                 if problem is not None:
                     raise ValueError(problem)

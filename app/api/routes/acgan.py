@@ -87,7 +87,7 @@ async def generate_acgan(request: ACGANRequest, store: StoreDep, infer: Inferenc
     (images,) = await infer("acgan", prepared)
 
     names, vectors = pipeline.attributes, prepared.report["attributes"]
-    return image_output(
+    return await image_output(
         images,
         format=request.format,
         seed=seed,

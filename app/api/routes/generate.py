@@ -27,7 +27,7 @@ async def sample_unconditional(family: str, request: GenerateRequest, store, inf
     pipeline = require_pipeline(store, family)
     seed = resolve_seed(request.seed)
     (images,) = await infer(family, pipeline.prepare_samples(request.n, seed))
-    return image_output(
+    return await image_output(
         images,
         format=request.format,
         seed=seed,

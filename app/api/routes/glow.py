@@ -133,7 +133,7 @@ async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceD
     (images,) = await infer("glow", prepared)
     names, vectors = pipeline.attributes, prepared.report["attributes"]
 
-    return image_output(
+    return await image_output(
         images,
         format=request.format,
         seed=seed,

@@ -50,7 +50,7 @@ async def generate_infogan(request: InfoGANRequest, store: StoreDep, infer: Infe
     (images,) = await infer("infogan", pipeline.prepare_samples(request.rows, seed, code=request.code))
 
     per_row = pipeline.categories
-    return image_output(
+    return await image_output(
         images,
         format=request.format,
         seed=seed,
