@@ -19,10 +19,25 @@ from tqdm import tqdm
 from app.models.checkpoint import save_checkpoint
 from app.models.classifier import AttributeClassifier, ClassifierConfig
 
-from .common import StepLog, add_common_arguments, preprocess_spec, run_dir, setup, shuffled_batches, training_metadata
+from .common import (
+    StepLog,
+    add_common_arguments,
+    autocast,
+    grad_scaler,
+    prepare_module,
+    preprocess_spec,
+    run_dir,
+    seed_rank,
+    setup,
+    shuffled_batches,
+    to_batch,
+    training_metadata,
+)
 from .data import PackedSplit, load_split
+from .distributed import barrier, check_batch, mean_scalars, shard, wrap
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
+from .train_state import RunPosition, fast_forward, load_train_state, rng_streams, save_train_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,12 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight positives by negatives/positives per attribute (helps rare attributes' recall, "
         "costs plain accuracy; off by default)",
     )
-
-
-def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2 (no CelebA attribute is left/right specific)."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None].to(images.device), images.flip(3), images)
 
 
 @torch.inference_mode()
@@ -110,6 +119,15 @@ def plot_curves(path: Path, log: StepLog, epochs: list[dict[str, float]], baseli
         accuracy_axis.legend()
 
 
+def read_epoch_rows(path: Path, up_to_epoch: int) -> list[dict[str, float]]:
+    """``valid.csv``'s rows of the epochs a resumed run keeps."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+    return [row for row in rows if row["epoch"] <= up_to_epoch]
+
+
 @register_trainer("classifier", add_arguments)
 def train(args: argparse.Namespace) -> None:
     device = setup(args)
@@ -125,7 +143,11 @@ def train(args: argparse.Namespace) -> None:
         dropout=args.dropout,
     )
     model = AttributeClassifier(config).to(device)
+    world = seed_rank(args)
+    check_batch(args.batch_size, world)
+    model_call = prepare_module(wrap(model, world, device), args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scaler = grad_scaler(args, device)
     total_steps = args.epochs * (len(train_split) // args.batch_size)
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
@@ -139,68 +161,103 @@ def train(args: argparse.Namespace) -> None:
 
     baseline = majority_accuracy(train_split, valid_split)
     out_dir = run_dir(args)
-    log = StepLog(out_dir / "losses.csv", ["loss", "lr"])
-    epochs_csv = out_dir / "valid.csv"
-    with open(epochs_csv, "w", newline="") as handle:
-        csv.writer(handle).writerow(["epoch", "step", "valid_loss", "valid_mean_accuracy"])
-    epoch_rows: list[dict[str, float]] = []
     order = torch.Generator().manual_seed(args.seed)
     flips = torch.Generator().manual_seed(args.seed + 1)
-    print(
-        f"{len(train_split)} training / {len(valid_split)} validation images; majority baseline "
-        f"{baseline.mean().item():.4f}; {sum(p.numel() for p in model.parameters())} parameters",
-        flush=True,
-    )
-    started, step = time.time(), 0
-    model.train()
-    for epoch in range(1, args.epochs + 1):
-        progress = tqdm(
-            list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"classifier epoch {epoch}"
+    state = {
+        "modules": {"model": model},
+        "optimizers": {"optimizer": optimizer},
+        "generators": {"order": order, "flips": flips, **rng_streams(device)},
+    }
+    barrier(world)
+    position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
+    fast_forward(scheduler, min(position.step, max(0, total_steps - 1)))  # as the loop steps it (below)
+    log, epoch_rows = None, []
+    epochs_csv = out_dir / "valid.csv"
+    if world.is_main:
+        log = StepLog(out_dir / "losses.csv", ["loss", "lr"], position.step if args.resume else None)
+        epoch_rows = read_epoch_rows(epochs_csv, position.epoch) if args.resume else []
+        with open(epochs_csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["epoch", "step", "valid_loss", "valid_mean_accuracy"])
+            for row in epoch_rows:
+                writer.writerow(
+                    [
+                        int(row["epoch"]),
+                        int(row["step"]),
+                        f"{row['valid_loss']:.6g}",
+                        f"{row['valid_mean_accuracy']:.4f}",
+                    ]
+                )
+        print(
+            f"{len(train_split)} training / {len(valid_split)} validation images; majority baseline "
+            f"{baseline.mean().item():.4f}; {sum(p.numel() for p in model.parameters())} parameters",
+            flush=True,
         )
-        for indices in progress:
-            images, targets = train_split.batch(indices)
-            images, targets = random_flip(images, flips).to(device), targets.to(device)
-            loss = F.binary_cross_entropy_with_logits(model(images), targets, pos_weight=pos_weight)
+    started, step = time.time() - position.seconds, position.step
+    model.train()
+    for epoch in range(position.epoch + 1, args.epochs + 1):
+        progress = tqdm(
+            list(shuffled_batches(len(train_split), args.batch_size, order)),
+            desc=f"classifier epoch {epoch}",
+            disable=not world.is_main,
+        )
+        for global_indices in progress:
+            # the flips of the whole global batch, drawn on every rank from one stream; this rank's share
+            flip = shard(torch.rand(len(global_indices), generator=flips) < 0.5, world)
+            images, targets = train_split.batch(shard(global_indices, world))
+            images = torch.where(flip[:, None, None, None], images.flip(3), images)
+            images, targets = to_batch(images, args, device), targets.to(device)
+            with autocast(args, device):
+                logits = model_call(images)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             if step < total_steps:  # OneCycleLR raises when stepped past its total
                 scheduler.step()
-            log.append(epoch=epoch, step=step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
-            progress.set_postfix(bce=f"{loss.item():.4f}")
+            scalars = mean_scalars({"loss": loss.item()}, world, device)
+            if log is not None:
+                log.append(epoch=epoch, step=step, loss=scalars["loss"], lr=optimizer.param_groups[0]["lr"])
+            progress.set_postfix(bce=f"{scalars['loss']:.4f}")
             if args.max_steps and step >= args.max_steps:
                 break
-        valid_loss, accuracy = evaluate_split(model, valid_split, device)
-        metrics = accuracy_metrics(names, accuracy, baseline, valid_loss, len(valid_split))
-        epoch_rows.append(
-            {
-                "epoch": epoch,
-                "step": step,
-                "valid_loss": valid_loss,
-                "valid_mean_accuracy": metrics["valid_mean_accuracy"],
-            }
-        )
-        with open(epochs_csv, "a", newline="") as handle:
-            csv.writer(handle).writerow([epoch, step, f"{valid_loss:.6g}", f"{metrics['valid_mean_accuracy']:.4f}"])
-        print(
-            f"epoch {epoch}: valid BCE {valid_loss:.4f}, mean accuracy {metrics['valid_mean_accuracy']:.4f} "
-            f"(majority {metrics['majority_mean_accuracy']:.4f})",
-            flush=True,
-        )
-        plot_curves(out_dir / "curves.png", log, epoch_rows, metrics["majority_mean_accuracy"])
-        save_checkpoint(
-            args.out,
-            model,
-            preprocess=spec,
-            attributes=names,
-            metrics=metrics,
-            training={
-                **training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
-                "weight_decay": args.weight_decay,
-                "pos_weight": bool(args.pos_weight),
-                "augmentation": "random horizontal flip",
-            },
-        )
-        if args.max_steps and step >= args.max_steps:
+        if log is not None:
+            valid_loss, accuracy = evaluate_split(model, valid_split, device)
+            metrics = accuracy_metrics(names, accuracy, baseline, valid_loss, len(valid_split))
+            epoch_rows.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "valid_loss": valid_loss,
+                    "valid_mean_accuracy": metrics["valid_mean_accuracy"],
+                }
+            )
+            with open(epochs_csv, "a", newline="") as handle:
+                csv.writer(handle).writerow([epoch, step, f"{valid_loss:.6g}", f"{metrics['valid_mean_accuracy']:.4f}"])
+            print(
+                f"epoch {epoch}: valid BCE {valid_loss:.4f}, mean accuracy {metrics['valid_mean_accuracy']:.4f} "
+                f"(majority {metrics['majority_mean_accuracy']:.4f})",
+                flush=True,
+            )
+            plot_curves(out_dir / "curves.png", log, epoch_rows, metrics["majority_mean_accuracy"])
+            save_checkpoint(
+                args.out,
+                model,
+                preprocess=spec,
+                attributes=names,
+                metrics=metrics,
+                training={
+                    **training_metadata(
+                        args, images=len(train_split), epochs_done=epoch, steps=step, started=started, device=device
+                    ),
+                    "weight_decay": args.weight_decay,
+                    "pos_weight": bool(args.pos_weight),
+                    "augmentation": "random horizontal flip",
+                },
+            )
+            save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
+        barrier(world)
+        if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import platform
 import random
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,10 @@ from torchvision.utils import save_image
 from app.models.preprocess import PreprocessSpec
 from app.services.model_store import resolve_device  # noqa: F401  (one definition, shared with the service)
 
+from .distributed import World, get_world, init_world, rank_seed
 from .plots import plot_smoothed, saved_figure
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float) -> None:
@@ -34,14 +39,92 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--crop-fraction", type=float, default=PreprocessSpec.crop_fraction)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped run from its run folder's train_state.safetensors (written every epoch) up "
+        "to --epochs; give the options the run started with (`run --resume RUN_DIR` does so by itself)",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="EPOCH",
+        help="stop after this epoch, schedules still spanning --epochs (a time-boxed session; go on with --resume)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="fp32",
+        help="autocast dtype of forward passes (bf16, or fp16 with a GradScaler; CUDA; bf16 also runs on a CPU)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the modules that train (CUDA mostly)")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="channels_last memory format for modules and batches (CUDA)"
+    )
 
 
 def setup(args: argparse.Namespace) -> torch.device:
+    """Threads, the process group when started by torchrun, the seeds; returns this rank's device.
+
+    The modules are built after this, from the run's seed on every rank (DDP broadcasts rank 0's anyway); rank r
+    then draws its own dropout and reparameterisation noise from :func:`rank_seed` (see :func:`seed_rank`).
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
+    world, device = init_world(resolve_device(args.device))
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    return resolve_device(args.device)
+    if args.precision == "fp16" and device.type != "cuda":
+        raise SystemExit("--precision fp16 needs CUDA (use bf16 on a CPU)")
+    if world.distributed and args.resume and not args.run_dir:
+        raise SystemExit("--resume with several processes needs --run-dir")
+    return device
+
+
+def seed_rank(args: argparse.Namespace) -> World:
+    """Reseed the global RNG for this rank once the modules are built (rank 0: unchanged)."""
+    world = get_world()
+    if world.rank:
+        torch.manual_seed(rank_seed(args.seed, world.rank))
+    return world
+
+
+def autocast(args: argparse.Namespace, device: torch.device) -> AbstractContextManager:
+    """Mixed precision for forward passes (``--precision``); nothing for fp32."""
+    dtype = PRECISIONS[args.precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def grad_scaler(args: argparse.Namespace, device: torch.device) -> torch.amp.GradScaler:
+    """A GradScaler that acts for fp16 only; with it disabled, ``scale``/``step`` are the plain calls."""
+    return torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+
+
+def prepare_module(module: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """channels_last (in place) when asked; returns the module to *call*: compiled under ``--compile``. Save and
+    sample the module given, not the compiled wrapper (its state-dict names carry a prefix)."""
+    if args.channels_last:
+        module.to(memory_format=torch.channels_last)
+    return torch.compile(module) if args.compile else module
+
+
+def to_batch(images: torch.Tensor, args: argparse.Namespace, device: torch.device) -> torch.Tensor:
+    """A batch on the device, in channels_last when asked (pinned first on CUDA so the copy overlaps compute)."""
+    if device.type == "cuda":
+        images = images.pin_memory().to(device, non_blocking=True)
+    else:
+        images = images.to(device)
+    return images.contiguous(memory_format=torch.channels_last) if args.channels_last else images
+
+
+def hardware(device: torch.device) -> str:
+    """What a run ran on, for the model card: GPU name(s) x processes, or the CPU and its threads."""
+    world = get_world()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"{world.world_size} x {name}" if world.distributed else name
 
 
 def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
@@ -50,7 +133,8 @@ def preprocess_spec(args: argparse.Namespace) -> PreprocessSpec:
 
 def run_dir(args: argparse.Namespace) -> Path:
     path = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.out).stem
-    path.mkdir(parents=True, exist_ok=True)
+    if get_world().is_main:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -64,8 +148,15 @@ def code_version() -> str:
 
 
 def training_metadata(
-    args: argparse.Namespace, *, images: int, epochs_done: int, steps: int, started: float
+    args: argparse.Namespace,
+    *,
+    images: int,
+    epochs_done: int,
+    steps: int,
+    started: float,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
+    recipe = getattr(args, "recipe", None)
     return {
         "data": str(args.data),
         "train_images": images,
@@ -82,6 +173,11 @@ def training_metadata(
             for name, value in sorted(vars(args).items())
             if value is None or isinstance(value, (str, int, float, bool))
         },
+        "processes": get_world().world_size,
+        "precision": args.precision,
+        **({"hardware": hardware(device)} if device is not None else {}),
+        # `run RECIPE`: the recipe file and every option it resolved to (with --set), so the run can be repeated
+        **({"recipe": recipe} if recipe else {}),
     }
 
 

@@ -9,6 +9,7 @@ split once into a uint8 tensor file (``.cache`` beside the run, never in the dat
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,9 @@ def load_split(
             [dataset.load_uint8(i) for i in tqdm(range(len(dataset)), desc=f"decoding {split}", leave=False)]
         )
         if pack is not None:
+            # write then rename: several torchrun processes may decode the same split at once
             pack.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"images": images}, str(pack))
+            partial = pack.with_name(f"{pack.name}.{os.getpid()}.partial")
+            save_file({"images": images}, str(partial))
+            os.replace(partial, pack)
     return PackedSplit(images, dataset.attributes, dataset.attribute_names, dataset.files)

@@ -22,16 +22,22 @@ from app.models.sampling import draw_noise
 from .common import (
     StepLog,
     add_common_arguments,
+    autocast,
+    grad_scaler,
+    prepare_module,
     preprocess_spec,
     run_dir,
     save_grid,
+    seed_rank,
     setup,
     shuffled_batches,
+    to_batch,
     training_metadata,
 )
 from .data import load_split
+from .distributed import World, barrier, check_batch, mean_scalars, no_sync, shard, wrap
 from .registry import register_trainer
-from .train_state import STATE_FILE, RunPosition, load_train_state, save_train_state
+from .train_state import RunPosition, load_train_state, save_train_state
 
 # G's inputs: one tensor, or a tuple of tensors passed as positional arguments (noise, condition)
 GInputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -86,12 +92,6 @@ def add_gan_arguments(parser: argparse.ArgumentParser) -> None:
         help="after this epoch both learning rates fall linearly, epoch by epoch, towards 0 at "
         "--epochs (default: constant), to settle G where a constant rate keeps it drifting",
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help=f"continue a stopped run from its run folder's {STATE_FILE} (written every epoch) up "
-        "to --epochs; give the options the run started with",
-    )
 
 
 def epoch_lr(base: float, epoch: int, epochs: int, decay_after: int | None) -> float:
@@ -110,8 +110,19 @@ def bce_real_fake(logits: torch.Tensor, real: bool) -> torch.Tensor:
 RecipeFactory = Callable[[argparse.Namespace, list[str], torch.Tensor], GANRecipe]
 
 
+def slice_inputs(inputs: GInputs, world: World) -> GInputs:
+    """This rank's rows of G's inputs drawn for the whole global batch (the one-process run's draws)."""
+    if isinstance(inputs, tuple):
+        return tuple(shard(t, world) for t in inputs)
+    return shard(inputs, world)
+
+
 def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
-    """``make_recipe(args, attribute names, training-set attributes (N, 40))`` supplies the family's pieces."""
+    """``make_recipe(args, attribute names, training-set attributes (N, 40))`` supplies the family's pieces.
+
+    Under torchrun, G and D train in DistributedDataParallel (see :mod:`.distributed`); one process is the loop it
+    always was, so train states written before DDP existed still resume step for step.
+    """
     if args.lr_decay_after is not None and not 0 <= args.lr_decay_after < args.epochs:
         raise SystemExit(
             f"--lr-decay-after must be in [0, --epochs), got {args.lr_decay_after} with --epochs {args.epochs}"
@@ -120,12 +131,18 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     spec = preprocess_spec(args)
     train_split = load_split(args.data, "train", spec, args.limit)
     recipe = make_recipe(args, train_split.attribute_names, train_split.attributes)
+    world = seed_rank(args)
+    check_batch(args.batch_size, world)
     generator, discriminator = recipe.generator.to(device), recipe.discriminator.to(device)
     # A moving average of G smooths the GAN's oscillation; it is what gets shipped (Karras et al., progressive GAN).
     shipped = copy.deepcopy(generator).eval().requires_grad_(False) if args.ema > 0 else generator
+    # The modules called in the loop: DDP-wrapped (several processes), compiled (--compile); saved: the plain ones.
+    g_call = prepare_module(wrap(generator, world, device), args)
+    d_call = prepare_module(wrap(discriminator, world, device), args)
     betas = (args.beta1, 0.999)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
+    scaler_g, scaler_d = grad_scaler(args, device), grad_scaler(args, device)
     out_dir = run_dir(args)
     order = torch.Generator().manual_seed(args.seed)
     noise_generator = torch.Generator().manual_seed(args.seed + 1)
@@ -134,31 +151,47 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
         "optimizers": {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
         "generators": {"order": order, "noise": noise_generator},
     }
+    barrier(world)  # rank 0 made the run folder
     position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
-    log = StepLog(out_dir / "losses.csv", recipe.columns, resume_after_step=position.step if args.resume else None)
+    log = (
+        StepLog(out_dir / "losses.csv", recipe.columns, resume_after_step=position.step if args.resume else None)
+        if world.is_main
+        else None
+    )
     started, step = time.time() - position.seconds, position.step
     for epoch in range(position.epoch + 1, args.epochs + 1):
         for optimizer in (optimizer_g, optimizer_d):
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr(args.lr, epoch, args.epochs, args.lr_decay_after)
         progress = tqdm(
-            list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"{generator.family} epoch {epoch}"
+            list(shuffled_batches(len(train_split), args.batch_size, order)),
+            desc=f"{generator.family} epoch {epoch}",
+            disable=not world.is_main,
         )
-        for batch_number, indices in enumerate(progress):
+        for batch_number, global_indices in enumerate(progress):
+            indices = shard(global_indices, world)
             real, attributes = train_split.batch(indices)
-            real, attributes = real.to(device), attributes.to(device)
-            inputs = to_device(recipe.draw_inputs(len(indices), attributes.cpu(), noise_generator), device)
-            fake = run_generator(generator, inputs)
-            loss_d, scalars_d = recipe.discriminator_loss(discriminator, real, attributes, fake.detach(), inputs)
+            real, attributes = to_batch(real, args, device), attributes.to(device)
+            # G's inputs for the whole global batch, from the one stream every rank holds; this rank's rows
+            inputs = recipe.draw_inputs(len(global_indices), train_split.attributes[global_indices], noise_generator)
+            inputs = to_device(slice_inputs(inputs, world), device)
+            update_g = batch_number % recipe.d_steps == 0  # else a D-only step: G waits for its turn
+            with autocast(args, device):
+                with torch.set_grad_enabled(update_g):  # no graph (and no DDP reduction) for a fake only D sees
+                    fake = run_generator(g_call, inputs)
+                loss_d, scalars_d = recipe.discriminator_loss(d_call, real, attributes, fake.detach(), inputs)
             optimizer_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            optimizer_d.step()
-            if batch_number % recipe.d_steps:
-                continue  # D-only step: G waits for its turn
-            loss_g, scalars_g = recipe.generator_loss(discriminator, fake, inputs)
+            scaler_d.scale(loss_d).backward()
+            scaler_d.step(optimizer_d)
+            scaler_d.update()
+            if not update_g:
+                continue
+            with autocast(args, device), no_sync(d_call):  # D's gradients of G's loss are thrown away
+                loss_g, scalars_g = recipe.generator_loss(d_call, fake, inputs)
             optimizer_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            optimizer_g.step()
+            scaler_g.scale(loss_g).backward()
+            scaler_g.step(optimizer_g)
+            scaler_g.update()
             if shipped is not generator:
                 with torch.no_grad():
                     for ema_p, p in zip(shipped.parameters(), generator.parameters()):
@@ -166,35 +199,40 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
                     for ema_b, b in zip(shipped.buffers(), generator.buffers()):
                         ema_b.copy_(b)
             step += 1
-            scalars = {**scalars_d, **scalars_g}
-            log.append(epoch=epoch, step=step, **scalars)
+            scalars = mean_scalars({**scalars_d, **scalars_g}, world, device)
+            if log is not None:
+                log.append(epoch=epoch, step=step, **scalars)
             progress.set_postfix({k: f"{v:.3f}" for k, v in scalars.items() if k in ("loss_d", "loss_g")})
             if args.max_steps and step >= args.max_steps:
                 break
-        if shipped is not generator:
-            recalibrate_batchnorm(
+        if log is not None:
+            if shipped is not generator:
+                recalibrate_batchnorm(
+                    shipped,
+                    lambda n, rng: recipe.draw_inputs(
+                        n, train_split.attributes[torch.randint(len(train_split), (n,), generator=rng)], rng
+                    ),
+                    device,
+                )
+            with torch.inference_mode():
+                shipped.eval()
+                preview = run_generator(shipped, to_device(recipe.preview_inputs, device))
+                save_grid(preview, out_dir / f"samples_epoch{epoch:03d}.png", nrow=recipe.preview_rows)
+            log.plot(out_dir / "curves.png", recipe.panels)
+            save_checkpoint(
+                args.out,
                 shipped,
-                lambda n, rng: recipe.draw_inputs(
-                    n, train_split.attributes[torch.randint(len(train_split), (n,), generator=rng)], rng
+                preprocess=spec,
+                attributes=train_split.attribute_names if recipe.attributes is None else recipe.attributes,
+                metrics=epoch_means(log, epoch, recipe.summary_columns),
+                extras=recipe.extras() if recipe.extras else None,
+                training=training_metadata(
+                    args, images=len(train_split), epochs_done=epoch, steps=step, started=started, device=device
                 ),
-                device,
             )
-        with torch.inference_mode():
-            shipped.eval()
-            preview = run_generator(shipped, to_device(recipe.preview_inputs, device))
-            save_grid(preview, out_dir / f"samples_epoch{epoch:03d}.png", nrow=recipe.preview_rows)
-        log.plot(out_dir / "curves.png", recipe.panels)
-        save_checkpoint(
-            args.out,
-            shipped,
-            preprocess=spec,
-            attributes=train_split.attribute_names if recipe.attributes is None else recipe.attributes,
-            metrics=epoch_means(log, epoch, recipe.summary_columns),
-            extras=recipe.extras() if recipe.extras else None,
-            training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
-        )
-        save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
-        if args.max_steps and step >= args.max_steps:
+            save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
+        barrier(world)
+        if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break
 
 

@@ -27,16 +27,23 @@ from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig
 from .common import (
     StepLog,
     add_common_arguments,
+    autocast,
+    grad_scaler,
+    prepare_module,
     preprocess_spec,
     run_dir,
     save_grid,
+    seed_rank,
     setup,
     shuffled_batches,
+    to_batch,
     training_metadata,
 )
 from .data import PackedSplit, load_split
+from .distributed import barrier, check_batch, mean_scalars, rank_seed, shard, wrap
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
+from .train_state import RunPosition, fast_forward, load_train_state, rng_streams, save_train_state
 
 PREVIEW_TEMPERATURES = (0.5, 0.7, 1.0)
 
@@ -155,7 +162,11 @@ def train(args: argparse.Namespace) -> None:
     init_images, init_attributes = train_split.batch(init_indices)
     model.initialize(init_images.to(device), init_attributes.to(device))
 
+    world = seed_rank(args)
+    check_batch(args.batch_size, world)
+    model_call = prepare_module(wrap(GlowLoss(model), world, device), args)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scaler = grad_scaler(args, device)
     total_steps = args.epochs * (len(train_split) // args.batch_size)
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
@@ -163,83 +174,133 @@ def train(args: argparse.Namespace) -> None:
         optimizer, lambda step: learning_rate_factor(step, args.warmup, total_steps)
     )
     out_dir = run_dir(args)
-    log = StepLog(out_dir / "losses.csv", ["loss", "bits_per_dim", "class_bits", "grad_norm", "lr"])
-    valid_curve: list[tuple[int, float]] = []
     order = torch.Generator().manual_seed(args.seed)
-    noise = torch.Generator().manual_seed(args.seed + 1)
+    # dequantisation noise: each rank its own stream (rank 0's is the one-process run's)
+    noise = torch.Generator().manual_seed(rank_seed(args.seed + 1, world.rank))
     preview_attributes = (
         (torch.rand((32, config.num_attributes), generator=torch.Generator().manual_seed(args.seed + 2)) < frequencies)
         .float()
         .to(device)
     )
-    started, step = time.time(), 0
-    for epoch in range(1, args.epochs + 1):
-        progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"glow epoch {epoch}")
+    state = {
+        "modules": {"model": model},
+        "optimizers": {"optimizer": optimizer},
+        "generators": {"order": order, "noise": noise, **rng_streams(device)},
+    }
+    barrier(world)
+    position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
+    fast_forward(scheduler, position.step)
+    log = (
+        StepLog(
+            out_dir / "losses.csv",
+            ["loss", "bits_per_dim", "class_bits", "grad_norm", "lr"],
+            position.step if args.resume else None,
+        )
+        if world.is_main
+        else None
+    )
+    valid_curve: list[tuple[int, float]] = []
+    started, step = time.time() - position.seconds, position.step
+    for epoch in range(position.epoch + 1, args.epochs + 1):
+        progress = tqdm(
+            list(shuffled_batches(len(train_split), args.batch_size, order)),
+            desc=f"glow epoch {epoch}",
+            disable=not world.is_main,
+        )
         epoch_bits = []
-        for indices in progress:
-            images, attributes = train_split.batch(indices)
-            loss, bits_per_dim, class_bits = model.loss(images.to(device), attributes.to(device), noise)
+        for global_indices in progress:
+            images, attributes = train_split.batch(shard(global_indices, world))
+            with autocast(args, device):
+                loss, bits_per_dim, class_bits = model_call(
+                    to_batch(images, args, device), attributes.to(device), noise
+                )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"glow: loss became {loss.item()} at step {step + 1} (epoch {epoch}); try a lower --lr, a longer "
                     "--warmup, a smaller --clip-norm, --coupling additive or --n-bits 5"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
-            if not torch.isfinite(grad_norm):
+            if not torch.isfinite(grad_norm) and not scaler.is_enabled():
                 raise FloatingPointError(
                     f"glow: gradient norm became {grad_norm.item()} at step {step + 1} (epoch {epoch}); "
                     "try a lower --lr or a longer --warmup"
                 )
-            optimizer.step()
+            scaler.step(optimizer)  # fp16: skips a step whose gradients overflowed, and lowers the scale
+            scaler.update()
             scheduler.step()
             step += 1
-            epoch_bits.append(bits_per_dim.item())
-            log.append(
-                epoch=epoch,
-                step=step,
-                loss=loss.item(),
-                bits_per_dim=bits_per_dim.item(),
-                class_bits=class_bits.item(),
-                grad_norm=grad_norm.item(),
-                lr=scheduler.get_last_lr()[0],
+            scalars = mean_scalars(
+                {
+                    "loss": loss.item(),
+                    "bits_per_dim": bits_per_dim.item(),
+                    "class_bits": class_bits.item(),
+                    "grad_norm": grad_norm.item(),
+                },
+                world,
+                device,
             )
-            progress.set_postfix(bpd=f"{bits_per_dim.item():.3f}", y=f"{class_bits.item():.1f}")
+            epoch_bits.append(scalars["bits_per_dim"])
+            if log is not None:
+                log.append(epoch=epoch, step=step, lr=scheduler.get_last_lr()[0], **scalars)
+            progress.set_postfix(bpd=f"{scalars['bits_per_dim']:.3f}", y=f"{scalars['class_bits']:.1f}")
             if args.max_steps and step >= args.max_steps:
                 break
-        valid_bits = validation_bits_per_dim(model, valid_split, device, args.seed)
-        valid_curve.append((step, valid_bits))
-        print(f"epoch {epoch}: valid bits/dim {valid_bits:.4f}", flush=True)
+        if log is not None:
+            valid_bits = validation_bits_per_dim(model, valid_split, device, args.seed)
+            valid_curve.append((step, valid_bits))
+            print(f"epoch {epoch}: valid bits/dim {valid_bits:.4f}", flush=True)
 
-        model.eval()
-        with torch.inference_mode():
-            for temperature in PREVIEW_TEMPERATURES:
-                samples = model.sample(preview_attributes, temperature, torch.Generator().manual_seed(args.seed + 3))
-                save_grid(samples, out_dir / f"samples_epoch{epoch:03d}_t{temperature:.1f}.png")
-        model.train()
-        plot_curves(log, valid_curve, out_dir / "curves.png")
-        directions = attribute_directions(model, train_split, device, args.direction_images, args.seed)
-        save_checkpoint(
-            args.out,
-            model,
-            preprocess=spec,
-            attributes=train_split.attribute_names,
-            metrics={
-                "valid_bits_per_dim": round(valid_bits, 5),
-                "train_bits_per_dim": round(sum(epoch_bits) / len(epoch_bits), 5),
-                "n_bits": config.n_bits,
-                "valid_images": len(valid_split),
-                "direction_images": min(args.direction_images, len(train_split)),
-            },
-            training={
-                **training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
-                "warmup": args.warmup,
-                "clip_norm": args.clip_norm,
-                "init_images": args.init_images,
-            },
-            extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies},
-            dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
-        )
-        if args.max_steps and step >= args.max_steps:
+            model.eval()
+            with torch.inference_mode():
+                for temperature in PREVIEW_TEMPERATURES:
+                    samples = model.sample(
+                        preview_attributes, temperature, torch.Generator().manual_seed(args.seed + 3)
+                    )
+                    save_grid(samples, out_dir / f"samples_epoch{epoch:03d}_t{temperature:.1f}.png")
+            model.train()
+            plot_curves(log, valid_curve, out_dir / "curves.png")
+            directions = attribute_directions(model, train_split, device, args.direction_images, args.seed)
+            save_checkpoint(
+                args.out,
+                model,
+                preprocess=spec,
+                attributes=train_split.attribute_names,
+                metrics={
+                    "valid_bits_per_dim": round(valid_bits, 5),
+                    "train_bits_per_dim": round(sum(epoch_bits) / len(epoch_bits), 5),
+                    "n_bits": config.n_bits,
+                    "valid_images": len(valid_split),
+                    "direction_images": min(args.direction_images, len(train_split)),
+                },
+                training={
+                    **training_metadata(
+                        args, images=len(train_split), epochs_done=epoch, steps=step, started=started, device=device
+                    ),
+                    "warmup": args.warmup,
+                    "clip_norm": args.clip_norm,
+                    "init_images": args.init_images,
+                },
+                extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies},
+                dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
+            )
+            save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
+        barrier(world)
+        if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break
+
+
+class GlowLoss(torch.nn.Module):
+    """Glow's training loss as a module's forward, so that DistributedDataParallel (which hooks ``forward`` only)
+    can wrap it."""
+
+    def __init__(self, model: Glow):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, images: torch.Tensor, attributes: torch.Tensor, noise: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.loss(images, attributes, noise)

@@ -25,6 +25,7 @@ from app.models.infogan import (
 )
 from app.models.sampling import draw_noise
 
+from .distributed import unwrap
 from .gan import GANRecipe, add_gan_arguments, bce_real_fake, train_gan
 from .registry import register_trainer
 
@@ -68,7 +69,7 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
         return draw_noise(generator.noise_shape, n, rng), draw_codes(n, config.n_codes, config.n_categories, rng)
 
     def discriminator_loss(d, real, attributes, fake, inputs):
-        logits_real = d.real_fake(real)
+        logits_real = unwrap(d).real_fake(real)  # a custom method: DDP's wrapper forwards only forward()
         logits_fake, code_logits = d(fake, detach_q=True)  # Q's head learns here; the body stays D's alone
         loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
         info = code_cross_entropy(code_logits, inputs[1])

@@ -68,6 +68,25 @@ def save_train_state(
     )
 
 
+def fast_forward(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
+    """Step a freshly built scheduler ``steps`` times (no optimiser step): the learning rate (and OneCycle's
+    momentum) a resumed run continues from, with no scheduler state to save."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+        for _ in range(steps):
+            scheduler.step()
+
+
+def rng_streams(device: torch.device) -> dict[str, torch.Generator]:
+    """The global random streams a loop draws from implicitly (dropout, reparameterisation noise), by name."""
+    streams = {"global": torch.default_generator}
+    if device.type == "cuda":
+        streams["global_cuda"] = torch.cuda.default_generators[device.index or 0]
+    return streams
+
+
 def load_train_state(
     directory: Path,
     modules: dict[str, nn.Module],

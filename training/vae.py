@@ -15,16 +15,23 @@ from app.models.vae import VAE, VAEConfig, vae_loss
 from .common import (
     StepLog,
     add_common_arguments,
+    autocast,
+    grad_scaler,
+    prepare_module,
     preprocess_spec,
     resolve_device,
     run_dir,
     save_grid,
+    seed_rank,
     setup,
     shuffled_batches,
+    to_batch,
     training_metadata,
 )
 from .data import PackedSplit, load_split
+from .distributed import barrier, check_batch, mean_scalars, shard, wrap
 from .registry import register_trainer
+from .train_state import RunPosition, fast_forward, load_train_state, rng_streams, save_train_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,50 +120,79 @@ def train(args: argparse.Namespace) -> None:
     valid_split = load_split(args.data, "valid", spec, args.limit)
     config = VAEConfig(image_size=spec.size, widths=args.widths, latent_dim=args.latent_dim, lambda_kl=args.lambda_kl)
     model = VAE(config).to(device)
+    world = seed_rank(args)
+    check_batch(args.batch_size, world)
+    model_call = prepare_module(wrap(model, world, device), args)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scaler = grad_scaler(args, device)
     total_steps = args.epochs * (len(train_split) // args.batch_size)
     # Cosine decay to 5% lets late epochs polish the reconstructions instead of bouncing around.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total_steps), eta_min=args.lr * 0.05)
     out_dir = run_dir(args)
-    log = StepLog(out_dir / "losses.csv", ["loss", "mse", "kl"])
     order = torch.Generator().manual_seed(args.seed)
     fixed_noise = draw_noise(model.latent_shape, 32, torch.Generator().manual_seed(args.seed))
-    started, step = time.time(), 0
-    for epoch in range(1, args.epochs + 1):
-        progress = tqdm(list(shuffled_batches(len(train_split), args.batch_size, order)), desc=f"vae epoch {epoch}")
-        for indices in progress:
-            images, _ = train_split.batch(indices)
-            images = images.to(device)
-            reconstruction, mu, logvar = model(images)
-            loss, mse, kl = vae_loss(reconstruction, images, mu, logvar, config.lambda_kl)
+    state = {
+        "modules": {"model": model},
+        "optimizers": {"optimizer": optimizer},
+        "generators": {"order": order, **rng_streams(device)},
+    }
+    barrier(world)
+    position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
+    fast_forward(scheduler, position.step)
+    log = (
+        StepLog(out_dir / "losses.csv", ["loss", "mse", "kl"], position.step if args.resume else None)
+        if world.is_main
+        else None
+    )
+    started, step = time.time() - position.seconds, position.step
+    for epoch in range(position.epoch + 1, args.epochs + 1):
+        progress = tqdm(
+            list(shuffled_batches(len(train_split), args.batch_size, order)),
+            desc=f"vae epoch {epoch}",
+            disable=not world.is_main,
+        )
+        for global_indices in progress:
+            images, _ = train_split.batch(shard(global_indices, world))
+            images = to_batch(images, args, device)
+            with autocast(args, device):
+                reconstruction, mu, logvar = model_call(images)
+                loss, mse, kl = vae_loss(reconstruction.float(), images, mu.float(), logvar.float(), config.lambda_kl)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
-            log.append(epoch=epoch, step=step, loss=loss.item(), mse=mse.item(), kl=kl.item())
-            progress.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.0f}")
+            scalars = mean_scalars({"loss": loss.item(), "mse": mse.item(), "kl": kl.item()}, world, device)
+            if log is not None:
+                log.append(epoch=epoch, step=step, **scalars)
+            progress.set_postfix(mse=f"{scalars['mse']:.4f}", kl=f"{scalars['kl']:.0f}")
             if args.max_steps and step >= args.max_steps:
                 break
-        valid_mse = validation_mse(model, valid_split, device)
-        print(f"epoch {epoch}: valid MSE {valid_mse:.5f}", flush=True)
-        metrics = {
-            "valid_mse": round(valid_mse, 6),
-            "valid_images": len(valid_split),
-            **fit_sampling_prior(model, train_split, device),
-        }
-        model.eval()
-        with torch.inference_mode():
-            save_grid(model.generate(fixed_noise.to(device)), out_dir / f"samples_epoch{epoch:03d}.png")
-        model.train()
-        log.plot(out_dir / "curves.png", {"reconstruction (MSE)": ["mse"], "KL": ["kl"]})
-        save_checkpoint(
-            args.out,
-            model,
-            preprocess=spec,
-            attributes=train_split.attribute_names,
-            metrics=metrics,
-            training=training_metadata(args, images=len(train_split), epochs_done=epoch, steps=step, started=started),
-        )
-        if args.max_steps and step >= args.max_steps:
+        if log is not None:
+            valid_mse = validation_mse(model, valid_split, device)
+            print(f"epoch {epoch}: valid MSE {valid_mse:.5f}", flush=True)
+            metrics = {
+                "valid_mse": round(valid_mse, 6),
+                "valid_images": len(valid_split),
+                **fit_sampling_prior(model, train_split, device),
+            }
+            model.eval()
+            with torch.inference_mode():
+                save_grid(model.generate(fixed_noise.to(device)), out_dir / f"samples_epoch{epoch:03d}.png")
+            model.train()
+            log.plot(out_dir / "curves.png", {"reconstruction (MSE)": ["mse"], "KL": ["kl"]})
+            save_checkpoint(
+                args.out,
+                model,
+                preprocess=spec,
+                attributes=train_split.attribute_names,
+                metrics=metrics,
+                training=training_metadata(
+                    args, images=len(train_split), epochs_done=epoch, steps=step, started=started, device=device
+                ),
+            )
+            save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
+        barrier(world)
+        if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break
