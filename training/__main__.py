@@ -1,5 +1,5 @@
-"""``python -m training <family> --data DIR --out weights/<family>.safetensors ...`` and
-``python -m training evaluate``."""
+"""``python -m training run training/recipes/<family>.toml``, ``python -m training <family> --data DIR --out
+weights/<family>.safetensors ...`` and ``python -m training evaluate``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import importlib
 import pkgutil
 import sys
 
+from .distributed import finish, get_world
 from .registry import TRAINERS
 
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         add_arguments(commands.add_parser(name, help=f"train or run {name}"))
     args = parser.parse_args(argv)
     TRAINERS[args.command][1](args)
+    finish(get_world())  # under torchrun: leave the process group together
 
 
 if __name__ == "__main__":
