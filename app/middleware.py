@@ -118,16 +118,22 @@ class RequestBodyGuard:
 
 
 class APIKeyGuard:
-    """When a key is configured, every route but /health needs header ``X-API-Key`` (compared in constant time).
-    CORS preflights never get here: the CORS middleware outside answers them (browsers send no key with them)."""
+    """When a key is configured, every route but /health and the web page needs header ``X-API-Key`` (compared in
+    constant time). CORS preflights never get here: the CORS middleware outside answers them (browsers send no key
+    with them). The page (``/`` and ``/static/``) holds no data, and a browser cannot send a header when it opens a
+    URL; the page's own requests to the API carry the key its user types in."""
 
-    OPEN_PATHS = {"/health"}
+    # /static/ is served by StaticFiles, which refuses paths that leave its folder (../): no API route is behind it.
+    OPEN_PATHS, OPEN_PREFIXES = {"/health", "/"}, ("/static/",)
 
     def __init__(self, app: ASGIApp, api_key: str | None):
         self.app, self.api_key = app, api_key.encode() if api_key else None
 
+    def is_open(self, path: str) -> bool:
+        return path in self.OPEN_PATHS or path.startswith(self.OPEN_PREFIXES)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.api_key is not None and scope["path"] not in self.OPEN_PATHS:
+        if scope["type"] == "http" and self.api_key is not None and not self.is_open(scope["path"]):
             given = dict(scope.get("headers") or []).get(b"x-api-key", b"")
             if not hmac.compare_digest(given, self.api_key):
                 return await send_json(
