@@ -8,13 +8,12 @@ the rules between fields (``strength`` only with ``toggle``; pairs halve ``n``'s
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
 
-from app.api.deps import Inference
+from app.models.pipelines import CAPABILITIES, families_with
 from app.settings import Settings
 
 ERROR_SCHEMA = {
@@ -23,6 +22,7 @@ ERROR_SCHEMA = {
     "properties": {"detail": {"title": "Detail", "type": "string"}},
     "required": ["detail"],
 }
+MODEL_FAMILIES = frozenset(family for capability in CAPABILITIES for family in families_with(capability))
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
 
@@ -36,20 +36,9 @@ def error(description: str, headers: dict | None = None) -> dict[str, Any]:
     return response
 
 
-def uses(route: APIRoute, call: Any) -> bool:
-    """Whether ``route`` depends on ``call``, directly or through its dependencies."""
-    pending = [route.dependant]
-    while pending:
-        dependant = pending.pop()
-        if dependant.call is call:
-            return True
-        pending.extend(dependant.dependencies)
-    return False
-
-
-def error_responses(route: APIRoute, operation: dict, settings: Settings) -> dict[str, dict]:
+def error_responses(path: str, operation: dict, settings: Settings) -> dict[str, dict]:
     responses: dict[str, dict] = {}
-    if settings.api_key and route.path != "/health":
+    if settings.api_key and path != "/health":
         responses["401"] = error("missing or wrong X-API-Key header")
     body = operation.get("requestBody", {}).get("content", {})
     if body:
@@ -71,14 +60,14 @@ def error_responses(route: APIRoute, operation: dict, settings: Settings) -> dic
             "a Content-Encoding (e.g. gzip) the server does not inflate"
             + ("; an upload that is not a JPEG, PNG or WebP image" if uploads else "")
         )
-    if "{" in route.path:
+    if "{" in path:
         responses["404"] = error("nothing by that name is loaded")
-    if uses(route, Inference):
+    if family_of(path) in MODEL_FAMILIES:  # an operation of a model family
         responses["503"] = error(
             "the model is not loaded, its queue is full, the request timed out, or the server is shutting down",
             RETRY_AFTER,
         )
-    if route.path == "/ready":
+    if path == "/ready":
         responses["503"] = {"description": "not ready: what is missing or failed", "content": {"application/json": {}}}
     return responses
 
@@ -108,8 +97,32 @@ def name_enum(prop: dict, names: list[str]) -> None:
             branch["enum"] = list(names)
 
 
-def add_model_facts(body: dict, path: str, pipeline: Any, settings: Settings) -> None:
+def is_upload(prop: dict) -> bool:
+    return prop.get("type") == "string" and (
+        prop.get("format") == "binary" or prop.get("contentMediaType") == "application/octet-stream"
+    )
+
+
+def add_form_facts(props: dict) -> None:
+    """An upload is a non-empty file (an empty one is a 400; ``format: binary`` is how OpenAPI 3.0 tools know a file),
+    a list of uploads has at least one, and a form field cannot be null (a form has no null: a field left out takes
+    its default)."""
+    for name, prop in list(props.items()):
+        branches = [branch for branch in prop.get("anyOf", []) if branch.get("type") != "null"]
+        if "anyOf" in prop and len(branches) == 1:
+            del prop["anyOf"]
+            props[name] = prop = {**branches[0], **prop}
+        if is_upload(prop):
+            prop.update(format="binary", minLength=1)
+        elif prop.get("type") == "array" and is_upload(prop.get("items", {})):
+            prop["items"].update(format="binary", minLength=1)
+            prop.setdefault("minItems", 1)
+
+
+def add_model_facts(body: dict, path: str, pipeline: Any, settings: Settings, is_form: bool) -> None:
     props = body.get("properties", {})
+    if is_form:
+        add_form_facts(props)
     rules = []
     if "n" in props and path.startswith("/generate/"):
         props["n"]["maximum"] = settings.max_n
@@ -127,35 +140,42 @@ def add_model_facts(body: dict, path: str, pipeline: Any, settings: Settings) ->
         rules.append({"if": toggled, "then": {"properties": {"n": {"maximum": max(1, settings.max_n // 2)}}}})
         if "strength" in props:
             rules.append({"if": {"required": ["strength"]}, "then": toggled})
-    if "strengths" in props and "steps" in props:
-        rules.append({"not": {"required": ["strengths", "steps"]}})
+    if "strengths" in props and "steps" in props:  # one or the other (or neither: 5 steps)
+        body["dependentSchemas"] = {"strengths": {"properties": {"steps": False}}}
     if rules:
         body["allOf"] = rules
 
 
+def exact_integer_bounds(node: Any) -> None:
+    """pydantic writes integer bounds as floats (``9.223372036854776e+18`` for 2**63): a client reading them as
+    doubles then accepts values the server refuses. Integral bounds are written back as JSON integers."""
+    if isinstance(node, dict):
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if isinstance(node.get(key), float) and node[key].is_integer() and node.get("type") == "integer":
+                node[key] = int(node[key])
+        for value in node.values():
+            exact_integer_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            exact_integer_bounds(value)
+
+
 def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
-    schema = get_openapi(
-        title=app.title,
-        version=app.version,
-        openapi_version=app.openapi_version,
-        description=app.description,
-        routes=app.routes,
-    )
+    app.openapi_schema = None
+    schema = copy.deepcopy(FastAPI.openapi(app))  # FastAPI's own, from the routes' models
+    app.openapi_schema = None
     schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
     store = getattr(app.state, "store", None)
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
-            continue
-        for method in route.methods:
-            operation = schema["paths"][route.path_format].get(method.lower())
-            if operation is None:
-                continue
-            for status, response in error_responses(route, operation, settings).items():
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            for status, response in error_responses(path, operation, settings).items():
                 operation["responses"].setdefault(status, response)
             body = request_schema(schema, operation)
             if body is not None:
-                pipeline = store.pipelines.get(family_of(route.path)) if store is not None else None
-                add_model_facts(body, route.path, pipeline, settings)
+                pipeline = store.pipelines.get(family_of(path)) if store is not None else None
+                is_form = "multipart/form-data" in operation["requestBody"]["content"]
+                add_model_facts(body, path, pipeline, settings, is_form)
+    exact_integer_bounds(schema)
     return schema
 
 

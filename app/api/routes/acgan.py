@@ -23,7 +23,9 @@ router = APIRouter(prefix="/generate", tags=["generate"])
 
 class ACGANRequest(StrictModel):
     n: int = Field(8, ge=1, description="images; with `toggle`, pairs (2n images, at most FACEGEN_MAX_N in all)")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images; omitted: random, reported")
+    seed: int | None = Field(
+        None, ge=0, lt=MAX_SEED + 1, description="same seed, same images; omitted: random, reported"
+    )
     attributes: dict[str, bool] = Field(
         default_factory=dict,
         description="attribute name -> on/off; the model's other attributes are "

@@ -43,7 +43,13 @@ class ClassifyResponse(BaseModel):
 
 @router.post("/classify", response_model=ClassifyResponse)
 async def classify(
-    images: Annotated[list[UploadFile], File(description="1 to 32 face images (JPEG, PNG or WebP, any size)")],
+    images: Annotated[
+        list[UploadFile],
+        File(
+            description="1 to 32 face images (JPEG, PNG or WebP, any size)",
+            json_schema_extra={"maxItems": MAX_CLASSIFY},
+        ),
+    ],
     store: StoreDep,
     infer: InferenceDep,
     settings: SettingsDep,

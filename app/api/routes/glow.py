@@ -30,13 +30,18 @@ router = APIRouter(tags=["glow"])
 
 MAX_FRAMES = 32  # interpolation frames and manipulation strengths per request
 MAX_STRENGTH = 5.0  # |strength| cap, in units of the stored direction (beyond it faces dissolve into noise)
+# What `strengths` accepts, stated in the schema: 1..MAX_FRAMES plain decimals within +-MAX_STRENGTH, comma-separated.
+_STRENGTH = rf"-?(?:[0-{int(MAX_STRENGTH) - 1}](?:\.[0-9]+)?|{int(MAX_STRENGTH)}(?:\.0+)?)"
+STRENGTHS_PATTERN = rf"^ *{_STRENGTH} *(?:, *{_STRENGTH} *){{0,{MAX_FRAMES - 1}}}$"
 MAX_LIKELIHOOD_IMAGES = 32
 SequenceFormat = Literal["png", "gif", "json"]
 
 
 class GlowRequest(StrictModel):
     n: int = Field(16, ge=1, description="number of images (at most FACEGEN_MAX_N)")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images; omitted: random, reported")
+    seed: int | None = Field(
+        None, ge=0, lt=MAX_SEED + 1, description="same seed, same images; omitted: random, reported"
+    )
     temperature: float = Field(
         0.7,
         ge=0.0,
@@ -199,7 +204,11 @@ async def manipulate(
     infer: InferenceDep,
     settings: SettingsDep,
     strengths: Annotated[
-        str | None, Form(description="comma list in units of the attribute direction, e.g. -1,-0.5,0,0.5,1")
+        str | None,
+        Form(
+            pattern=STRENGTHS_PATTERN,
+            description="comma list in units of the attribute direction, e.g. -1,-0.5,0,0.5,1",
+        ),
     ] = None,
     steps: Annotated[
         int | None,
@@ -243,7 +252,13 @@ async def manipulate(
 
 @router.post("/glow/likelihood", response_model=LikelihoodResponse)
 async def likelihood(
-    images: Annotated[list[UploadFile], File(description="1 to 32 images (JPEG, PNG or WebP, any size)")],
+    images: Annotated[
+        list[UploadFile],
+        File(
+            description="1 to 32 images (JPEG, PNG or WebP, any size)",
+            json_schema_extra={"maxItems": MAX_LIKELIHOOD_IMAGES},
+        ),
+    ],
     store: StoreDep,
     infer: InferenceDep,
     settings: SettingsDep,

@@ -17,7 +17,9 @@ MAX_ROWS = 16
 
 
 class InfoGANRequest(StrictModel):
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same images; omitted: random, reported")
+    seed: int | None = Field(
+        None, ge=0, lt=MAX_SEED + 1, description="same seed, same images; omitted: random, reported"
+    )
     rows: int = Field(4, ge=1, le=MAX_ROWS, description="noise vectors, one per row")
     code: int = Field(0, description="the code to sweep, 0..n_codes-1 (0..9 in the paper's setting)")
     format: ImageFormat = Field("png", description="png: one grid, a row per noise vector; json: base64 PNGs per row")

@@ -24,7 +24,13 @@ MAX_RECONSTRUCT = 32
     response_class=Response,
 )
 async def reconstruct(
-    images: Annotated[list[UploadFile], File(description="1 to 32 face images (JPEG, PNG or WebP, any size)")],
+    images: Annotated[
+        list[UploadFile],
+        File(
+            description="1 to 32 face images (JPEG, PNG or WebP, any size)",
+            json_schema_extra={"maxItems": MAX_RECONSTRUCT},
+        ),
+    ],
     store: StoreDep,
     infer: InferenceDep,
     settings: SettingsDep,
