@@ -28,6 +28,11 @@ export const pretty = (name) => name.replaceAll("_", " ");
 // ---------------------------------------------------------------------------------------------------------------
 // Form values: the server is the one judge of them (a bad value comes back as its 422, shown by the field).
 
+/** The `align` field of an upload request, only when the user chose one (else the server's default applies). */
+export function alignField(form) {
+  return form.elements.align && form.elements.align.value ? [["align", form.elements.align.value]] : [];
+}
+
 /** An <input>'s value for a JSON body: an integer when it is one, omitted when empty, else the raw text. */
 export function integerOrText(value) {
   const text = value.trim();
@@ -123,7 +128,8 @@ export function showError(panel, error) {
     if (!unplaced.length) return `${head}: the server refused the request; see the message next to the field.`;
     return `${head}: ${unplaced.join("; ")}`;
   }
-  if ([400, 413, 415].includes(status)) {
+  if ([400, 413, 415, 422].includes(status)) {
+    // an upload the server could not use (not an image, too large, no face found): by its file control
     const pickers = [...panel.querySelectorAll("[data-picker]")];
     const named = pickers.find((picker) => picker.pickerFiles().some((file) => String(detail).includes(file.name)));
     const picker = named || pickers[0];
@@ -332,6 +338,14 @@ export function attributeChooser(fieldset, names, idPrefix) {
   fieldset.querySelector(".hint").replaceChildren(`${names.length} attributes; those left random are drawn per image from their frequency in CelebA (`, reset, ").");
   fieldset.querySelector(".field-error").before(grid);
   return () => Object.fromEntries(selects.filter((select) => select.value).map((select) => [select.dataset.attribute, select.value === "true"]));
+}
+
+/** How the server turned an upload into the model's input (the `face` report of upload routes), in words. */
+export function faceNote(face) {
+  if (!face) return "";
+  const found = face.faces_found == null ? "" : ` (${face.faces_found} face${face.faces_found === 1 ? "" : "s"} found)`;
+  const how = face.align === "auto" ? `aligned${found}` : "taken as aligned";
+  return face.warning ? `${how}; ${face.warning}` : how;
 }
 
 /** "Male, Smiling" for the attributes on in a reported vector. */

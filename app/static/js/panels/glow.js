@@ -2,7 +2,7 @@
 // and as frames) and one attribute moved on a face (POST /glow/manipulate, each frame read by POST /classify).
 
 import {
-  attributeChooser, attributesOn, base64File, blobImage, compact, el, facePicker, figure, integerOrText, pngData,
+  alignField, attributeChooser, attributesOn, base64File, blobImage, compact, el, facePicker, figure, integerOrText, pngData,
   pretty, runJob, seedControl, showResult,
 } from "../ui.js";
 
@@ -55,7 +55,7 @@ export function initInterpolate(panel) {
     event.preventDefault();
     const [a] = faceA.files();
     const [b] = faceB.files();
-    const fields = [["steps", form.elements.steps.value], ["method", form.elements.method.value]];
+    const fields = [["steps", form.elements.steps.value], ["method", form.elements.method.value], ...alignField(form)];
     const form_ = (format) => [...(a ? [["face_a", a]] : []), ...(b ? [["face_b", b]] : []), ...fields, ["format", format]];
     runJob(panel, async (job) => {
       // Two requests for the same path: the animation, and the frames one by one for the strip.
@@ -94,6 +94,7 @@ export function initManipulate(panel, context) {
       ["attribute", attribute.value],
       ["steps", form.elements.steps.value],
       ["max_strength", strength.value],
+      ...alignField(form),
       ["format", "json"],
     ];
     runJob(panel, async (job) => {
@@ -120,7 +121,8 @@ export function initManipulate(panel, context) {
       const classified = await job.send({
         method: "POST",
         path: "/classify",
-        form: frames.map((frame, index) => ["images", base64File(frame.image, `frame-${index + 1}.png`)]),
+        // the frames are the model's own 64x64 face crops, already aligned: no face detection (align=none)
+        form: [...frames.map((frame, index) => ["images", base64File(frame.image, `frame-${index + 1}.png`)]), ["align", "none"]],
         output: "readings.json",
       });
       const { images } = await classified.json();
