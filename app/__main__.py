@@ -4,6 +4,10 @@ On SIGTERM uvicorn stops accepting, lets requests in flight finish (up to ``--ti
 lifespan's shutdown (the batcher answers what is still queued), then re-raises the signal for the handler that was
 installed before it started. Ours turns that into exit status 0, so an orchestrator sees a clean stop rather than a
 process killed by a signal.
+
+Slow clients are bounded here, at the server: request headers must arrive within ``FACEGEN_HEADER_TIMEOUT_S``
+(:mod:`app.protocol`), and past ``FACEGEN_MAX_CONNECTIONS`` open connections or requests uvicorn answers 503
+(``limit_concurrency``). Stalled bodies are the app's to refuse (``FACEGEN_BODY_TIMEOUT_S``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import signal
 import sys
 
 import uvicorn
+
+from app.protocol import protocol_with_header_timeout
+from app.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    settings = Settings()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         "app.main:app",
@@ -34,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        http=protocol_with_header_timeout(settings.header_timeout_s),
+        limit_concurrency=settings.max_connections,
     )
 
 
