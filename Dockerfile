@@ -23,13 +23,15 @@ WORKDIR /app
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
-# The service only (no training/dev extras); torch above already satisfies the dependency.
-COPY pyproject.toml README.md ./
-COPY app/ ./app/
-RUN pip install --no-cache-dir . \
+# The service's other dependencies, exactly as locked, every file checked against its sha256 (`make lock` writes
+# requirements/service.lock from pyproject's dependencies, less torch/torchvision, which come from their own index
+# above). The app itself is not pip-installed: `python -m app` runs it from /app, so no build backend is fetched.
+COPY requirements/service.lock ./requirements/service.lock
+RUN pip install --no-cache-dir --require-hashes -r requirements/service.lock \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin facegen \
     && mkdir -p /app/weights \
     && chown 10001:10001 /app/weights
+COPY app/ ./app/
 
 # Checkpoints are mounted read-only at /app/weights (docker-compose.yml); nothing is baked in.
 USER 10001:10001

@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # installed by `make test` when run as root, otherwise those tests skip and say how to install them.
 SYSTEM_PACKAGES ?= nginx chromium
 
-.PHONY: install install-dev system-packages serve test bench lint clean
+.PHONY: install install-dev system-packages serve test bench lock lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: install-dev system-packages  ## run the whole test suite
 
 bench: install-dev  ## benchmark a running server: make bench URL=http://127.0.0.1:8000
 	$(BIN)/python -m bench --url $(or $(URL),http://$(HOST):$(PORT))
+
+lock: install-dev  ## rewrite requirements/service.lock (exact versions and hashes the Docker image installs)
+	$(BIN)/python scripts/service_requirements.py > requirements/service.in
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-header -o requirements/service.lock requirements/service.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache

