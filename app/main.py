@@ -22,8 +22,8 @@ from starlette.responses import Response
 
 from app import __version__
 from app.api import openapi, routes
+from app.api.checks import request_checks
 from app.api.deps import ClientDisconnected
-from app.api.forms import no_empty_form_values
 from app.api.routes import generate
 from app.imaging import DecodeLimits
 from app.middleware import APIKeyGuard, DecodeBudgets, HeadAsGet, Metrics, RequestBodyGuard, ServerErrors
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="facegen",
         version=__version__,
         lifespan=lifespan,
-        dependencies=[Depends(no_empty_form_values)],
+        dependencies=[Depends(request_checks)],
         description="Deep generative models of 64x64 faces. Weights trained on CelebA: non-commercial research use.",
     )
     app.state.settings = settings

@@ -62,7 +62,11 @@ class RequestBodyGuard:
         headers = dict(scope.get("headers") or [])
         too_large = f"request body is larger than the {self.max_mb:g} MiB allowed (FACEGEN_MAX_UPLOAD_MB)"
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+        if length is not None and not length.isdigit():
+            return await send_json(
+                send, 400, {"detail": f"Content-Length {length.decode('latin-1')!r} is not a number"}
+            )
+        if length is not None and int(length) > self.max_bytes:
             return await send_json(send, 413, {"detail": too_large})
         encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
         if encoding not in ("", "identity"):
