@@ -156,7 +156,9 @@ class HeadAsGet:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "HEAD":
             return await self.app(scope, receive, send)
-        scope["method"] = "GET"  # in place: the metrics outside read the route the router writes into this scope
+        # A copy: the server keeps reading the original scope, and must go on knowing the request was a HEAD (it then
+        # expects no body bytes despite the Content-Length).
+        inner = {**scope, "method": "GET"}
 
         async def bodiless_send(message: Message) -> None:
             if message["type"] == "http.response.body":
@@ -164,9 +166,10 @@ class HeadAsGet:
             await send(message)
 
         try:
-            await self.app(scope, receive, bodiless_send)
+            await self.app(inner, receive, bodiless_send)
         finally:
-            scope["method"] = "HEAD"
+            if "route" in inner:
+                scope["route"] = inner["route"]  # for the metrics outside
 
 
 class DecodeBudgets:

@@ -121,3 +121,17 @@ def test_shipped_infogan_codes_are_recoverable():
     recognizer = recognizer_from_extras(infogan.model.config, infogan.extras)
     overall, per_code = q_accuracy(infogan.model.eval(), recognizer, samples=500, seed=1)
     assert overall > INFOGAN_MIN_Q_ACCURACY and min(per_code) > 2 / infogan.model.n_categories, per_code
+
+
+def test_shipped_glow_decodes_latents_pushed_far_off_the_distribution_to_finite_images():
+    """Pushed three times along Eyeglasses, most samples used to decode to inf/NaN (the inverse coupling divided by a
+    near-zero scale); the bounded inverse keeps every one finite."""
+    from app.models.glow import DIRECTIONS_KEY
+    from app.models.pipelines import build_pipeline
+
+    glow = build_pipeline(load_checkpoint(WEIGHTS / "glow.safetensors"))
+    direction = glow.checkpoint.extras[DIRECTIONS_KEY][glow.attributes.index("Eyeglasses")]
+    vectors, eps, temperature, _ = glow.prepare_samples(16, 3).inputs
+    with torch.inference_mode():
+        raw = glow.model.sample_from_noise(vectors, eps, temperature, (3.0 * direction).expand(16, -1))
+    assert torch.isfinite(raw).all()

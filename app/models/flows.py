@@ -133,6 +133,16 @@ class ConvActNorm(nn.Module):
         return F.relu(self.norm(self.conv(x))[0])
 
 
+# The inverse divides by the coupling's scale. Faces never drive it below about 0.05 (measured over validation faces
+# on the shipped Glow), but a latent moved off the training distribution (sampling with an attribute shift, strong
+# manipulation) can, and a division by a near-zero scale overflows to inf and then NaN several steps later. Below
+# this floor the inverse is no longer exact; above it, which covers every face, it is.
+MIN_INVERSE_SCALE = 0.02
+# And a bound on the inverse's activations, far above any a face produces (they are standardised by actnorm, so of
+# order 1-10): a latent far off the distribution then decodes to a saturated image instead of inf/NaN.
+MAX_INVERSE_ACTIVATION = 1e4
+
+
 class Coupling(nn.Module):
     """Affine or additive coupling: the second half of the channels is shifted (and scaled) by a function of the first.
 
@@ -167,8 +177,8 @@ class Coupling(nn.Module):
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
         y_a, y_b = y.chunk(2, dim=1)
         shift, scale = self._shift_scale(y_a)
-        x_b = y_b - shift if scale is None else y_b / scale - shift
-        return torch.cat([y_a, x_b], 1)
+        x_b = y_b - shift if scale is None else y_b / scale.clamp_min(MIN_INVERSE_SCALE) - shift
+        return torch.cat([y_a, x_b], 1).clamp(-MAX_INVERSE_ACTIVATION, MAX_INVERSE_ACTIVATION)
 
 
 class FlowStep(nn.Module):

@@ -250,18 +250,28 @@ class Glow(nn.Module):
         eps = torch.randn((y.shape[0], self.latent_dim), generator=generator)
         return self.sample_from_noise(y, eps.to(y.device, y.dtype), temperature)
 
-    def sample_from_noise(self, y: torch.Tensor, eps: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    def sample_from_noise(
+        self,
+        y: torch.Tensor,
+        eps: torch.Tensor,
+        temperature: float | torch.Tensor,
+        shift: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Images for attribute vectors y (N, A) and standard normal noise eps (N, latent_dim). Each latent is
         ``mean + temperature * std * eps`` under its conditional prior, from the top down; ``temperature`` is a
-        number or one per image (N,), so requests at different temperatures can share a batch."""
+        number or one per image (N,), so requests at different temperatures can share a batch. ``shift`` (N,
+        latent_dim), when given, is added to each level's latent as it is drawn, so the finer levels' priors see
+        the shifted coarser ones."""
         if isinstance(temperature, torch.Tensor):
             temperature = temperature.to(eps)[:, None, None, None]
         eps_list = self.unflatten_latents(eps)
-        h = self.top_prior.sample(None, y, eps_list[-1], temperature)
-        split_eps = iter(reversed(eps_list[:-1]))
+        shifts = self.unflatten_latents(shift) if shift is not None else [0.0] * len(eps_list)
+        h = self.top_prior.sample(None, y, eps_list[-1], temperature) + shifts[-1]
+        split_eps = iter(zip(reversed(eps_list[:-1]), reversed(shifts[:-1])))
         for level in reversed(self.levels):
             if level.split is not None:
-                h = level.split.reverse(h, level.split.prior.sample(h, y, next(split_eps), temperature))
+                level_eps, level_shift = next(split_eps)
+                h = level.split.reverse(h, level.split.prior.sample(h, y, level_eps, temperature) + level_shift)
             for step in reversed(level.steps):
                 h = step.reverse(h)
             h = unsqueeze2d(h)

@@ -23,7 +23,7 @@ from app.api.routes.generate import resolve_seed
 from app.api.uploads import read_upload_batch
 from app.imaging import base64_pngs, gif_bytes, grid_png
 from app.models.attributes import check_attribute_names
-from app.models.pipelines.glow import MAX_TEMPERATURE
+from app.models.pipelines.glow import DEFAULT_CONDITION_STRENGTH, MAX_CONDITION_STRENGTH, MAX_TEMPERATURE
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 
 router = APIRouter(tags=["glow"])
@@ -53,6 +53,13 @@ class GlowRequest(StrictModel):
         default_factory=dict,
         description="attribute name -> on/off; the other attributes are drawn per image "
         "from their training-set frequencies",
+    )
+    strength: float = Field(
+        DEFAULT_CONDITION_STRENGTH,
+        ge=0.0,
+        le=MAX_CONDITION_STRENGTH,
+        description="how far each requested attribute moves the samples along its latent direction: 1 moves them "
+        "from the training mean to the mean of faces with (without) it, 0 leaves only the flow's own prior",
     )
     format: ImageFormat = Field("png", description="png: one grid (headers X-Seed, X-Attributes); json: base64 PNGs")
 
@@ -134,7 +141,7 @@ async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceD
     pipeline = require_pipeline(store, "glow")
     check_count("n", request.n, 1, settings.max_n)
     seed = resolve_seed(request.seed)
-    prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.temperature)
+    prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.temperature, request.strength)
     (images,) = await infer("glow", prepared)
     names, vectors = pipeline.attributes, prepared.report["attributes"]
 
