@@ -1,30 +1,160 @@
-"""Uploaded images -> one preprocessed batch, through the shared preprocessing stored in the checkpoint."""
+"""Uploaded images -> one preprocessed batch, through the shared preprocessing stored in the checkpoint.
+
+Uploads are faces in photos: with ``align=auto`` (the default) each upload's faces are found (MTCNN, on the
+batcher's forward thread), the largest is aligned to CelebA's landmark positions and cropped as training cropped
+CelebA's frames (:func:`app.models.preprocess.preprocess` with landmarks); ``align=none`` takes the upload as an
+already aligned CelebA-like frame. What was found and used is reported per upload (:class:`FaceReport`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
 import torch
-from fastapi import HTTPException, UploadFile
+from fastapi import Depends, Form, HTTPException, Request, UploadFile
+from PIL import Image
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from app.api.responses import field_error
 from app.imaging import ImageDecodeError, decode_image
-from app.models.preprocess import PreprocessSpec, preprocess
+from app.models.align import CELEBA_FRAME, frame_to_image, transform_scale
+from app.models.detector import DetectorError, Face
+from app.models.preprocess import PreprocessSpec, crop_square, preprocess
+from app.services.faces import face_finder
+
+AlignMode = Literal["auto", "none"]
+AlignForm = Annotated[
+    AlignMode,
+    Form(
+        description="auto: find the faces, align the largest one like CelebA's frames (eyes, nose and mouth corners "
+        "at CelebA's mean positions), 422 if there is none; none: the upload is already a CelebA-aligned face "
+        "(178x218-like frame, eyes about half-way down), only centre-cropped"
+    ),
+]
 
 
-def _decode_all(payloads: list[tuple[str, bytes]], spec: PreprocessSpec, max_pixels: int) -> torch.Tensor:
-    return torch.stack([preprocess(decode_image(data, name, max_pixels), spec) for name, data in payloads])
+class FaceReport(BaseModel):
+    """How one upload was turned into the model's input."""
+
+    align: AlignMode = Field(description="the alignment applied: auto (detected and aligned) or none")
+    faces_found: int | None = Field(None, description="faces detected in the upload (align=auto)")
+    box: list[float] | None = Field(None, description="the face used: x0, y0, x1, y1 in the upload's pixels")
+    landmarks: list[list[float]] | None = Field(
+        None, description="its eyes, nose and mouth corners (x, y), as seen in the picture, in the upload's pixels"
+    )
+    score: float | None = Field(None, description="the detector's confidence that it is a face")
+    face_px: float | None = Field(None, description="side, in the upload's pixels, of the square the model sees")
+    warning: str | None = Field(None, description="why the result may be poor (e.g. a face far smaller than 64 px)")
+
+
+@dataclass
+class UploadBatch:
+    images: torch.Tensor  # (N, 3, S, S) in [-1, 1]
+    names: list[str]
+    faces: list[FaceReport]
+
+
+class Faces:
+    """Dependency: finds faces in uploads with the app's detector (loaded on first use)."""
+
+    def __init__(self, request: Request):
+        self.state = request.app.state
+
+    async def find(self, images: list[Image.Image]) -> list[list[Face]]:
+        timeout_s = self.state.settings.request_timeout_s
+        try:
+            finder = await face_finder(self.state, timeout_s)
+        except DetectorError as error:
+            raise HTTPException(503, f"the face detector is not available ({error}); send align=none") from None
+        return await finder.find(images, timeout_s)
+
+
+FacesDep = Annotated[Faces, Depends(Faces)]
+
+
+def face_report(face: Face, found: int, spec: PreprocessSpec) -> FaceReport:
+    """The report of an aligned upload; warns when the face is smaller than the model's input."""
+    _, _, side = crop_square(*CELEBA_FRAME, spec)
+    face_px = side * transform_scale(frame_to_image(face.landmarks))
+    warning = None
+    if face_px < spec.size:
+        warning = (
+            f"the face is only {face_px:.0f} px across in the upload, less than the model's {spec.size} px: "
+            "its aligned crop is enlarged and will look blurred"
+        )
+    return FaceReport(
+        align="auto",
+        faces_found=found,
+        box=list(face.box),
+        landmarks=[list(point) for point in face.landmarks],
+        score=face.score,
+        face_px=round(face_px, 1),
+        warning=warning,
+    )
+
+
+def _decode_all(payloads: list[tuple[str, bytes]], max_pixels: int) -> list[Image.Image]:
+    return [decode_image(data, name, max_pixels) for name, data in payloads]
+
+
+def _preprocess_all(images: list[Image.Image], landmarks: list[tuple | None], spec: PreprocessSpec) -> torch.Tensor:
+    return torch.stack([preprocess(image, spec, points) for image, points in zip(images, landmarks)])
 
 
 async def read_upload_batch(
-    files: list[UploadFile], spec: PreprocessSpec, max_pixels: int, field: str = "images"
-) -> tuple[torch.Tensor, list[str]]:
-    """Decode and preprocess every upload; a bad one answers 4xx naming the file."""
+    files: list[UploadFile],
+    spec: PreprocessSpec,
+    max_pixels: int,
+    field: str = "images",
+    *,
+    align: AlignMode = "none",
+    faces: Faces | None = None,
+) -> UploadBatch:
+    """Decode every upload (a bad one answers 4xx naming the file), align its largest face when ``align`` is auto
+    (422 naming the uploads without one), preprocess with ``spec``."""
     payloads = []
     for index, upload in enumerate(files):
         name = upload.filename or f"{field}[{index}]"
         payloads.append((name, await upload.read()))
+    names = [name for name, _ in payloads]
     try:
         # Decoding a large JPEG takes tens of ms: keep it off the event loop.
-        batch = await run_in_threadpool(_decode_all, payloads, spec, max_pixels)
+        images = await run_in_threadpool(_decode_all, payloads, max_pixels)
     except ImageDecodeError as error:
         raise HTTPException(error.status, str(error)) from None
-    return batch, [name for name, _ in payloads]
+
+    if align == "none" or spec.alignment == "none":
+        warning = None if align == "none" else "this model was not trained on aligned faces: centre-cropped only"
+        reports = [FaceReport(align="none", warning=warning) for _ in images]
+        landmarks: list[tuple | None] = [None] * len(images)
+    else:
+        if faces is None:
+            raise ValueError("align=auto needs a face finder")
+        found = await faces.find(images)
+        missing = [name for name, image_faces in zip(names, found) if not image_faces]
+        if missing:
+            raise field_error(
+                field,
+                f"no face found in {', '.join(missing)}: align=auto looks for a face to align like CelebA's "
+                "frames; send a photo in which a face is visible, or align=none for an image that already is a "
+                "CelebA-aligned face",
+            )
+        reports = [face_report(image_faces[0], len(image_faces), spec) for image_faces in found]
+        landmarks = [image_faces[0].landmarks for image_faces in found]
+    batch = await run_in_threadpool(_preprocess_all, images, landmarks, spec)
+    return UploadBatch(batch, names, reports)
+
+
+def nonfinite_rows(values: torch.Tensor) -> torch.Tensor:
+    """Per row of ``values``: whether it holds a NaN or an infinity."""
+    return ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+
+
+def refuse_rows(bad: torch.Tensor, labels: list[str], message: str) -> None:
+    """422 when any row is flagged in ``bad``; ``message`` names them where it says ``{which}``. NaN, infinity and
+    diverged images are never returned (as images or in JSON): the client learns which of its inputs failed."""
+    if bool(bad.any()):
+        which = ", ".join(label for label, is_bad in zip(labels, bad.tolist()) if is_bad)
+        raise HTTPException(422, message.replace("{which}", which))  # not format(): names come from the client

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count
-from app.api.uploads import read_upload_batch
+from app.api.uploads import AlignForm, FaceReport, FacesDep, nonfinite_rows, read_upload_batch, refuse_rows
 
 router = APIRouter(tags=["classifier"])
 MAX_CLASSIFY = 32
@@ -18,6 +18,7 @@ MAX_CLASSIFY = 32
 class ImageAttributes(BaseModel):
     filename: str
     attributes: dict[str, float] = Field(description="attribute name -> probability that it is present, in [0, 1]")
+    face: FaceReport | None = Field(None, description="how the upload was aligned: faces found, box and landmarks")
 
 
 class ClassifyResponse(BaseModel):
@@ -53,22 +54,29 @@ async def classify(
     store: StoreDep,
     infer: InferenceDep,
     settings: SettingsDep,
+    faces: FacesDep,
+    align: AlignForm = "auto",
 ) -> ClassifyResponse:
     """Every attribute's probability per image (multi-label: each is an independent yes/no), rounded to 4 decimals.
 
-    Uploads go through the crop/resize the classifier was trained with; aligned, centred faces (as in CelebA)
-    classify best."""
+    Each upload's largest face is aligned like CelebA's frames (align=auto) and cropped as the classifier's training
+    faces were; align=none takes the upload as an already aligned CelebA-like face."""
     check_count("images", len(images), 1, MAX_CLASSIFY)
     pipeline = require_pipeline(store, "classifier")
-    batch, filenames = await read_upload_batch(images, pipeline.checkpoint.preprocess, settings.max_image_pixels)
-    (probabilities,) = await infer("classifier", pipeline.prepare_classification(batch))
+    uploads = await read_upload_batch(
+        images, pipeline.checkpoint.preprocess, settings.max_image_pixels, align=align, faces=faces
+    )
+    filenames = uploads.names
+    (probabilities,) = await infer("classifier", pipeline.prepare_classification(uploads.images))
+    refuse_rows(nonfinite_rows(probabilities), filenames, "the classifier's output for {which} is not finite")
     return ClassifyResponse(
         model="classifier",
         images=[
             ImageAttributes(
                 filename=name,
                 attributes={attribute: round(value, 4) for attribute, value in zip(pipeline.attributes, row.tolist())},
+                face=face,
             )
-            for name, row in zip(filenames, probabilities)
+            for name, row, face in zip(filenames, probabilities, uploads.faces)
         ],
     )

@@ -20,7 +20,7 @@ from app.api.attributes import attribute_header, attribute_report
 from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count, field_error, image_output
 from app.api.routes.generate import resolve_seed
-from app.api.uploads import read_upload_batch
+from app.api.uploads import AlignForm, FaceReport, FacesDep, nonfinite_rows, read_upload_batch, refuse_rows
 from app.imaging import base64_pngs, gif_bytes, grid_png
 from app.models.attributes import check_attribute_names
 from app.models.pipelines.glow import DEFAULT_CONDITION_STRENGTH, MAX_CONDITION_STRENGTH, MAX_TEMPERATURE
@@ -87,6 +87,7 @@ class InterpolationResponse(BaseModel):
     model: str
     method: str
     frames: list[str] = Field(description="base64 PNGs from face_a's reconstruction to face_b's")
+    faces: list[FaceReport] = Field(description="how face_a and face_b were aligned: faces found, box, landmarks")
 
 
 class ManipulationResponse(BaseModel):
@@ -95,11 +96,13 @@ class ManipulationResponse(BaseModel):
     strengths: list[float]
     original: str = Field(description="the preprocessed upload, base64 PNG")
     images: list[str] = Field(description="base64 PNGs, one per strength, in order")
+    face: FaceReport = Field(description="how the upload was aligned: faces found, box, landmarks")
 
 
 class Likelihood(BaseModel):
     filename: str
     bits_per_dim: float
+    face: FaceReport | None = Field(None, description="how the upload was aligned: faces found, box, landmarks")
 
 
 class LikelihoodResponse(BaseModel):
@@ -167,23 +170,44 @@ async def interpolate(
     store: StoreDep,
     infer: InferenceDep,
     settings: SettingsDep,
+    faces: FacesDep,
     steps: Annotated[int, Form(ge=2, le=MAX_FRAMES, description="frames, both ends included")] = 8,
     method: Annotated[
         Literal["linear", "slerp"], Form(description="straight line or great circle in latent space")
     ] = "linear",
     format: Annotated[SequenceFormat, Form()] = "png",
+    align: AlignForm = "auto",
 ):
     """Frames from face_a to face_b along a path between their latents (all levels); the first and last frames are
     the reconstructions of a and b."""
     pipeline = require_pipeline(store, "glow")
-    batch, _ = await read_upload_batch(
-        [face_a, face_b], pipeline.checkpoint.preprocess, settings.max_image_pixels, field="face"
+    uploads = await read_upload_batch(
+        [face_a, face_b], pipeline.checkpoint.preprocess, settings.max_image_pixels, "face", align=align, faces=faces
     )
-    (latents,) = await infer("glow", pipeline.prepare_encoding(batch))
-    (frames,) = await infer("glow", pipeline.prepare_decoding(pipeline.interpolation_latents(latents, steps, method)))
+    (latents,) = await infer("glow", pipeline.prepare_encoding(uploads.images))
+    refuse_rows(nonfinite_rows(latents), uploads.names, "the latent of {which} is not finite" + unaligned_hint(align))
+    frames, unusable = await infer(
+        "glow", pipeline.prepare_decoding(pipeline.interpolation_latents(latents, steps, method))
+    )
+    refuse_rows(
+        unusable,
+        [str(i + 1) for i in range(steps)],
+        f"decoding frames {{which}} of {steps} diverged{DIVERGED}; try method=slerp" + unaligned_hint(align),
+    )
     return sequence_output(
-        frames, format, lambda: InterpolationResponse(model="glow", method=method, frames=base64_pngs(frames))
+        frames,
+        format,
+        lambda: InterpolationResponse(model="glow", method=method, frames=base64_pngs(frames), faces=uploads.faces),
     )
+
+
+DIVERGED = " (NaN, infinity or values far outside the pixel range: black or white frames)"
+
+
+def unaligned_hint(align: str) -> str:
+    if align == "none":
+        return "; with align=none the upload must already be a CelebA-aligned face: try align=auto"
+    return ""
 
 
 def parse_strengths(text: str) -> list[float]:
@@ -210,6 +234,7 @@ async def manipulate(
     store: StoreDep,
     infer: InferenceDep,
     settings: SettingsDep,
+    faces: FacesDep,
     strengths: Annotated[
         str | None,
         Form(
@@ -225,6 +250,7 @@ async def manipulate(
     ] = None,
     max_strength: Annotated[float, Form(gt=0, le=MAX_STRENGTH)] = 1.0,
     format: Annotated[SequenceFormat, Form()] = "png",
+    align: AlignForm = "auto",
 ):
     """The face's latent plus ``strength`` times the attribute's direction (mean latent of training faces with it
     minus mean latent of those without), for each strength; strength 0 is the reconstruction. Without ``strengths``
@@ -237,10 +263,20 @@ async def manipulate(
         values = parse_strengths(strengths)
     else:
         values = torch.linspace(-max_strength, max_strength, steps or 5, dtype=torch.float64).tolist()
-    batch, _ = await read_upload_batch([face], pipeline.checkpoint.preprocess, settings.max_image_pixels, field="face")
+    uploads = await read_upload_batch(
+        [face], pipeline.checkpoint.preprocess, settings.max_image_pixels, "face", align=align, faces=faces
+    )
+    batch = uploads.images
     (latent,) = await infer("glow", pipeline.prepare_encoding(batch))
-    (images,) = await infer(
+    refuse_rows(nonfinite_rows(latent), uploads.names, "the latent of {which} is not finite" + unaligned_hint(align))
+    images, unusable = await infer(
         "glow", pipeline.prepare_decoding(pipeline.manipulation_latents(latent[0], attribute, values))
+    )
+    refuse_rows(
+        unusable,
+        [f"{value:g}" for value in values],
+        f"decoding {uploads.names[0]} moved along {attribute} by strengths {{which}} diverged{DIVERGED}; the latent "
+        "left the range the flow can invert: try smaller strengths" + unaligned_hint(align),
     )
     headers = {"X-Strengths": ",".join(f"{value:g}" for value in values)}
     return sequence_output(
@@ -252,6 +288,7 @@ async def manipulate(
             strengths=values,
             original=base64_pngs(batch)[0],
             images=base64_pngs(images),
+            face=uploads.faces[0],
         ),
         headers,
     )
@@ -269,6 +306,8 @@ async def likelihood(
     store: StoreDep,
     infer: InferenceDep,
     settings: SettingsDep,
+    faces: FacesDep,
+    align: AlignForm = "auto",
 ) -> LikelihoodResponse:
     """Bits per dimension of each upload (lower = more face-like to the model; non-faces score high).
 
@@ -279,8 +318,17 @@ async def likelihood(
     """
     check_count("images", len(images), 1, MAX_LIKELIHOOD_IMAGES)
     pipeline = require_pipeline(store, "glow")
-    batch, names = await read_upload_batch(images, pipeline.checkpoint.preprocess, settings.max_image_pixels)
-    (bits,) = await infer("glow", pipeline.prepare_likelihood(batch))
+    uploads = await read_upload_batch(
+        images, pipeline.checkpoint.preprocess, settings.max_image_pixels, align=align, faces=faces
+    )
+    (bits,) = await infer("glow", pipeline.prepare_likelihood(uploads.images))
+    refuse_rows(
+        nonfinite_rows(bits), uploads.names, "bits per dimension of {which} are not finite" + unaligned_hint(align)
+    )
     return LikelihoodResponse(
-        model="glow", images=[Likelihood(filename=name, bits_per_dim=float(value)) for name, value in zip(names, bits)]
+        model="glow",
+        images=[
+            Likelihood(filename=name, bits_per_dim=float(value), face=face)
+            for name, value, face in zip(uploads.names, bits, uploads.faces)
+        ],
     )

@@ -38,10 +38,13 @@ class VAEPipeline(NoisePipeline):
         """[-1, 1] images (N, 3, S, S), already preprocessed."""
         return Prepared("reconstruct", (images,))
 
-    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstructions, per-image MSE on the [-1, 1] scale)."""
-        reconstructions = finite_images(self.model.reconstruct(images))
-        return reconstructions, ((reconstructions - images.float()) ** 2).flatten(1).mean(1)
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstructions, per-image MSE on the [-1, 1] scale, whether each reconstruction had non-finite values
+        before :func:`finite_images`: the service refuses to return those)."""
+        raw = self.model.reconstruct(images)
+        reconstructions = finite_images(raw)
+        errors = ((reconstructions - images.float()) ** 2).flatten(1).mean(1)
+        return reconstructions, errors, ~torch.isfinite(raw).flatten(1).all(1)
 
     def operations(self):
         return {"sample": self.generate, "reconstruct": self.reconstruct}
