@@ -1,9 +1,15 @@
 """``python -m training evaluate CHECKPOINT --data DIR --out DIR``: metrics and figures for a trained checkpoint.
 
-Each family plugs in an evaluator with :func:`register_evaluator`: a function ``(checkpoint, args, out_dir) -> metrics``
-that writes its figures into ``out_dir``. The command checks the family and the attribute before any heavy work,
-writes ``metrics.json`` beside the figures and, unless ``--no-write-metrics``, merges the metrics into the
-checkpoint's ``metrics`` metadata (so the service's model cards show them).
+One evaluator interface: each family registers, with :func:`register_evaluator`, a function
+``(checkpoint, args, out_dir) -> metrics`` that writes its figures into ``out_dir``, and declares the metrics it
+reports and how its samples are scored by FID (``fid="pipeline"``: the FID of samples drawn through the family's
+pipeline as the service draws them, run by ``evaluate`` itself, with ``--fid`` or always; ``"own"``: the evaluator
+measures its own FIDs under ``--fid``; ``None``: the family does not sample). ``evaluate`` runs them.
+
+The command checks the family and the attribute before any heavy work, writes ``metrics.json`` beside the figures
+(with ``evaluate_command``, the command line that measured them) and, unless ``--no-write-metrics``, merges the
+metrics into the checkpoint's ``metrics`` metadata (so the service's model cards show them). The real faces'
+Inception statistics are cached per split under ``--fid-cache``.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +34,42 @@ from .plots import saved_figure
 from .registry import register_trainer
 
 Evaluator = Callable[[Checkpoint, argparse.Namespace, Path], dict[str, Any]]
-EVALUATORS: dict[str, Evaluator] = {}
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """What ``evaluate`` runs for one family."""
+
+    function: Evaluator
+    metrics: tuple[str, ...]  # the headline metrics it reports (model cards, the README table), FID's included
+    fid: str | None = None  # "pipeline": evaluate adds the FID of pipeline samples; "own": the function does it
+    always_fid: bool = False  # FID is the family's only quality score: measured without --fid
+
+
+EVALUATORS: dict[str, EvaluatorSpec] = {}
 
 
 class EvaluationError(ValueError):
     """A request the evaluation cannot honour (unknown family, unknown attribute, bad data folder)."""
 
 
-def register_evaluator(family: str) -> Callable[[Evaluator], Evaluator]:
-    """Make ``function`` the evaluator of checkpoints of ``family``."""
+def register_evaluator(
+    family: str, *, metrics: tuple[str, ...], fid: str | None = None, always_fid: bool = False
+) -> Callable[[Evaluator], Evaluator]:
+    """Make ``function`` the evaluator of checkpoints of ``family``, reporting ``metrics``."""
+    if fid not in (None, "pipeline", "own"):
+        raise ValueError(f"fid must be None, 'pipeline' or 'own', got {fid!r}")
 
     def decorate(function: Evaluator) -> Evaluator:
         if family in EVALUATORS:
             raise ValueError(f"family {family!r} has two evaluators")
-        EVALUATORS[family] = function
+        EVALUATORS[family] = EvaluatorSpec(function, metrics, fid, always_fid)
         return function
 
     return decorate
 
 
-def evaluator_for(family: str) -> Evaluator:
+def evaluator_for(family: str) -> EvaluatorSpec:
     try:
         return EVALUATORS[family]
     except KeyError:
@@ -70,8 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fid",
         action="store_true",
-        help="acgan: also the FID of samples and of toggle pairs against the split's real faces "
-        "(dcgan: always; slow on a CPU, about 0.1-0.2 s per image)",
+        help="also the FID of samples against the split's real faces, for every sampling family (acgan: and of "
+        "toggle pairs; dcgan: always); slow on a CPU, about 0.1-0.2 s per image",
     )
     parser.add_argument(
         "--fid-samples",
@@ -83,6 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--cache-dir", default=".cache/packs", help="where decoded splits are packed for reuse")
+    parser.add_argument(
+        "--fid-cache", default=".cache/fid", help="where the real faces' Inception statistics are kept per split"
+    )
     parser.add_argument(
         "--no-write-metrics", action="store_true", help="do not merge the metrics into the checkpoint's metadata"
     )
@@ -121,7 +148,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = load_checkpoint(args.checkpoint, resolve_device(args.device))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = evaluator(checkpoint, args, out_dir)
+    metrics = evaluator.function(checkpoint, args, out_dir)
+    if evaluator.fid == "pipeline" and (args.fid or evaluator.always_fid):
+        from .fid import pipeline_fid
+
+        metrics.update(pipeline_fid(checkpoint, args, out_dir))
+    metrics["evaluate_command"] = evaluate_command(args, family)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if not args.no_write_metrics:
         update_metrics(args.checkpoint, metrics)
@@ -130,6 +162,20 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {key}: {value}")
     print(f"figures and metrics.json in {out_dir}" + ("" if args.no_write_metrics else "; checkpoint metrics updated"))
     return metrics
+
+
+def evaluate_command(args: argparse.Namespace, family: str) -> str:
+    """The command line that measured these metrics (the model cards show it beside them)."""
+    words = ["python", "-m", "training", "evaluate", str(args.checkpoint), "--data", str(args.data)]
+    words += ["--split", args.split, "--seed", str(args.seed)]
+    if args.limit:
+        words += ["--limit", str(args.limit)]
+    if getattr(args, "classifier", None):
+        words += ["--classifier", str(args.classifier)]
+    spec = EVALUATORS[family]
+    if spec.fid and (args.fid or spec.always_fid):
+        words += [*(["--fid"] if args.fid else []), "--fid-samples", str(args.fid_samples)]
+    return shlex.join(words)
 
 
 @register_trainer("evaluate", add_arguments)
@@ -198,7 +244,7 @@ def tsne_figure(
 # --- VAE ------------------------------------------------------------------------------------------------------------
 
 
-@register_evaluator("vae")
+@register_evaluator("vae", metrics=("valid_mse", "fid_samples"), fid="pipeline")
 @torch.inference_mode()
 def evaluate_vae(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Pixel MSE of posterior-mean reconstructions, 10 faces over their reconstructions, 32 prior samples, t-SNE."""

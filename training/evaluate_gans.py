@@ -41,7 +41,7 @@ from app.models.sampling import draw_noise, seeded_generator
 from .common import save_grid
 from .data import CelebA
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
-from .fid import FrechetInception
+from .fid import FrechetInception, real_statistics
 from .plots import saved_figure
 
 ACGAN_SAMPLES = 1000  # conditioned samples scored for agreement
@@ -114,24 +114,13 @@ def device_of(module: nn.Module) -> torch.device:
 # --- DCGAN --------------------------------------------------------------------------------------------------------
 
 
-@register_evaluator("dcgan")
+@register_evaluator("dcgan", metrics=("fid_samples",), fid="pipeline", always_fid=True)
 @torch.inference_mode()
 def evaluate_dcgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    """The FID of ``--fid-samples`` samples against the split's faces (a noise-only GAN has no other score), and a
-    grid of 32 of them."""
-    pipeline = build_pipeline(checkpoint)
-    fid = FrechetInception(pipeline.device)
-    real = load_eval_split(checkpoint, args)
-    prepared = pipeline.prepare_samples(args.fid_samples, args.seed)  # the service's draw, run in chunks
-    samples = batched(lambda z: pipeline.run(prepared.operation, (z,))[0], *prepared.inputs)
-    save_grid(samples[:32], out_dir / "samples.png", nrow=8)
-    reference = fid.statistics(real.batch(torch.arange(len(real)))[0])
-    return {
-        "fid_samples": round(fid.distance(reference, samples), 2),
-        "fid_generated_images": len(samples),
-        "fid_real_images": len(real),
-        "evaluated_split": args.split,
-    }
+    """A grid of 32 samples; the FID of ``--fid-samples`` samples (a noise-only GAN has no other score) is added by
+    ``evaluate`` (:func:`training.fid.pipeline_fid`)."""
+    save_grid(build_pipeline(checkpoint).sample(32, args.seed), out_dir / "samples.png", nrow=8)
+    return {"evaluated_split": args.split}
 
 
 # --- ACGAN ----------------------------------------------------------------------------------------------------------
@@ -306,15 +295,16 @@ def acgan_fid(
     toggle: str,
     count: int,
     seed: int = 0,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """FID against ``real`` faces of ``count`` samples conditioned on (the first) ``conditions``, and of ``count``
-    toggle-pair images (off and on halves) at each of ``FID_TOGGLE_STRENGTHS``: what pushing the toggled attribute
-    costs in realism."""
+    """FID against ``real`` faces (or their cached ``reference`` statistics) of ``count`` samples conditioned on
+    (the first) ``conditions``, and of ``count`` toggle-pair images (off and on halves) at each of
+    ``FID_TOGGLE_STRENGTHS``: what pushing the toggled attribute costs in realism."""
     names, device = generator.attribute_names, device_of(generator)
     index, pairs = names.index(toggle), count // 2
     rng = seeded_generator(seed + 1)  # other draws than the agreement's and toggle's
     chosen = conditions[torch.arange(count) % len(conditions)]
-    reference = fid.statistics(real)
+    reference = fid.statistics(real) if reference is None else reference
 
     def generated(noise: torch.Tensor, attributes: torch.Tensor, level: float = 1.0) -> torch.Tensor:
         multipliers = emphasis(len(names), index, level).to(device)
@@ -333,7 +323,7 @@ def acgan_fid(
     }
 
 
-@register_evaluator("acgan")
+@register_evaluator("acgan", metrics=("classifier_agreement", "toggle_success", "fid_samples"), fid="own")
 def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     generator: ACGANGenerator = checkpoint.model
     names = generator.attribute_names
@@ -382,6 +372,14 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
                 toggle=toggle,
                 count=args.fid_samples,
                 seed=args.seed,
+                reference=real_statistics(
+                    fid,
+                    real,
+                    data=args.data,
+                    split_name=args.split,
+                    preprocess=checkpoint.preprocess.to_json(),
+                    cache_dir=args.fid_cache,
+                ),
             )
         )
 
@@ -486,7 +484,7 @@ def heat_map(spread: torch.Tensor, attributes: list[str], path: Path) -> None:
         figure.colorbar(image, ax=axis, fraction=0.03)
 
 
-@register_evaluator("infogan")
+@register_evaluator("infogan", metrics=("q_accuracy", "fid_samples"), fid="pipeline")
 def evaluate_infogan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     generator: InfoGANGenerator = checkpoint.model
     metrics: dict[str, Any] = {}
@@ -518,9 +516,9 @@ def evaluate_infogan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: 
         heat_map(spread, judge.attributes, out_dir / "code_effects.png")
         for code, images in enumerate(sweeps):
             save_grid(images, out_dir / f"sweep_code{code}.png", nrow=generator.n_categories)
-    if not metrics:
+    if not metrics and not args.fid:
         raise EvaluationError(
-            "nothing to measure: the checkpoint has no recognizer weights and no classifier "
-            "was given (--classifier PATH)"
+            "nothing to measure: the checkpoint has no recognizer weights, no classifier "
+            "was given (--classifier PATH) and no --fid"
         )
     return metrics

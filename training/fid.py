@@ -8,11 +8,18 @@ how many images went in.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from .data import PackedSplit
 from .evaluate import EvaluationError
 
 FEATURE_BATCH = 50  # images per Inception forward (about 1 GB of activations at 299x299)
@@ -55,3 +62,73 @@ class FrechetInception:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy's "singular matrix" notice when N < 2048 features
             return float(self.helper.compute_fid_score())
+
+
+def real_statistics(
+    fid: FrechetInception,
+    split: PackedSplit,
+    *,
+    data: str | Path,
+    split_name: str,
+    preprocess: str,
+    cache_dir: str | Path | None,
+) -> dict[str, Any]:
+    """Inception statistics of a split's real faces, kept in ``cache_dir`` (a safetensors file of ``mu`` and
+    ``sigma`` in float64) keyed by the split, its image count, the preprocessing and the exact files, so they are
+    computed once per split however many checkpoints are scored against them."""
+    key = hashlib.sha256(
+        "\\n".join([str(Path(data).resolve()), split_name, preprocess, *split.files]).encode()
+    ).hexdigest()[:16]
+    path = Path(cache_dir) / f"{split_name}-{len(split)}-{key}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        tensors = load_file(str(path))
+        return {"mu": tensors["mu"].numpy(), "sigma": tensors["sigma"].numpy()}
+    statistics = fid.statistics(split.batch(torch.arange(len(split)))[0])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        save_file({name: torch.from_numpy(np.asarray(statistics[name])) for name in ("mu", "sigma")}, str(partial))
+        os.replace(partial, path)
+    return statistics
+
+
+def pipeline_samples(pipeline: Any, count: int, seed: int, batch_size: int = 250) -> torch.Tensor:
+    """``count`` images drawn as the service draws them: the pipeline's ``prepare_samples`` (InfoGAN's rows are
+    sweeps of ``categories`` images each) run in chunks."""
+    per_row = getattr(pipeline, "categories", 1)
+    prepared = pipeline.prepare_samples(-(-count // per_row), seed)
+    images = [
+        pipeline.run(prepared.operation, tuple(t[start : start + batch_size] for t in prepared.inputs))[0]
+        for start in range(0, prepared.rows, batch_size)
+    ]
+    return torch.cat(images)[:count]
+
+
+def pipeline_fid(checkpoint: Any, args: Any, out_dir: Path) -> dict[str, Any]:
+    """The FID of ``--fid-samples`` samples of a sampling family's pipeline (Glow: at the service's default
+    temperature) against the evaluated split's faces."""
+    from app.models.pipelines import build_pipeline
+
+    from .evaluate import load_eval_split
+
+    pipeline = build_pipeline(checkpoint)
+    fid = FrechetInception(pipeline.device)
+    real = load_eval_split(checkpoint, args)
+    reference = real_statistics(
+        fid,
+        real,
+        data=args.data,
+        split_name=args.split,
+        preprocess=checkpoint.preprocess.to_json(),
+        cache_dir=getattr(args, "fid_cache", None),
+    )
+    samples = pipeline_samples(pipeline, args.fid_samples, args.seed)
+    metrics = {
+        "fid_samples": round(fid.distance(reference, samples), 2),
+        "fid_generated_images": len(samples),
+        "fid_real_images": len(real),
+    }
+    temperature = inspect.signature(pipeline.prepare_samples).parameters.get("temperature")
+    if temperature is not None:  # Glow: sampled at the temperature the service defaults to
+        metrics["fid_temperature"] = temperature.default
+    return metrics

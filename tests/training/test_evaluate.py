@@ -1,0 +1,83 @@
+"""``python -m training evaluate``: one evaluator interface (each family declares its metrics), FID for every
+sampling family through its pipeline with the real faces' statistics cached per split, and the Glow evaluator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from app.models.checkpoint import load_checkpoint
+from app.models.glow import DIRECTIONS_KEY
+from app.models.pipelines.base import SAMPLE, families_with
+from tests.conftest import write_tiny_checkpoint
+from training.__main__ import discover_trainers, main
+from training.evaluate import EVALUATORS
+from training.fid import FrechetInception
+
+discover_trainers()
+
+
+@pytest.fixture
+def cheap_fid(monkeypatch):
+    """FrechetInception on per-channel means instead of the Inception network (tests/test_fid.py runs the real one;
+    here the network's minute of CPU per test would only slow the plumbing's tests). Returns the sizes of the image
+    sets whose statistics were computed."""
+    computed: list[int] = []
+
+    def statistics(self, images):
+        computed.append(len(images))
+        features = images.double().mean((2, 3)).numpy()
+        return {"mu": features.mean(0), "sigma": np.cov(features, rowvar=False)}
+
+    def distance(self, reference, images):
+        return float(((self.statistics(images)["mu"] - reference["mu"]) ** 2).sum()) + 1.0
+
+    monkeypatch.setattr(FrechetInception, "__init__", lambda self, device="cpu": None)
+    monkeypatch.setattr(FrechetInception, "statistics", statistics)
+    monkeypatch.setattr(FrechetInception, "distance", distance)
+    return computed
+
+
+def test_every_sampling_family_has_an_evaluator_that_scores_it_by_fid():
+    for family in families_with(SAMPLE):
+        spec = EVALUATORS[family]
+        assert spec.fid in ("pipeline", "own") and "fid_samples" in spec.metrics, family
+        assert spec.metrics, family
+
+
+def evaluate(checkpoint, data, out, *extra):
+    main(["evaluate", str(checkpoint), "--data", str(data), "--out", str(out), "--threads", "1", *extra])
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("family", ["vae", "infogan"])
+def test_fid_through_the_pipeline_with_cached_real_statistics(family, tiny_celeba, tmp_path, cheap_fid):
+    checkpoint = write_tiny_checkpoint(tmp_path / "w", family)
+    options = ["--fid", "--fid-samples", "4", "--fid-cache", str(tmp_path / "fid"), "--tsne-points", "0"]
+    first = evaluate(checkpoint, tiny_celeba, tmp_path / "a", *options)
+    second = evaluate(checkpoint, tiny_celeba, tmp_path / "b", *options)
+    assert cheap_fid == [6, 4, 4]  # the 6 validation faces once: the second run read them from the cache
+    assert first["fid_samples"] == second["fid_samples"] > 0 and first["fid_generated_images"] == 4
+    assert "--fid-samples 4" in first["evaluate_command"]
+    assert load_checkpoint(checkpoint).metrics["fid_samples"] == first["fid_samples"]  # shown by /models
+    assert len(list((tmp_path / "fid").glob("valid-6-*.safetensors"))) == 1
+
+
+def test_glow_evaluator_reports_bits_agreement_manipulation_and_fid(tiny_celeba, tmp_path, cheap_fid):
+    torch.manual_seed(0)
+    directions = torch.randn(40, 3 * 16 * 16) * 0.5
+    glow = write_tiny_checkpoint(tmp_path / "w", "glow", extras={DIRECTIONS_KEY: directions})
+    classifier = write_tiny_checkpoint(tmp_path / "w", "classifier")
+    metrics = evaluate(
+        glow, tiny_celeba, tmp_path / "eval", "--classifier", str(classifier), "--fid", "--fid-samples", "4"
+    )
+    assert metrics["valid_bits_per_dim"] > 0
+    assert 0 <= metrics["classifier_agreement"] <= 1 and 0 <= metrics["classifier_agreement_real"] <= 1
+    assert set(metrics["manipulation_flip_per_attribute"]) == {"Male", "Smiling", "Pale_Skin", "Goatee"}
+    assert 0 <= metrics["manipulation_flip"] <= 1 and 0 <= metrics["manipulation_keep"] <= 1
+    assert metrics["fid_temperature"] == 0.7 and metrics["fid_samples"] > 0
+    for figure in ("samples.png", "conditional_samples.png", "manipulation.png"):
+        assert (tmp_path / "eval" / figure).is_file()
