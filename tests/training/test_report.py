@@ -1,0 +1,38 @@
+"""Model cards and the README's metrics table come from the checkpoints (``python -m training report``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_tiny_checkpoint
+from training.__main__ import main
+from training.report import END, LICENCE, START
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_table_and_the_model_cards_agree_with_the_shipped_checkpoints():
+    """Fails when a shipped checkpoint changed (new weights, new metrics) and nobody ran
+    ``python -m training report --readme README.md``."""
+    main(["report", "--weights", str(ROOT / "weights"), "--readme", str(ROOT / "README.md"), "--check"])
+
+
+def test_report_writes_cards_and_the_table_between_the_markers(tmp_path):
+    weights = tmp_path / "weights"
+    write_tiny_checkpoint(
+        weights, "vae", metrics={"valid_mse": 0.5, "evaluate_command": "python -m training evaluate x"}
+    )
+    write_tiny_checkpoint(weights, "classifier", metrics={"valid_mean_accuracy": 0.9})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{START}\nold\n{END}\n\nafter\n")
+    with pytest.raises(SystemExit):
+        main(["report", "--weights", str(weights), "--readme", str(readme), "--check"])
+    main(["report", "--weights", str(weights), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "old" not in text and text.endswith(f"{END}\n\nafter\n")
+    assert "| `vae.safetensors` | vae | valid_mse 0.5, fid_samples – | `python -m training evaluate x` |" in text
+    cards = (weights / "README.md").read_text()
+    assert cards.count(LICENCE) == 2 and "## `classifier.safetensors` — classifier" in cards
+    main(["report", "--weights", str(weights), "--readme", str(readme), "--check"])  # now up to date

@@ -1,0 +1,183 @@
+"""Model cards from the checkpoints themselves: ``python -m training report``.
+
+Writes ``weights/README.md`` (one card per checkpoint: what it is, its recipe, data, steps, wall time, hardware,
+every metric with the command that measured it, CelebA's licence) and, with ``--readme README.md``, rewrites the
+table of every family's metrics between ``<!-- metrics:start -->`` and ``<!-- metrics:end -->``. ``--check`` writes
+nothing and fails when either file disagrees with the checkpoints (the test suite runs it on the shipped weights),
+so figures live in one place: the checkpoints' metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.models.checkpoint import file_sha256, read_metadata
+
+from .evaluate import EVALUATORS
+from .registry import register_trainer
+
+START, END = "<!-- metrics:start -->", "<!-- metrics:end -->"
+LICENCE = (
+    "Trained on CelebA (Liu et al., ICCV 2015), which is available for non-commercial research purposes only; "
+    "these weights inherit that restriction (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)."
+)
+WHAT = {
+    "vae": "convolutional variational autoencoder: samples, reconstructions, latents",
+    "dcgan": "DCGAN generator (exponential moving average of G's weights): unconditional samples",
+    "acgan": "auxiliary-classifier GAN generator conditioned on CelebA attributes: samples, on/off pairs",
+    "infogan": "InfoGAN generator with categorical codes (and its recognizer Q): code sweeps",
+    "glow": "conditional Glow (prior conditioned on the 40 attributes): samples, interpolation, manipulation, bits/dim",
+    "classifier": "CelebA 40-attribute classifier: judges the generators' samples and serves /classify",
+}
+# Headline metrics of families without an evaluator (the classifier measures itself while training).
+TRAINING_HEADLINES = {"classifier": ("valid_mean_accuracy", "majority_mean_accuracy")}
+
+
+def checkpoints(weights: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every checkpoint in ``weights`` with its metadata (JSON fields decoded), sorted by file name."""
+    found = []
+    for path in sorted(weights.glob("*.safetensors")):
+        metadata = read_metadata(path)
+        decoded = {
+            key: json.loads(value) if key not in ("family", "format_version") else value
+            for key, value in metadata.items()
+        }
+        found.append((path, decoded))
+    return found
+
+
+def headlines(family: str) -> tuple[str, ...]:
+    spec = EVALUATORS.get(family)
+    return spec.metrics if spec is not None else TRAINING_HEADLINES.get(family, ())
+
+
+def show(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def headline_value(metrics: dict[str, Any], name: str) -> Any:
+    """``valid_mse`` is stored per split (``valid_mse``, ``test_mse``): the evaluated split's when renamed."""
+    if name in metrics:
+        return metrics[name]
+    split = metrics.get("evaluated_split", "valid")
+    return metrics.get(name.replace("valid_", f"{split}_", 1))
+
+
+def metrics_table(found: list[tuple[Path, dict[str, Any]]]) -> str:
+    lines = ["| checkpoint | family | metrics | measured by |", "|---|---|---|---|"]
+    for path, metadata in found:
+        family, metrics = metadata["family"], metadata.get("metrics", {})
+        shown = [f"{name} {show(headline_value(metrics, name))}" for name in headlines(family)]
+        command = metrics.get("evaluate_command")
+        if command is None:
+            command = "the training run" if family == "classifier" else "not recorded (evaluated before commands were)"
+        else:
+            command = f"`{command}`"
+        lines.append(f"| `{path.name}` | {family} | {', '.join(shown) or '–'} | {command} |")
+    return "\n".join(lines)
+
+
+def measured_by(family: str, metrics: dict[str, Any]) -> str:
+    if "evaluate_command" in metrics:
+        return f"`{metrics['evaluate_command']}`; `train_*` figures by the training run"
+    if family == "classifier":
+        return "the training run"
+    return "evaluate, before checkpoints recorded the command (see the README's Shipped weights)"
+
+
+def model_card(path: Path, metadata: dict[str, Any]) -> str:
+    family, training, metrics = metadata["family"], metadata.get("training", {}), metadata.get("metrics", {})
+    recipe = training.get("recipe")
+    recipe_text = (
+        f"`{recipe['source']}` (run folder `{recipe['run_dir']}`), resolved options: `{json.dumps(recipe['options'])}`"
+        if recipe
+        else (
+            f"command-line options `{json.dumps(training['options'])}`"
+            if training.get("options")
+            else "recorded before recipes existed; see training/recipes/" + family + ".toml"
+        )
+    )
+    lines = [
+        f"## `{path.name}` — {family}",
+        "",
+        f"- **What**: {WHAT.get(family, family)}",
+        f"- **Config**: `{json.dumps(metadata.get('config', {}), sort_keys=True)}`",
+        f"- **Recipe**: {recipe_text}",
+        f"- **Data**: `{training.get('data', '?')}`, {training.get('train_images', '?')} training images, "
+        f"preprocess `{json.dumps(metadata.get('preprocess', {}), sort_keys=True)}`",
+        f"- **Training**: {training.get('epochs', '?')} epochs, {training.get('steps', '?')} steps, batch "
+        f"{training.get('batch_size', '?')}, {show(training.get('seconds'))} s wall time, hardware "
+        f"{training.get('hardware', 'not recorded (2-core CPU runs)')}, {training.get('processes', 1)} process(es), "
+        f"precision {training.get('precision', 'fp32')}, code `{training.get('code_version', '?')}`",
+        f"- **sha256**: `{file_sha256(path)}`",
+        f"- **Metrics** (measured by {measured_by(family, metrics)}):",
+        "",
+    ]
+    for name, value in sorted(metrics.items()):
+        if name == "evaluate_command":
+            continue
+        text = json.dumps(value) if isinstance(value, (dict, list)) else show(value)
+        lines.append(f"  - `{name}`: {text if len(text) <= 300 else text[:297] + '...'}")
+    lines += ["", f"- **Licence**: {LICENCE}", ""]
+    return "\n".join(lines)
+
+
+def cards(found: list[tuple[Path, dict[str, Any]]]) -> str:
+    header = [
+        "# Shipped weights",
+        "",
+        "Generated by `python -m training report` from the checkpoints' own metadata; do not edit by hand.",
+        "",
+        "## Metrics",
+        "",
+        metrics_table(found),
+        "",
+    ]
+    return "\n".join(header + [model_card(path, metadata) for path, metadata in found])
+
+
+def replace_between_markers(text: str, table: str) -> str:
+    if START not in text or END not in text:
+        raise SystemExit(f"report: the README has no {START} ... {END} markers to write the table between")
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    return f"{before}{START}\n{table}\n{END}{after}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default="weights", help="folder of the checkpoints (default weights)")
+    parser.add_argument("--cards", help="model cards file to write (default WEIGHTS/README.md)")
+    parser.add_argument("--readme", help="also rewrite the metrics table between the markers of this README")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file disagrees")
+
+
+@register_trainer("report", add_arguments)
+def report(args: argparse.Namespace) -> None:
+    weights = Path(args.weights)
+    found = checkpoints(weights)
+    if not found:
+        raise SystemExit(f"report: no checkpoints in {weights}")
+    outputs = {Path(args.cards) if args.cards else weights / "README.md": cards(found) + "\n"}
+    if args.readme:
+        outputs[Path(args.readme)] = replace_between_markers(Path(args.readme).read_text(), metrics_table(found))
+    stale = [path for path, text in outputs.items() if not path.is_file() or path.read_text() != text]
+    if args.check:
+        if stale:
+            print(
+                f"out of date with the checkpoints: {', '.join(map(str, stale))}; run python -m training report "
+                f"--weights {weights}" + (f" --readme {args.readme}" if args.readme else ""),
+                file=sys.stderr,
+            )
+            raise SystemExit(1)
+        return
+    for path in stale:
+        path.write_text(outputs[path])
+        print(f"wrote {path}")
