@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # installed by `make test` when run as root, otherwise those tests skip and say how to install them.
 SYSTEM_PACKAGES ?= nginx chromium
 
-.PHONY: install install-dev system-packages serve test bench lock lint clean
+.PHONY: install install-dev system-packages serve test bench lock lint clean train-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench: install-dev  ## benchmark a running server: make bench URL=http://127.0.0
 lock: install-dev  ## rewrite requirements/service.lock (exact versions and hashes the Docker image installs)
 	$(BIN)/python scripts/service_requirements.py > requirements/service.in
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-header -o requirements/service.lock requirements/service.in
+
+train-gpu: install-dev  ## train every recipe on this host's GPU(s), TRAIN_GPU_SECONDS (default 120) each, from the packed faces
+	bash scripts/train_gpu.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

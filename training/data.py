@@ -112,7 +112,12 @@ def load_split(
     limit: int | None = None,
     cache_dir: str | Path | None = ".cache/packs",
 ) -> PackedSplit:
-    """Decode (or reuse a pack of) one split through the shared preprocessing."""
+    """Decode (or reuse a pack of) one split through the shared preprocessing. ``root`` may also be an archive
+    written by ``python -m training pack`` (:mod:`.archive`)."""
+    if Path(root).is_file():
+        from .archive import load_archive_split
+
+        return load_archive_split(root, split, spec, limit)
     dataset = CelebA(root, split, spec, limit)
     key = hashlib.sha256("\n".join([str(Path(root).resolve()), spec.to_json(), *dataset.files]).encode()).hexdigest()[
         :16
