@@ -20,20 +20,20 @@ CELEBA_FRAME = (178, 218)  # width, height of CelebA's aligned frames
 # corner; "left" as seen in the picture), in the 178x218 frame, continuous coordinates. Measured with this project's
 # detector (app/models/detector.py) on 3,000 train images of celeba-mini (every 4th; 2,997 with a face found; the
 # half-size frames' points doubled): `python -m training alignment landmarks --every 4 --limit 3000`. Spread between
-# frames (std, x/y): eyes 2.0-2.1 / 1.8-1.9 px, nose 6.3 / 4.3 px, mouth corners 3.2-3.3 / 2.5 px. CelebA's own landmark
+# frames (std, x/y): eyes 2.1 / 1.7-1.9 px, nose 6.3 / 4.4 px, mouth corners 3.1 / 2.3-2.4 px. CelebA's own landmark
 # file gives about (69, 111), (108, 111), (88, 136), (72, 152), (105, 152).
 CELEBA_LANDMARKS: tuple[tuple[float, float], ...] = (
-    (69.5, 111.6),
-    (108.4, 111.7),
-    (88.5, 135.7),
-    (71.3, 153.1),
-    (106.7, 153.1),
+    (69.5, 111.7),
+    (108.5, 111.7),
+    (88.6, 135.8),
+    (71.4, 153.0),
+    (106.7, 153.0),
 )
 # How much each point counts in the fit. CelebA's frames were aligned by the eyes, roughly; the nose tip stands out of
 # the face's plane and moves with the head's turn, the mouth corners with the expression. Chosen on 400 train images
-# (every 37th) for the closest align=auto crops to the frames' own: pixel MSE 0.0342 with equal weights, 0.0270 with
-# these; the classifier's agreement 96.5 % -> 97.3 % (python -m training alignment celeba reports the validation
-# split's figures).
+# (every 37th) for the align=auto crops closest to the frames' own (align=none): pixel MSE 0.0325 with equal weights,
+# 0.0255 with these (nose 0.25: 0.0270; mouth 1: 0.0290; mouth 0.25: 0.0268), the classifier's attribute agreement
+# 96.7 % -> 97.4 %. `python -m training alignment celeba` measures the validation split.
 LANDMARK_WEIGHTS = (1.0, 1.0, 0.0, 0.5, 0.5)
 
 Landmarks = Sequence[Sequence[float]]

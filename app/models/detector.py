@@ -24,6 +24,8 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from .align import frame_to_image, warp_square
+
 DETECTOR_WEIGHTS = Path(__file__).parent / "data" / "mtcnn.safetensors"
 THRESHOLDS = (0.6, 0.7, 0.7)  # face probability each stage needs (the MTCNN defaults)
 PYRAMID_FACTOR = 0.709  # scale step between pyramid levels (face size x ~1.41 per level)
@@ -33,6 +35,10 @@ MIN_FACE_PX = 20  # the smallest face searched for, in pixels, when the pixel bu
 PYRAMID_PIXELS = 512 * 512
 CHANNELS_LAST = torch.channels_last
 MIRRORED_ORDER = [1, 0, 2, 4, 3]  # in a mirror image the left eye and mouth corner are the right ones
+# The box ONet reads landmarks from, for a face aligned like CelebA's mean: (left, top, side) in the 178x218 frame, the
+# mean squared final MTCNN box of 300 celeba-mini train frames (std 4-8 px).
+CANONICAL_BOX = (31.0, 66.0, 115.5)
+REFINEMENTS = 1  # readings of the upright face after the first (1 is as good as 2 on the robustness views)
 
 
 class DetectorError(RuntimeError):
@@ -122,23 +128,28 @@ class Face:
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: str = "union") -> torch.Tensor:
     """Greedy non-maximum suppression: indices of the boxes kept, best first. ``mode`` "min" divides the overlap by
-    the smaller box (MTCNN's last stage), which also removes a small box inside a larger one."""
+    the smaller box (MTCNN's last stage), which also removes a small box inside a larger one. The overlaps of all
+    pairs are computed at once (a few hundred boxes: under a megabyte), so the loop only reads them."""
+    if not len(boxes):
+        return torch.zeros(0, dtype=torch.long)
     order = scores.argsort(descending=True)
-    x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    area = (x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0)
+    b = boxes[order, :4].double()
+    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    width = (torch.minimum(b[:, None, 2], b[None, :, 2]) - torch.maximum(b[:, None, 0], b[None, :, 0])).clamp(min=0)
+    height = (torch.minimum(b[:, None, 3], b[None, :, 3]) - torch.maximum(b[:, None, 1], b[None, :, 1])).clamp(min=0)
+    inter = width * height
+    if mode == "min":
+        overlap = inter / torch.minimum(area[:, None], area[None, :]).clamp(min=1e-6)
+    else:
+        overlap = inter / (area[:, None] + area[None, :] - inter).clamp(min=1e-6)
+    suppresses = overlap > threshold
+    alive = torch.ones(len(b), dtype=torch.bool)
     keep = []
-    while order.numel():
-        best, rest = order[0], order[1:]
-        keep.append(int(best))
-        width = (torch.minimum(x1[best], x1[rest]) - torch.maximum(x0[best], x0[rest])).clamp(min=0)
-        height = (torch.minimum(y1[best], y1[rest]) - torch.maximum(y0[best], y0[rest])).clamp(min=0)
-        inter = width * height
-        if mode == "min":
-            overlap = inter / torch.minimum(area[best], area[rest]).clamp(min=1e-6)
-        else:
-            overlap = inter / (area[best] + area[rest] - inter).clamp(min=1e-6)
-        order = rest[overlap <= threshold]
-    return torch.tensor(keep, dtype=torch.long)
+    for index in range(len(b)):
+        if alive[index]:
+            keep.append(index)
+            alive &= ~suppresses[index]
+    return order[keep]
 
 
 def squared(boxes: torch.Tensor) -> torch.Tensor:
@@ -252,7 +263,7 @@ class FaceDetector:
         boxes = regressed(boxes, offsets)
         picked = nms(boxes, scores, 0.7, mode="min")
         boxes, scores = boxes[picked], scores[picked]
-        landmarks = self.landmarks(image, squared(boxes))
+        landmarks = self.landmarks(image, boxes)
         faces = [
             Face(
                 box=tuple(round(v, 2) for v in box),
@@ -264,16 +275,36 @@ class FaceDetector:
         return sorted(faces, key=lambda face: face.size, reverse=True)
 
     def landmarks(self, image: Image.Image, boxes: torch.Tensor) -> torch.Tensor:
-        """(N, 5, 2) landmarks of the faces in ``boxes``: ONet run again on each final (regressed, squared) box and on
-        its mirror image, the two readings averaged. ONet's points depend on where its 48x48 crop sits; reading them
-        from the final box, both ways round, halves their spread between CelebA frames (see align.py)."""
-        patches = crops(image, boxes, 48).to(self.device)
-        _, points, _ = self.onet(torch.cat([patches, patches.flip(3)]))
-        points = torch.stack([points[:, :5], points[:, 5:]], dim=2).float().cpu()  # fractions of the crop
-        direct, mirrored = points[: len(boxes)], points[len(boxes) :][:, MIRRORED_ORDER]
-        mirrored[:, :, 0] = 1 - mirrored[:, :, 0]
+        """(N, 5, 2) landmarks of the faces in ``boxes`` (final, regressed boxes), in two readings of ONet, each of a
+        crop and its mirror image (the two averaged):
+
+        1. from the squared box, as MTCNN reads them;
+        2. from the face warped upright to CelebA's frame by those points (:mod:`app.models.align`), through the box
+           ONet gets for an average CelebA face. ONet was trained on upright faces in typical boxes; this second
+           reading sees every face the same way up and scale, whatever the photo's tilt and framing, which makes the
+           alignment of a rotated or rescaled face match its upright frame's (see ``python -m training alignment``).
+        """
+        boxes = squared(boxes)
         size = (boxes[:, 2:4] - boxes[:, :2])[:, None]
-        return (direct + mirrored) / 2 * size + boxes[:, None, :2]
+        points = self.read_points(crops(image, boxes, 48)) * size + boxes[:, None, :2]
+        left, top, side = CANONICAL_BOX
+        for _ in range(REFINEMENTS):
+            matrices = [frame_to_image(face.tolist()) for face in points.double()]
+            patches = torch.cat([image_tensor(warp_square(image, m, CANONICAL_BOX, 48)) for m in matrices])
+            frame_points = self.read_points(patches).double() * side + torch.tensor([left, top]).double()
+            points = torch.stack([q @ m[:, :2].T + m[:, 2] for q, m in zip(frame_points, matrices)]).float()
+        return points
+
+    def read_points(self, patches: torch.Tensor) -> torch.Tensor:
+        """ONet's five points for (N, 3, 48, 48) crops, as fractions of the crop: the mean of its readings of each
+        crop and of its mirror image (un-mirrored), which cancels the net's left-right bias."""
+        patches = patches.to(self.device)
+        _, points, _ = self.onet(torch.cat([patches, patches.flip(3)]))
+        points = torch.stack([points[:, :5], points[:, 5:]], dim=2).float().cpu()
+        count = len(patches)
+        direct, mirrored = points[:count], points[count:][:, MIRRORED_ORDER]
+        mirrored[:, :, 0] = 1 - mirrored[:, :, 0]
+        return (direct + mirrored) / 2
 
     @staticmethod
     def proposals(offsets: torch.Tensor, probabilities: torch.Tensor, scale: float) -> torch.Tensor:
