@@ -35,7 +35,11 @@ serve: install  ## serve the checkpoints in weights/ on $(HOST):$(PORT)
 system-packages:  ## apt-get install $(SYSTEM_PACKAGES) as root; otherwise say loudly which tests will skip
 	bash scripts/ensure-system-packages.sh $(SYSTEM_PACKAGES)
 
-test: install-dev system-packages  ## run the whole test suite
+lint: install-dev  ## ruff (lint and format check) over the code and tests
+	$(BIN)/ruff check app training bench tests deploy scripts
+	$(BIN)/ruff format --check app training bench tests deploy scripts
+
+test: install-dev system-packages lint  ## lint, then the whole test suite
 	$(BIN)/python -m pytest -q
 
 bench: install-dev  ## benchmark a running server: make bench URL=http://127.0.0.1:8000
