@@ -21,8 +21,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# facenet-pytorch: MTCNN's source, for its parity test and scripts/convert_mtcnn.py only (the service loads the
+# converted weights), installed without its published pins of old torch, numpy and Pillow.
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps facenet-pytorch==2.6.0
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install the service
