@@ -226,8 +226,8 @@ class FaceDetector:
         device = self.device
         width, height = image.size
 
-        # Stage 1: PNet over the pyramid. Levels are made with PIL's box filter (area averaging, like MTCNN's), each
-        # from the previous one while that stays within 2x, which is much cheaper than from the full photo.
+        # Stage 1: PNet over the pyramid. Levels are made with PIL's box filter (area averaging, like MTCNN's), from
+        # the photo or, below half its scale, from an earlier level: much cheaper than from the photo every time.
         candidates = []
         source, source_scale = image, 1.0
         for scale in self.pyramid_scales(width, height, min_face):
@@ -236,7 +236,7 @@ class FaceDetector:
             if source_scale / scale > 2:
                 source, source_scale = level, scale
             offsets, probabilities = self.pnet(image_tensor(level).to(device))
-            found = self.proposals(offsets[0], probabilities[0], scale)
+            found = self.proposals(offsets[0], probabilities[0], scale).cpu()  # boxes are kept on the CPU
             if len(found):
                 candidates.append(found[nms(found[:, :4], found[:, 4], 0.5)])
         if not candidates:
@@ -246,7 +246,7 @@ class FaceDetector:
         boxes = squared(regressed(boxes[:, :4], boxes[:, 5:9]))
 
         # Stage 2: RNet on 24x24 crops rejects most proposals and refines the rest.
-        offsets, probabilities = self.rnet(crops(image, boxes, 24).to(device))
+        offsets, probabilities = (t.float().cpu() for t in self.rnet(crops(image, boxes, 24).to(device)))
         passed = probabilities > THRESHOLDS[1]
         boxes, offsets, scores = boxes[passed], offsets[passed], probabilities[passed]
         if not len(boxes):
@@ -255,7 +255,7 @@ class FaceDetector:
         boxes = squared(regressed(boxes[picked], offsets[picked]))
 
         # Stage 3: ONet on 48x48 crops gives the final boxes, then the five landmarks from them.
-        offsets, _, probabilities = self.onet(crops(image, boxes, 48).to(device))
+        offsets, _, probabilities = (t.float().cpu() for t in self.onet(crops(image, boxes, 48).to(device)))
         passed = probabilities > THRESHOLDS[2]
         boxes, offsets, scores = boxes[passed], offsets[passed], probabilities[passed]
         if not len(boxes):
