@@ -130,3 +130,11 @@ def test_many_stalled_connections_are_all_shed_and_the_cap_answers_503(server):
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_head_on_a_real_server_keeps_the_connection_usable(server):
+    with httpx.Client(base_url=f"http://127.0.0.1:{server}") as client:
+        for _ in range(3):
+            head = client.head("/health")
+            assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == "15"
+            assert client.get("/health").json() == {"status": "ok"}
