@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .dcgan import discriminator_body, generator_trunk, init_dcgan_weights
-from .registry import register_family
+from .registry import FamilyModule, register_family
 
 # The 13 attributes of the classic course set (hair, smile, make-up, sex, mouth).
 DEFAULT_ATTRIBUTES = (
@@ -81,7 +81,7 @@ def toggle_pairs(noise: torch.Tensor, attributes: torch.Tensor, index: int) -> t
 
 
 @register_family("acgan")
-class ACGANGenerator(nn.Module):
+class ACGANGenerator(FamilyModule):
     """(noise (N, latent_dim), attributes (N, A) of 0/1) -> images (N, 3, S, S) in [-1, 1]."""
 
     config_class = ACGANConfig

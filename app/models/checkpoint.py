@@ -18,10 +18,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from .preprocess import DEFAULT_PREPROCESS, PreprocessSpec
-from .registry import UnknownFamilyError, build_model, config_to_json
+from .registry import FamilyModule, UnknownFamilyError, build_model, config_to_json
 
 FORMAT_VERSION = "1"
 EXTRA_PREFIX = "extra."
@@ -34,7 +33,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    model: nn.Module
+    model: FamilyModule
     family: str
     config: dict[str, Any]
     preprocess: PreprocessSpec
@@ -56,7 +55,7 @@ def file_sha256(path: str | Path) -> str:
 
 def save_checkpoint(
     path: str | Path,
-    model: nn.Module,
+    model: FamilyModule,
     *,
     preprocess: PreprocessSpec = DEFAULT_PREPROCESS,
     attributes: list[str] | None = None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .registry import register_family
+from .registry import FamilyModule, register_family
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def _conv_block(in_channels: int, out_channels: int, stride: int) -> list[nn.Mod
 
 
 @register_family("classifier")
-class AttributeClassifier(nn.Module):
+class AttributeClassifier(FamilyModule):
     config_class = ClassifierConfig
 
     def __init__(self, config: ClassifierConfig):

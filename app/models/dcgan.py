@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .registry import register_family
+from .registry import FamilyModule, register_family
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def init_dcgan_weights(module: nn.Module) -> None:
 
 
 @register_family("dcgan")
-class DCGANGenerator(nn.Module):
+class DCGANGenerator(FamilyModule):
     config_class = DCGANConfig
 
     def __init__(self, config: DCGANConfig):

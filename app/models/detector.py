@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from PIL import Image
@@ -205,7 +206,8 @@ class FaceDetector:
 
     def to(self, device: str | torch.device) -> FaceDetector:
         for net in (self.pnet, self.rnet, self.onet):
-            net.to(device, memory_format=CHANNELS_LAST)
+            # Module.to takes memory_format at run time; torch's type stubs leave it out of every overload
+            net.to(device, memory_format=CHANNELS_LAST)  # type: ignore[call-overload]
         return self
 
     def pyramid_scales(self, width: int, height: int, min_face: float | None = None) -> list[float]:
@@ -341,4 +343,4 @@ def load_detector(path: str | Path = DETECTOR_WEIGHTS, device: str | torch.devic
         except RuntimeError as error:
             raise DetectorError(f"{path}: {name} does not match MTCNN's architecture ({error})") from None
         nets[name] = net.eval().requires_grad_(False)
-    return FaceDetector(nets["pnet"], nets["rnet"], nets["onet"]).to(device)
+    return FaceDetector(cast(PNet, nets["pnet"]), cast(RNet, nets["rnet"]), cast(ONet, nets["onet"])).to(device)

@@ -42,6 +42,8 @@ class ActNorm(nn.Module):
     ``initialized`` is a buffer, so it is saved with the weights: a loaded model never re-initialises.
     """
 
+    initialized: torch.Tensor  # buffer (register_buffer), declared for the type checker
+
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
@@ -74,6 +76,12 @@ class InvConv1x1(nn.Module):
     P (a permutation) and the signs are fixed at initialisation from a random rotation; the log-determinant is then
     ``H * W * sum(log_s)``, O(C) instead of O(C^3). P and sign are buffers, saved with the weights.
     """
+
+    # buffers (register_buffer), declared for the type checker
+    permutation: torch.Tensor
+    sign_s: torch.Tensor
+    lower_mask: torch.Tensor
+    eye: torch.Tensor
 
     def __init__(self, channels: int):
         super().__init__()
@@ -112,6 +120,7 @@ class ZeroConv2d(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
+        assert self.conv.bias is not None  # Conv2d's bias is optional; this one has it
         nn.init.zeros_(self.conv.bias)
         self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
         self.logscale_factor = logscale_factor

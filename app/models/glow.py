@@ -18,15 +18,16 @@ Images arrive in [-1, 1] (the shared preprocessing); :func:`dequantize` reduces 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .flows import ConditionalPrior, FlowStep, Split, gaussian_log_p, squeeze2d, unsqueeze2d
-from .registry import register_family
+from .registry import FamilyModule, register_family
 
 # Checkpoint extra holding the (num_attributes, latent_dim) attribute directions the service moves faces along.
 DIRECTIONS_KEY = "attribute_directions"
@@ -95,9 +96,14 @@ class GlowLevel(nn.Module):
         )
         self.split = Split(channels, size, size, config.num_attributes) if split else None
 
+    @property
+    def flow_steps(self) -> Sequence[FlowStep]:
+        """``steps`` as what they are (iterating an nn.ModuleList gives a type checker plain Modules)."""
+        return cast("Sequence[FlowStep]", self.steps)
+
 
 @register_family("glow")
-class Glow(nn.Module):
+class Glow(FamilyModule):
     config_class = GlowConfig
 
     def __init__(self, config: GlowConfig):
@@ -120,6 +126,11 @@ class Glow(nn.Module):
         nn.init.zeros_(self.class_head.weight)
         nn.init.zeros_(self.class_head.bias)
         self._latent_shapes = shapes
+
+    @property
+    def glow_levels(self) -> Sequence[GlowLevel]:
+        """``levels`` as what they are (iterating an nn.ModuleList gives a type checker plain Modules)."""
+        return cast("Sequence[GlowLevel]", self.levels)
 
     # ---- shapes ------------------------------------------------------------------------------------------------
     @property
@@ -144,9 +155,9 @@ class Glow(nn.Module):
         logdet = x.new_zeros(x.shape[0])
         z_list, contexts = [], []
         h = x
-        for level in self.levels:
+        for level in self.glow_levels:
             h = squeeze2d(h)
-            for step in level.steps:
+            for step in level.flow_steps:
                 h, step_logdet = step(h)
                 logdet = logdet + step_logdet
             if level.split is not None:
@@ -165,17 +176,17 @@ class Glow(nn.Module):
         """Exact inverse of :meth:`encode`: latents -> flow inputs."""
         h = z_list[-1]
         split_latents = iter(reversed(z_list[:-1]))
-        for level in reversed(self.levels):
+        for level in reversed(self.glow_levels):
             if level.split is not None:
                 h = level.split.reverse(h, next(split_latents))
-            for step in reversed(level.steps):
+            for step in reversed(level.flow_steps):
                 h = step.reverse(h)
             h = unsqueeze2d(h)
         return h
 
     # ---- likelihood --------------------------------------------------------------------------------------------
     def _priors(self) -> list[ConditionalPrior]:
-        return [level.split.prior for level in self.levels if level.split is not None] + [self.top_prior]
+        return [level.split.prior for level in self.glow_levels if level.split is not None] + [self.top_prior]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass: (log p(x | y) in nats per image (N,), class-head logits (N, A))."""
@@ -265,14 +276,15 @@ class Glow(nn.Module):
         if isinstance(temperature, torch.Tensor):
             temperature = temperature.to(eps)[:, None, None, None]
         eps_list = self.unflatten_latents(eps)
-        shifts = self.unflatten_latents(shift) if shift is not None else [0.0] * len(eps_list)
+        no_shift: list[float] = [0.0] * len(eps_list)
+        shifts: Sequence[torch.Tensor | float] = self.unflatten_latents(shift) if shift is not None else no_shift
         h = self.top_prior.sample(None, y, eps_list[-1], temperature) + shifts[-1]
         split_eps = iter(zip(reversed(eps_list[:-1]), reversed(shifts[:-1])))
-        for level in reversed(self.levels):
+        for level in reversed(self.glow_levels):
             if level.split is not None:
                 level_eps, level_shift = next(split_eps)
                 h = level.split.reverse(h, level.split.prior.sample(h, y, level_eps, temperature) + level_shift)
-            for step in reversed(level.steps):
+            for step in reversed(level.flow_steps):
                 h = step.reverse(h)
             h = unsqueeze2d(h)
         return postprocess(h, self.config.n_bits)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dcgan import _ladder, discriminator_body, generator_trunk, init_dcgan_weights
-from .registry import register_family
+from .registry import FamilyModule, register_family
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def draw_codes(n: int, n_codes: int, n_categories: int, generator: torch.Generat
 
 
 @register_family("infogan")
-class InfoGANGenerator(nn.Module):
+class InfoGANGenerator(FamilyModule):
     """(noise (N, noise_dim), codes LongTensor (N, n_codes) of category indices) -> images (N, 3, S, S) in [-1, 1]."""
 
     config_class = InfoGANConfig

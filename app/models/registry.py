@@ -9,13 +9,22 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
-_FAMILIES: dict[str, type[nn.Module]] = {}
 
-ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
+class FamilyModule(nn.Module):
+    """Base of every family's servable module: ``config_class`` is set by the class, ``family`` by
+    :func:`register_family`."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type[Any]]
+
+
+_FAMILIES: dict[str, type[FamilyModule]] = {}
+
+ModuleT = TypeVar("ModuleT", bound=type[FamilyModule])
 
 
 class UnknownFamilyError(KeyError):
@@ -48,7 +57,7 @@ def list_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def family_class(name: str) -> type[nn.Module]:
+def family_class(name: str) -> type[FamilyModule]:
     """The module class of family ``name``."""
     try:
         return _FAMILIES[name]
@@ -58,7 +67,7 @@ def family_class(name: str) -> type[nn.Module]:
         ) from None
 
 
-def config_from_dict(config_class: type, values: dict[str, Any]):
+def config_from_dict(config_class: type[Any], values: dict[str, Any]) -> Any:
     """Build a config dataclass, refusing unknown or missing fields with a readable message."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - set(fields))
@@ -69,11 +78,11 @@ def config_from_dict(config_class: type, values: dict[str, Any]):
     return config_class(**converted)
 
 
-def config_to_json(config) -> str:
+def config_to_json(config: Any) -> str:
     return json.dumps(dataclasses.asdict(config), sort_keys=True)
 
 
-def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+def build_model(name: str, config: dict[str, Any] | None = None) -> FamilyModule:
     """Instantiate family ``name`` from a plain dict (as stored in a checkpoint); defaults for missing fields."""
     cls = family_class(name)
     return cls(config_from_dict(cls.config_class, config or {}))

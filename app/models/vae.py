@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .registry import register_family
+from .registry import FamilyModule, register_family
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,10 @@ class VAEConfig:
 
 
 @register_family("vae")
-class VAE(nn.Module):
+class VAE(FamilyModule):
     config_class = VAEConfig
+    prior_mean: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    prior_scale_tril: torch.Tensor
 
     def __init__(self, config: VAEConfig):
         super().__init__()

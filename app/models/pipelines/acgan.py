@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from ..acgan import DEFAULT_TOGGLE_STRENGTH, MAX_STRENGTH, emphasis, toggle_pairs
+from ..acgan import DEFAULT_TOGGLE_STRENGTH, MAX_STRENGTH, ACGANGenerator, emphasis, toggle_pairs
 from ..attributes import FREQUENCIES_KEY, InvalidRequest, check_attribute_names, resolve_attributes
 from ..sampling import draw_noise, seeded_generator
 from .base import SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
@@ -39,6 +42,8 @@ class ACGANPipeline(Pipeline):
     vectors (attributes the request leaves open ~ Bernoulli(training frequency)). A toggle repeats both for the
     off and on rows. Each row carries its own multipliers of G's condition signal, so requests with different
     toggles and strengths share a batch."""
+
+    model: ACGANGenerator
 
     def validate(self) -> None:
         self.check_attributes_match_outputs(len(self.model.attribute_names), "condition inputs")
@@ -77,7 +82,7 @@ class ACGANPipeline(Pipeline):
     def generate(self, noise: torch.Tensor, vectors: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
         return finite_images(self.model.generate(noise, vectors, multipliers))
 
-    def operations(self):
+    def operations(self) -> dict[str, Callable[..., Any]]:
         return {"sample": self.generate}
 
     def warmup(self) -> Prepared:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from ..checkpoint import Checkpoint, CheckpointError
+from ..registry import FamilyModule
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -81,8 +82,10 @@ def implausible_images(outputs: Tensors) -> str | None:
 
 class Pipeline:
     """Base class: subclasses set ``family`` and ``capabilities`` (via :func:`register_pipeline`) and implement
-    :meth:`operations` and :meth:`warmup`."""
+    :meth:`operations` and :meth:`warmup`. A subclass narrows ``model`` to its family's module class with a class-level
+    annotation (the registry guarantees that is what a checkpoint of its family holds)."""
 
+    model: FamilyModule
     family: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset()
     # Whether autocast may run this family's forwards in bfloat16/float16. A flow's log-determinants and its exact
@@ -113,7 +116,7 @@ class Pipeline:
     # ---- shared ---------------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        tensor = next(iter(self.model.parameters()), None)
+        tensor: torch.Tensor | None = next(iter(self.model.parameters()), None)
         if tensor is None:
             tensor = next(iter(self.model.buffers()))
         return tensor.device
@@ -149,7 +152,8 @@ class Pipeline:
             raise ValueError(f"{self.family} does not sample")
         return self(self.prepare_samples(n, seed, **options))[0]
 
-    def prepare_samples(self, n: int, seed: int, **options: Any) -> Prepared:
+    def prepare_samples(self, n: int, seed: int, *args: Any, **options: Any) -> Prepared:
+        """A sampling family's request: ``n`` and ``seed``, then the family's own options (its override's signature)."""
         raise NotImplementedError(f"{self.family} does not sample")
 
     def check_attributes_match_outputs(self, count: int, what: str) -> None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
+from ..classifier import AttributeClassifier
 from .base import SCORE, Pipeline, Prepared, register_pipeline
 
 
 @register_pipeline("classifier", SCORE)
 class ClassifierPipeline(Pipeline):
+    model: AttributeClassifier
+
     def validate(self) -> None:
         self.check_attributes_match_outputs(self.model.config.num_attributes, "outputs")
 
@@ -18,7 +24,7 @@ class ClassifierPipeline(Pipeline):
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.probabilities(images)
 
-    def operations(self):
+    def operations(self) -> dict[str, Callable[..., Any]]:
         return {"classify": self.classify}
 
     def warmup(self) -> Prepared:

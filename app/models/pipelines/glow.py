@@ -3,11 +3,14 @@ back (interpolation and attribute manipulation happen between the two, on the CP
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Literal
+
 import torch
 
 from ..attributes import FREQUENCIES_KEY, InvalidRequest, check_attribute_names, resolve_attributes
 from ..checkpoint import CheckpointError
-from ..glow import DIRECTIONS_KEY, interpolate_latents, postprocess
+from ..glow import DIRECTIONS_KEY, Glow, interpolate_latents, postprocess
 from ..sampling import seeded_generator
 from .base import ENCODE, SAMPLE, SCORE, Pipeline, Prepared, finite_images, register_pipeline
 
@@ -32,6 +35,7 @@ class GlowPipeline(Pipeline):
     ~ Bernoulli(training frequency)), then one (n, latent_dim) standard normal draw. The temperature travels per row,
     so requests at different temperatures share a batch."""
 
+    model: Glow
     reduced_precision = False
 
     def validate(self) -> None:
@@ -120,7 +124,9 @@ class GlowPipeline(Pipeline):
     def likelihood(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.marginal_bits_per_dim(images, self.likelihood_draws.to(images.device))
 
-    def interpolation_latents(self, latents: torch.Tensor, steps: int, method: str) -> torch.Tensor:
+    def interpolation_latents(
+        self, latents: torch.Tensor, steps: int, method: Literal["linear", "slerp"]
+    ) -> torch.Tensor:
         """(2, D) latents of the two faces -> (steps, D) along the path, on the CPU."""
         return interpolate_latents(latents[0], latents[1], steps, method)
 
@@ -137,7 +143,7 @@ class GlowPipeline(Pipeline):
         amounts = torch.tensor(strengths, dtype=latent.dtype)[:, None]
         return latent[None] + amounts * direction
 
-    def operations(self):
+    def operations(self) -> dict[str, Callable[..., Any]]:
         return {"sample": self.generate, "encode": self.encode, "decode": self.decode, "likelihood": self.likelihood}
 
     def warmup(self) -> Prepared:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ..attributes import InvalidRequest
-from ..infogan import draw_codes, sweep_inputs
+from ..infogan import InfoGANGenerator, draw_codes, sweep_inputs
 from ..sampling import draw_noise, seeded_generator
 from .base import SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
 
@@ -14,6 +17,8 @@ from .base import SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
 class InfoGANPipeline(Pipeline):
     """Draw order: the rows' noise vectors, then their codes; each row is then repeated once per category of the
     swept code (row-major: rows x categories images)."""
+
+    model: InfoGANGenerator
 
     @property
     def categories(self) -> int:
@@ -31,7 +36,7 @@ class InfoGANPipeline(Pipeline):
     def generate(self, noise: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return finite_images(self.model.generate(noise, codes))
 
-    def operations(self):
+    def operations(self) -> dict[str, Callable[..., Any]]:
         return {"sample": self.generate}
 
     def warmup(self) -> Prepared:

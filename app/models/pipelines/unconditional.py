@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
+from ..dcgan import DCGANGenerator
 from ..sampling import draw_noise, seeded_generator
+from ..vae import VAE
 from .base import ENCODE, SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
 
 
 class NoisePipeline(Pipeline):
     """``n`` images from ``n`` standard normal noise vectors drawn with the seed."""
+
+    model: DCGANGenerator | VAE
 
     def prepare_samples(self, n: int, seed: int) -> Prepared:
         return Prepared("sample", (draw_noise(self.model.latent_shape, n, seeded_generator(seed)),))
@@ -17,7 +24,7 @@ class NoisePipeline(Pipeline):
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
         return finite_images(self.model.generate(noise))
 
-    def operations(self):
+    def operations(self) -> dict[str, Callable[..., Any]]:
         return {"sample": self.generate}
 
     def warmup(self) -> Prepared:
@@ -26,13 +33,15 @@ class NoisePipeline(Pipeline):
 
 @register_pipeline("dcgan", SAMPLE)
 class DCGANPipeline(NoisePipeline):
-    pass
+    model: DCGANGenerator
 
 
 @register_pipeline("vae", SAMPLE, ENCODE)
 class VAEPipeline(NoisePipeline):
     """Samples decode draws of the Gaussian fitted to the training latents (the model's prior, N(0, I) until fitted);
     ``reconstruct`` passes uploads through the posterior mean."""
+
+    model: VAE
 
     def prepare_reconstruction(self, images: torch.Tensor) -> Prepared:
         """[-1, 1] images (N, 3, S, S), already preprocessed."""
@@ -46,5 +55,5 @@ class VAEPipeline(NoisePipeline):
         errors = ((reconstructions - images.float()) ** 2).flatten(1).mean(1)
         return reconstructions, errors, ~torch.isfinite(raw).flatten(1).all(1)
 
-    def operations(self):
+    def operations(self) -> dict[str, Callable[..., Any]]:
         return {"sample": self.generate, "reconstruct": self.reconstruct}
