@@ -120,7 +120,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+            image: Image.Image = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
             width, height = image.size  # read from the header: checked before any pixel is decoded
             if width * height > max_pixels:
                 raise ImageDecodeError(f"{name}: {width}x{height} pixels is more than the {max_pixels} allowed", 413)

@@ -7,7 +7,9 @@ import importlib
 import logging
 import math
 import pkgutil
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import torch
 from fastapi import Depends, FastAPI, Request
@@ -36,7 +38,7 @@ from app.settings import Settings, get_settings
 logger = logging.getLogger("facegen")
 
 
-def json_safe(value):
+def json_safe(value: Any) -> Any:
     """A validation error's echoed input with non-finite numbers (JSON's NaN/Infinity literals, which Python's parser
     accepts) written as strings: strict JSON cannot carry them, and the error must still be answered."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -70,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     batcher_metrics = BatcherMetrics(registry)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         device = resolve_device(settings.device)

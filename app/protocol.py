@@ -32,6 +32,13 @@ class HeaderTimeoutMixin:
     """Mixed into uvicorn's h11 or httptools protocol (both keep ``cycle``, ``transport`` and ``loop``)."""
 
     header_timeout_s: float = 10.0
+    # Declared for the type checker: the uvicorn protocol sets these three...
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any  # the protocol's RequestResponseCycle (h11's or httptools'), None before the first request
+    # ...and the mixin these
+    _header_timer: asyncio.TimerHandle | None
+    _partial_request: bool
 
     def _arm_header_timer(self) -> None:
         self._cancel_header_timer()
@@ -55,7 +62,7 @@ class HeaderTimeoutMixin:
             self.transport.write(_timeout_response(self.header_timeout_s))
         self.transport.close()
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._arm_header_timer()
 

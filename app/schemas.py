@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -59,7 +60,7 @@ class Reconstruction(BaseModel):
 class ReconstructResponse(BaseModel):
     model: str
     mean_mse: float
-    images: list[Reconstruction]
+    images: Sequence[Reconstruction]  # (a Sequence: a subclass may narrow it to a list of a Reconstruction subclass)
 
 
 class ModelCard(BaseModel):

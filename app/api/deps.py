@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
@@ -26,11 +26,16 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 
 
-def require_pipeline(store: ModelStore, family: str) -> Pipeline:
-    """The loaded pipeline of ``family``, or 503 saying it is not loaded."""
+PipelineT = TypeVar("PipelineT", bound=Pipeline)
+
+
+def require_pipeline(store: ModelStore, family: str, kind: type[PipelineT]) -> PipelineT:
+    """The loaded pipeline of ``family`` (a ``kind``, the family's pipeline class), or 503 saying it is not loaded."""
     pipeline = store.pipelines.get(family)
     if pipeline is None:
         raise HTTPException(503, f"model {family!r} is not loaded on this server; loaded: {sorted(store.models)}")
+    if not isinstance(pipeline, kind):  # the registry builds each family's own pipeline class: never
+        raise TypeError(f"the {family} pipeline is a {type(pipeline).__name__}, not a {kind.__name__}")
     return pipeline
 
 

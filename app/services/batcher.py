@@ -76,38 +76,40 @@ class Job:
 
 class BatcherMetrics:
     def __init__(self, registry: CollectorRegistry | None):
-        kwargs = {"registry": registry}
         self.batch_rows = Histogram(
             "facegen_batch_rows",
             "rows (images) per forward",
             ["family"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-            **kwargs,
+            registry=registry,
         )
         self.batch_requests = Histogram(
             "facegen_batch_requests",
             "requests per forward",
             ["family"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            **kwargs,
+            registry=registry,
         )
-        self.queue_rows = Gauge("facegen_queue_rows", "rows waiting in the queue", ["family"], **kwargs)
+        self.queue_rows = Gauge("facegen_queue_rows", "rows waiting in the queue", ["family"], registry=registry)
         self.queue_wait = Histogram(
             "facegen_queue_wait_seconds",
             "time from arrival to the start of its forward",
             ["family"],
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            **kwargs,
+            registry=registry,
         )
         self.forward_seconds = Histogram(
             "facegen_forward_seconds",
             "duration of one batched forward",
             ["family"],
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            **kwargs,
+            registry=registry,
         )
         self.shed = Counter(
-            "facegen_shed_requests", "requests answered without being computed", ["family", "reason"], **kwargs
+            "facegen_shed_requests",
+            "requests answered without being computed",
+            ["family", "reason"],
+            registry=registry,
         )
 
 
@@ -205,7 +207,8 @@ class ModelQueue:
     def take(self, operation: str, now: float) -> list[Job]:
         """The oldest jobs of ``operation`` up to ``max_batch`` rows (the first always, however large: it is chunked);
         jobs past their deadline are answered 503 instead."""
-        taken, rows = [], 0
+        taken: list[Job] = []
+        rows = 0
         for job in list(self.pending):
             if job.operation != operation or job.future.done():
                 continue

@@ -9,6 +9,7 @@ import threading
 
 import torch
 from PIL import Image
+from starlette.datastructures import State
 
 from app.models.detector import DETECTOR_WEIGHTS, DetectorError, Face, FaceDetector, load_detector
 from app.services.batcher import Batcher
@@ -45,7 +46,7 @@ class FaceFinder:
 _loading = threading.Lock()
 
 
-def _load_once(state, device: torch.device, batcher: Batcher) -> FaceFinder:
+def _load_once(state: State, device: torch.device, batcher: Batcher) -> FaceFinder:
     with _loading:  # two first requests at once load it once
         finder = getattr(state, "face_finder", None)
         if finder is None or finder.batcher is not batcher:
@@ -54,7 +55,7 @@ def _load_once(state, device: torch.device, batcher: Batcher) -> FaceFinder:
         return finder
 
 
-async def face_finder(state, timeout_s: float | None = None) -> FaceFinder:
+async def face_finder(state: State, timeout_s: float | None = None) -> FaceFinder:
     """The app's finder (``state`` is ``app.state``), loaded on first use; :class:`DetectorError` if it cannot be."""
     batcher: Batcher = state.batcher
     finder = getattr(state, "face_finder", None)

@@ -16,6 +16,7 @@ from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count, field_error, image_output
 from app.api.routes.generate import resolve_seed
 from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, MAX_STRENGTH
+from app.models.pipelines.acgan import ACGANPipeline
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 
 router = APIRouter(prefix="/generate", tags=["generate"])
@@ -78,9 +79,11 @@ class ACGANResponse(ImagesResponse):
         }
     },
 )
-async def generate_acgan(request: ACGANRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep):
+async def generate_acgan(
+    request: ACGANRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep
+) -> Response:
     """``n`` samples with the requested attributes; with ``toggle``, ``n`` off/on pairs (row 1 off, row 2 on)."""
-    pipeline = require_pipeline(store, "acgan")
+    pipeline = require_pipeline(store, "acgan", ACGANPipeline)
     if request.toggle is None and "strength" in request.model_fields_set:
         raise field_error("strength", "strength applies only to a toggled attribute: give `toggle` too")
     check_count("n", request.n, 1, max(1, settings.max_n // 2) if request.toggle else settings.max_n)

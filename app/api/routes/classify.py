@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count
 from app.api.uploads import AlignForm, FaceReport, FacesDep, nonfinite_rows, read_upload_batch, refuse_rows
+from app.models.pipelines.classifier import ClassifierPipeline
 
 router = APIRouter(tags=["classifier"])
 MAX_CLASSIFY = 32
@@ -62,7 +63,7 @@ async def classify(
     Each upload's largest face is aligned like CelebA's frames (align=auto) and cropped as the classifier's training
     faces were; align=none takes the upload as an already aligned CelebA-like face."""
     check_count("images", len(images), 1, MAX_CLASSIFY)
-    pipeline = require_pipeline(store, "classifier")
+    pipeline = require_pipeline(store, "classifier", ClassifierPipeline)
     uploads = await read_upload_batch(
         images, pipeline.checkpoint.preprocess, settings.max_image_pixels, align=align, faces=faces
     )

@@ -4,27 +4,35 @@ pipeline), so the same request with the same seed gives the same images on any d
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
-from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
+from app.api.deps import Inference, InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count, image_output
 from app.models.pipelines import SAMPLE
+from app.models.pipelines.unconditional import NoisePipeline
 from app.schemas import MAX_SEED, GenerateRequest, ImagesResponse
+from app.services.model_store import ModelStore
+from app.settings import Settings
 
 router = APIRouter(prefix="/generate", tags=["generate"])
 
-IMAGE_RESPONSES = {200: {"content": {"image/png": {}}, "model": ImagesResponse, "description": "a PNG grid or JSON"}}
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "model": ImagesResponse, "description": "a PNG grid or JSON"}
+}
 
 
 def resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(MAX_SEED) if seed is None else seed
 
 
-async def sample_unconditional(family: str, request: GenerateRequest, store, infer, settings) -> Response:
+async def sample_unconditional(
+    family: str, request: GenerateRequest, store: ModelStore, infer: Inference, settings: Settings
+) -> Response:
     check_count("n", request.n, 1, settings.max_n)
-    pipeline = require_pipeline(store, family)
+    pipeline = require_pipeline(store, family, NoisePipeline)
     seed = resolve_seed(request.seed)
     (images,) = await infer(family, pipeline.prepare_samples(request.n, seed))
     return await image_output(
@@ -36,14 +44,18 @@ async def sample_unconditional(family: str, request: GenerateRequest, store, inf
 
 
 @router.post("/vae", responses=IMAGE_RESPONSES, response_class=Response)
-async def generate_vae(request: GenerateRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep):
+async def generate_vae(
+    request: GenerateRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep
+) -> Response:
     """Decode ``n`` draws from the full-covariance Gaussian fitted to the VAE's training latents (closer to where
     faces lie than the N(0, I) prior it was trained with)."""
     return await sample_unconditional("vae", request, store, infer, settings)
 
 
 @router.post("/dcgan", responses=IMAGE_RESPONSES, response_class=Response)
-async def generate_dcgan(request: GenerateRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep):
+async def generate_dcgan(
+    request: GenerateRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep
+) -> Response:
     """``n`` DCGAN samples."""
     return await sample_unconditional("dcgan", request, store, infer, settings)
 
@@ -52,7 +64,7 @@ fallback_router = APIRouter(tags=["generate"])
 
 
 @fallback_router.post("/generate/{family}", include_in_schema=False)
-async def unknown_family(family: str, store: StoreDep):
+async def unknown_family(family: str, store: StoreDep) -> Response:
     """Included after every family router: anything it catches names no generating family."""
     samplers = sorted(name for name, pipeline in store.pipelines.items() if SAMPLE in pipeline.capabilities)
     raise HTTPException(404, f"unknown family {family!r}; generating families served here: {samplers}")

@@ -9,7 +9,8 @@ interpolation and strength 0 of a manipulation show.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import torch
 from fastapi import APIRouter, File, Form, UploadFile
@@ -23,7 +24,7 @@ from app.api.routes.generate import resolve_seed
 from app.api.uploads import AlignForm, FaceReport, FacesDep, nonfinite_rows, read_upload_batch, refuse_rows
 from app.imaging import base64_pngs, gif_bytes, grid_png
 from app.models.attributes import check_attribute_names
-from app.models.pipelines.glow import DEFAULT_CONDITION_STRENGTH, MAX_CONDITION_STRENGTH, MAX_TEMPERATURE
+from app.models.pipelines.glow import DEFAULT_CONDITION_STRENGTH, MAX_CONDITION_STRENGTH, MAX_TEMPERATURE, GlowPipeline
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 
 router = APIRouter(tags=["glow"])
@@ -110,7 +111,9 @@ class LikelihoodResponse(BaseModel):
     images: list[Likelihood]
 
 
-def sequence_output(frames: torch.Tensor, format: str, json_body, headers: dict[str, str] | None = None) -> Response:
+def sequence_output(
+    frames: torch.Tensor, format: str, json_body: Callable[[], BaseModel], headers: dict[str, str] | None = None
+) -> Response:
     if format == "png":
         return Response(grid_png(frames, nrow=len(frames)), media_type="image/png", headers=headers)
     if format == "gif":
@@ -118,7 +121,7 @@ def sequence_output(frames: torch.Tensor, format: str, json_body, headers: dict[
     return Response(json_body().model_dump_json(), media_type="application/json", headers=headers)
 
 
-SEQUENCE_RESPONSES = {
+SEQUENCE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"image/png": {}, "image/gif": {}, "application/json": {}},
         "description": "a PNG strip, an animated GIF or JSON",
@@ -138,10 +141,10 @@ SEQUENCE_RESPONSES = {
         }
     },
 )
-async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep):
+async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep) -> Response:
     """``n`` conditional samples: the requested attributes fixed, the rest drawn from training frequencies (attributes
     first, then the latent noise, both from one seeded CPU generator, so the same request gives the same bytes)."""
-    pipeline = require_pipeline(store, "glow")
+    pipeline = require_pipeline(store, "glow", GlowPipeline)
     check_count("n", request.n, 1, settings.max_n)
     seed = resolve_seed(request.seed)
     prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.temperature, request.strength)
@@ -177,10 +180,10 @@ async def interpolate(
     ] = "linear",
     format: Annotated[SequenceFormat, Form()] = "png",
     align: AlignForm = "auto",
-):
+) -> Response:
     """Frames from face_a to face_b along a path between their latents (all levels); the first and last frames are
     the reconstructions of a and b."""
-    pipeline = require_pipeline(store, "glow")
+    pipeline = require_pipeline(store, "glow", GlowPipeline)
     uploads = await read_upload_batch(
         [face_a, face_b], pipeline.checkpoint.preprocess, settings.max_image_pixels, "face", align=align, faces=faces
     )
@@ -251,11 +254,11 @@ async def manipulate(
     max_strength: Annotated[float, Form(gt=0, le=MAX_STRENGTH)] = 1.0,
     format: Annotated[SequenceFormat, Form()] = "png",
     align: AlignForm = "auto",
-):
+) -> Response:
     """The face's latent plus ``strength`` times the attribute's direction (mean latent of training faces with it
     minus mean latent of those without), for each strength; strength 0 is the reconstruction. Without ``strengths``
     or ``steps``: 5 steps from -max_strength to +max_strength."""
-    pipeline = require_pipeline(store, "glow")
+    pipeline = require_pipeline(store, "glow", GlowPipeline)
     check_attribute_names([attribute], pipeline.attributes, "attribute")
     if strengths is not None and steps is not None:
         raise field_error("strengths", "give either strengths or steps (with max_strength), not both")
@@ -317,7 +320,7 @@ async def likelihood(
     attributes and averages over dequantisation noise.
     """
     check_count("images", len(images), 1, MAX_LIKELIHOOD_IMAGES)
-    pipeline = require_pipeline(store, "glow")
+    pipeline = require_pipeline(store, "glow", GlowPipeline)
     uploads = await read_upload_batch(
         images, pipeline.checkpoint.preprocess, settings.max_image_pixels, align=align, faces=faces
     )

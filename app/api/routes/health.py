@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -14,8 +16,8 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
-def ready(request: Request, store: StoreDep, settings: SettingsDep):
+@router.get("/ready", response_model=None)
+def ready(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse | dict[str, Any]:
     """200 when every checkpoint in the weights folder loaded, passed the manifest check and its warm-up (with
     FACEGEN_REQUIRE_ALL=false: every family in FACEGEN_REQUIRED, and at least one model), else 503 saying what is
     missing or failed. Files are named, never their server paths."""

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import InferenceDep, StoreDep, require_pipeline
 from app.api.responses import image_output
 from app.api.routes.generate import resolve_seed
+from app.models.pipelines.infogan import InfoGANPipeline
 from app.schemas import MAX_SEED, ImageFormat, StrictModel
 
 router = APIRouter(prefix="/generate", tags=["generate"])
@@ -45,9 +46,9 @@ class InfoGANResponse(BaseModel):
         }
     },
 )
-async def generate_infogan(request: InfoGANRequest, store: StoreDep, infer: InferenceDep):
+async def generate_infogan(request: InfoGANRequest, store: StoreDep, infer: InferenceDep) -> Response:
     """A ``rows`` x categories grid: code ``code`` walked through its categories, everything else fixed per row."""
-    pipeline = require_pipeline(store, "infogan")
+    pipeline = require_pipeline(store, "infogan", InfoGANPipeline)
     seed = resolve_seed(request.seed)
     (images,) = await infer("infogan", pipeline.prepare_samples(request.rows, seed, code=request.code))
 

@@ -13,6 +13,7 @@ from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
 from app.api.responses import check_count
 from app.api.uploads import AlignForm, FaceReport, FacesDep, read_upload_batch, refuse_rows
 from app.imaging import base64_pngs, grid_png
+from app.models.pipelines.unconditional import VAEPipeline
 from app.schemas import Reconstruction, ReconstructResponse
 
 router = APIRouter(prefix="/vae", tags=["vae"])
@@ -46,10 +47,10 @@ async def reconstruct(
     faces: FacesDep,
     format: Annotated[Literal["png", "json"], Form()] = "png",
     align: AlignForm = "auto",
-):
+) -> Response:
     """png: originals (as preprocessed) in row 1 over reconstructions in row 2; json: per-image MSE and images."""
     check_count("images", len(images), 1, MAX_RECONSTRUCT)
-    pipeline = require_pipeline(store, "vae")
+    pipeline = require_pipeline(store, "vae", VAEPipeline)
     uploads = await read_upload_batch(
         images, pipeline.checkpoint.preprocess, settings.max_image_pixels, align=align, faces=faces
     )
