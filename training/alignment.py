@@ -6,7 +6,9 @@
   classifier's attribute agreement (CelebA's frames must pass nearly unchanged).
 * ``robustness``: validation faces moved by random similarity transforms (scale 0.5-1.8, rotation +-30 degrees,
   shifts) into larger frames of other content, mirrored, grey, JPEG quality 30; each view's ``auto`` crop against
-  its frame's ``auto`` crop (MSE) and the classifier on it against the frame's ``none`` crop (agreement).
+  its frame's ``auto`` crop (MSE) and the classifier on it against the frame's ``none`` crop (agreement; also
+  against the ``none`` crop of the frame made grey, mirrored and JPEG'd like the view, which leaves the geometry
+  as the only difference).
 * ``speed``: detection + alignment of a 1024x1024 photo.
 * ``figure``: the README figure from a photo (detection, aligned crop, reconstruction, interpolation, manipulation).
 
@@ -194,7 +196,7 @@ def measure_landmarks(args: argparse.Namespace) -> dict:
     stacked = torch.stack(points)
     mean, spread = stacked.mean(0), stacked.std(0)
     names = ["left eye", "right eye", "nose", "left mouth corner", "right mouth corner"]
-    result = {
+    result: dict = {
         "images": len(paths),
         "detected": len(points),
         "missed": missed,
@@ -266,7 +268,9 @@ def measure_robustness(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     paths = split_images(args.data, "valid", args.limit)
     others = split_images(args.data, "train", 200)
-    by_kind: dict[str, dict[str, list]] = {kind: {"mse": [], "view": [], "frame": [], "failed": []} for kind in KINDS}
+    by_kind: dict[str, dict[str, list]] = {
+        kind: {"mse": [], "view": [], "frame": [], "same_pixels": [], "failed": []} for kind in KINDS
+    }
     started = time.perf_counter()
     for index, path in enumerate(paths):
         with Image.open(path) as image:
@@ -277,7 +281,7 @@ def measure_robustness(args: argparse.Namespace) -> dict:
         plain = crop_and_resize(frame, spec)
         for kind in KINDS:
             view = random_view(rng, kind, spec=spec)
-            background_sources = [Image.open(p) for p in rng.sample(others, 3)]
+            background_sources: list[Image.Image] = [Image.open(p) for p in rng.sample(others, 3)]
             picture = render_view(frame, view, shuffled_background(background_sources, view.canvas, rng))
             got, _ = auto_crop(detector, picture, spec)
             if got is None:
@@ -286,14 +290,20 @@ def measure_robustness(args: argparse.Namespace) -> dict:
             by_kind[kind]["mse"].append(mse(got, reference_crop(crop, view)))
             by_kind[kind]["view"].append(got)
             by_kind[kind]["frame"].append(plain)
+            # The frame itself mirrored, grey and JPEG'd as the view is, centre-cropped: the classifier's reading
+            # with the same colour information as the view, so that only the geometry differs.
+            by_kind[kind]["same_pixels"].append(crop_and_resize(finish_view(frame, view), spec))
         if (index + 1) % 50 == 0:
             print(f"{index + 1}/{len(paths)} faces, {time.perf_counter() - started:.0f} s", flush=True)
     result: dict = {"faces": len(paths), "seed": args.seed, "kinds": {}}
-    all_errors, all_agreement = [], []
+    all_errors, all_agreement, all_same_pixels = [], [], []
     for kind, found in by_kind.items():
-        agreement = (classify(classifier, found["view"]) == classify(classifier, found["frame"])).float()
+        decisions = classify(classifier, found["view"])
+        agreement = (decisions == classify(classifier, found["frame"])).float()
+        same_pixels = (decisions == classify(classifier, found["same_pixels"])).float()
         all_errors += found["mse"]
         all_agreement.append(agreement)
+        all_same_pixels.append(same_pixels)
         result["kinds"][kind] = {
             "views": len(found["mse"]) + len(found["failed"]),
             "no_face_found": len(found["failed"]),
@@ -301,10 +311,12 @@ def measure_robustness(args: argparse.Namespace) -> dict:
             "mse_median": round(statistics.median(found["mse"]), 4),
             "attribute_agreement": round(float(agreement.mean()), 4),
             "worst_attributes": worst(agreement, classifier.attributes, 3),
+            "attribute_agreement_same_pixels": round(float(same_pixels.mean()), 4),
             "failures": found["failed"][:5],
         }
     result["mse"] = round(statistics.fmean(all_errors), 4)
     result["attribute_agreement"] = round(float(torch.cat(all_agreement).mean()), 4)
+    result["attribute_agreement_same_pixels"] = round(float(torch.cat(all_same_pixels).mean()), 4)
     print(json.dumps(result, indent=1))
     return result
 
