@@ -178,6 +178,8 @@ def crops(image: Image.Image, boxes: torch.Tensor, size: int) -> torch.Tensor:
     the original MTCNN), averaged down with PIL's box filter (area averaging) or, for boxes smaller than ``size``,
     interpolated up bilinearly. PIL does each crop in C; torch's per-crop calls cost several times more."""
     width, height = image.size
+    if not len(boxes):
+        return torch.zeros(0, 3, size, size).contiguous(memory_format=CHANNELS_LAST)
     pieces = []
     for x0, y0, x1, y1 in boxes.round().tolist():
         x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
