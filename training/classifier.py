@@ -37,7 +37,7 @@ from .data import PackedSplit, load_split
 from .distributed import barrier, check_batch, mean_scalars, shard, wrap
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
-from .train_state import RunPosition, fast_forward, load_train_state, rng_streams, save_train_state
+from .train_state import RunPosition, TrainState, fast_forward, load_train_state, rng_streams, save_train_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +163,7 @@ def train(args: argparse.Namespace) -> None:
     out_dir = run_dir(args)
     order = torch.Generator().manual_seed(args.seed)
     flips = torch.Generator().manual_seed(args.seed + 1)
-    state = {
+    state: TrainState = {
         "modules": {"model": model},
         "optimizers": {"optimizer": optimizer},
         "generators": {"order": order, "flips": flips, **rng_streams(device)},

@@ -105,7 +105,8 @@ def prepare_module(module: torch.nn.Module, args: argparse.Namespace) -> torch.n
     sample the module given, not the compiled wrapper (its state-dict names carry a prefix)."""
     if args.channels_last:
         module.to(memory_format=torch.channels_last)
-    return torch.compile(module) if args.compile else module
+    # torch.compile of a Module returns an OptimizedModule (a Module); its stubs declare only the callable
+    return torch.compile(module) if args.compile else module  # type: ignore[return-value]
 
 
 def to_batch(images: torch.Tensor, args: argparse.Namespace, device: torch.device) -> torch.Tensor:

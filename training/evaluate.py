@@ -27,6 +27,7 @@ import torch
 
 from app.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_metadata, update_metrics
 from app.models.sampling import draw_noise, seeded_generator
+from app.models.vae import VAE
 
 from .common import resolve_device, save_grid
 from .data import SPLITS, PackedSplit, load_split
@@ -222,10 +223,10 @@ def tsne_figure(
     )
     with threadpool_limits(limits=threads):
         embedded = tsne.fit_transform(data)
-    labels = labels.bool().cpu().numpy()
+    label_values = labels.bool().cpu().numpy()
     with saved_figure(path, size=(6, 5.4), dpi=100) as (_, (axis,)):
         for value, colour, name in ((False, "tab:orange", f"not {attribute}"), (True, "tab:blue", attribute)):
-            chosen = labels == value
+            chosen = label_values == value
             axis.scatter(
                 embedded[chosen, 0],
                 embedded[chosen, 1],
@@ -250,7 +251,7 @@ def evaluate_vae(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path
     """Pixel MSE of posterior-mean reconstructions, 10 faces over their reconstructions, 32 prior samples, t-SNE."""
     from .vae import validation_mse
 
-    model = checkpoint.model
+    model = checkpoint.model_as(VAE)
     device = next(model.parameters()).device
     split = load_eval_split(checkpoint, args)
     attribute = check_attribute(args.attribute, split.attribute_names)

@@ -325,7 +325,7 @@ def acgan_fid(
 
 @register_evaluator("acgan", metrics=("classifier_agreement", "toggle_success", "fid_samples"), fid="own")
 def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    generator: ACGANGenerator = checkpoint.model
+    generator = checkpoint.model_as(ACGANGenerator)
     names = generator.attribute_names
     path = classifier_path(args)
     if path is None:
@@ -451,8 +451,8 @@ def code_effects(
         probabilities = batched(lambda x: judge.probabilities(x.to(device)), images, batch_size=batch_size)
         means.append(probabilities.view(rows, generator.n_categories, -1).mean(0))
         sweeps.append(images[: min(rows, 4) * generator.n_categories])
-    means = torch.stack(means)
-    return means, means.amax(1) - means.amin(1), sweeps
+    table = torch.stack(means)
+    return table, table.amax(1) - table.amin(1), sweeps
 
 
 def top_effects(
@@ -486,7 +486,7 @@ def heat_map(spread: torch.Tensor, attributes: list[str], path: Path) -> None:
 
 @register_evaluator("infogan", metrics=("q_accuracy", "fid_samples"), fid="pipeline")
 def evaluate_infogan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    generator: InfoGANGenerator = checkpoint.model
+    generator = checkpoint.model_as(InfoGANGenerator)
     metrics: dict[str, Any] = {}
     recognizer = recognizer_from_extras(generator.config, checkpoint.extras)
     if recognizer is None:

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from app.models.checkpoint import Checkpoint
-from app.models.pipelines import build_pipeline
+from app.models.glow import Glow
+from app.models.pipelines.glow import GlowPipeline
 
 from .common import save_grid
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
@@ -50,7 +51,7 @@ def run_prepared(pipeline: Any, prepared: list[Any], batch_size: int = 100) -> t
 def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     from .glow import validation_bits_per_dim
 
-    model, pipeline = checkpoint.model, build_pipeline(checkpoint)
+    model, pipeline = checkpoint.model_as(Glow), GlowPipeline(checkpoint)
     device = pipeline.device
     split = load_eval_split(checkpoint, args)
     bits = validation_bits_per_dim(model, split, device, args.seed)

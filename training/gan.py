@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
+from app.models.registry import FamilyModule
 from app.models.sampling import draw_noise
 
 from .common import (
@@ -37,7 +38,7 @@ from .common import (
 from .data import load_split
 from .distributed import World, barrier, check_batch, mean_scalars, no_sync, shard, wrap
 from .registry import register_trainer
-from .train_state import RunPosition, load_train_state, save_train_state
+from .train_state import RunPosition, TrainState, load_train_state, save_train_state
 
 # G's inputs: one tensor, or a tuple of tensors passed as positional arguments (noise, condition)
 GInputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -55,7 +56,7 @@ def run_generator(generator: nn.Module, inputs: GInputs) -> torch.Tensor:
 class GANRecipe:
     """Family-specific pieces of the adversarial loop."""
 
-    generator: nn.Module  # the servable module (registered family)
+    generator: FamilyModule  # the servable module (registered family)
     discriminator: nn.Module
     # (batch size, real attributes, generator) -> G inputs (a tensor or a tuple of tensors), on the CPU
     draw_inputs: Callable[[int, torch.Tensor, torch.Generator], GInputs]
@@ -146,7 +147,7 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     out_dir = run_dir(args)
     order = torch.Generator().manual_seed(args.seed)
     noise_generator = torch.Generator().manual_seed(args.seed + 1)
-    state = {
+    state: TrainState = {
         "modules": {"generator": generator, "discriminator": discriminator, "shipped": shipped},
         "optimizers": {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
         "generators": {"order": order, "noise": noise_generator},
@@ -280,7 +281,7 @@ def recalibrate_checkpoint(args: argparse.Namespace) -> None:
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.family != "dcgan":
         raise SystemExit(f"gan-recalibrate: only dcgan checkpoints (noise-only inputs); got {checkpoint.family}")
-    model = checkpoint.model
+    model = checkpoint.model_as(DCGANGenerator)
     recalibrate_batchnorm(
         model, lambda n, rng: draw_noise(model.latent_shape, n, rng), torch.device("cpu"), args.batches
     )

@@ -43,7 +43,7 @@ from .data import PackedSplit, load_split
 from .distributed import barrier, check_batch, mean_scalars, rank_seed, shard, wrap
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
-from .train_state import RunPosition, fast_forward, load_train_state, rng_streams, save_train_state
+from .train_state import RunPosition, TrainState, fast_forward, load_train_state, rng_streams, save_train_state
 
 PREVIEW_TEMPERATURES = (0.5, 0.7, 1.0)
 
@@ -182,7 +182,7 @@ def train(args: argparse.Namespace) -> None:
         .float()
         .to(device)
     )
-    state = {
+    state: TrainState = {
         "modules": {"model": model},
         "optimizers": {"optimizer": optimizer},
         "generators": {"order": order, "noise": noise, **rng_streams(device)},
@@ -244,7 +244,7 @@ def train(args: argparse.Namespace) -> None:
             )
             epoch_bits.append(scalars["bits_per_dim"])
             if log is not None:
-                log.append(epoch=epoch, step=step, lr=scheduler.get_last_lr()[0], **scalars)
+                log.append(epoch=epoch, step=step, lr=float(scheduler.get_last_lr()[0]), **scalars)
             progress.set_postfix(bpd=f"{scalars['bits_per_dim']:.3f}", y=f"{scalars['class_bits']:.1f}")
             if args.max_steps and step >= args.max_steps:
                 break

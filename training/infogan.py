@@ -11,6 +11,7 @@ then told real from fake perfectly from the first epoch on; with the paper's FC 
 from __future__ import annotations
 
 import argparse
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
         return draw_noise(generator.noise_shape, n, rng), draw_codes(n, config.n_codes, config.n_categories, rng)
 
     def discriminator_loss(d, real, attributes, fake, inputs):
-        logits_real = unwrap(d).real_fake(real)  # a custom method: DDP's wrapper forwards only forward()
+        logits_real = cast(InfoGANDiscriminator, unwrap(d)).real_fake(real)  # custom: DDP forwards only forward()
         logits_fake, code_logits = d(fake, detach_q=True)  # Q's head learns here; the body stays D's alone
         loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
         info = code_cross_entropy(code_logits, inputs[1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from safetensors import safe_open
@@ -24,6 +25,14 @@ class RunPosition:
     epoch: int  # epochs completed
     step: int  # optimiser steps of G completed
     seconds: float  # training time so far
+
+
+class TrainState(TypedDict):
+    """What a trainer hands :func:`save_train_state` and :func:`load_train_state` (as ``**state``)."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    generators: dict[str, torch.Generator]
 
 
 def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from .common import (
 from .data import PackedSplit, load_split
 from .distributed import barrier, check_batch, mean_scalars, shard, wrap
 from .registry import register_trainer
-from .train_state import RunPosition, fast_forward, load_train_state, rng_streams, save_train_state
+from .train_state import RunPosition, TrainState, fast_forward, load_train_state, rng_streams, save_train_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def refit_prior(args: argparse.Namespace) -> None:
     if checkpoint.family != "vae":
         raise SystemExit(f"vae-fit-prior: {args.checkpoint} is a {checkpoint.family} checkpoint, not a vae")
     split = load_split(args.data, "train", checkpoint.preprocess, args.limit)
-    metrics = {**checkpoint.metrics, **fit_sampling_prior(checkpoint.model, split, device)}
+    metrics = {**checkpoint.metrics, **fit_sampling_prior(checkpoint.model_as(VAE), split, device)}
     save_checkpoint(
         args.checkpoint,
         checkpoint.model,
@@ -131,7 +131,7 @@ def train(args: argparse.Namespace) -> None:
     out_dir = run_dir(args)
     order = torch.Generator().manual_seed(args.seed)
     fixed_noise = draw_noise(model.latent_shape, 32, torch.Generator().manual_seed(args.seed))
-    state = {
+    state: TrainState = {
         "modules": {"model": model},
         "optimizers": {"optimizer": optimizer},
         "generators": {"order": order, **rng_streams(device)},

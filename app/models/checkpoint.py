@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -25,6 +25,8 @@ from .registry import FamilyModule, UnknownFamilyError, build_model, config_to_j
 FORMAT_VERSION = "1"
 EXTRA_PREFIX = "extra."
 REQUIRED_METADATA = ("family", "format_version", "config", "preprocess", "attributes", "metrics", "training")
+
+ModuleT = TypeVar("ModuleT", bound=FamilyModule)
 
 
 class CheckpointError(ValueError):
@@ -43,6 +45,13 @@ class Checkpoint:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     sha256: str = ""
     path: Path | None = None
+
+    def model_as(self, kind: type[ModuleT]) -> ModuleT:
+        """``model`` as its family's class ``kind``, for code that handles one family (:class:`CheckpointError`
+        if the checkpoint holds another)."""
+        if not isinstance(self.model, kind):
+            raise CheckpointError(f"a {self.family} checkpoint holds no {kind.__name__}")
+        return self.model
 
 
 def file_sha256(path: str | Path) -> str:
