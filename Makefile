@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # installed by `make test` when run as root, otherwise those tests skip and say how to install them.
 SYSTEM_PACKAGES ?= nginx chromium
 
-.PHONY: install install-dev system-packages serve test bench lock lint clean train-gpu
+.PHONY: install install-dev system-packages serve test bench lock lint typecheck clean train-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,10 @@ lint: install-dev  ## ruff (lint and format check) over the code and tests
 	$(BIN)/ruff check app training bench tests deploy scripts
 	$(BIN)/ruff format --check app training bench tests deploy scripts
 
-test: install-dev system-packages lint  ## lint, then the whole test suite
+typecheck: install-dev  ## mypy (pinned; its configuration is pyproject.toml's [tool.mypy]) over the service and training
+	$(BIN)/mypy app training
+
+test: install-dev system-packages lint typecheck  ## lint and type check, then the whole test suite
 	$(BIN)/python -m pytest -q
 
 bench: install-dev  ## benchmark a running server: make bench URL=http://127.0.0.1:8000
