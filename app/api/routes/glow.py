@@ -241,7 +241,9 @@ async def manipulate(
     strengths: Annotated[
         str | None,
         Form(
-            pattern=STRENGTHS_PATTERN,
+            # The pattern is stated in the schema, but checked by parse_strengths, whose 422 says what is wrong in
+            # words (a regex mismatch would only echo the regex).
+            json_schema_extra={"pattern": STRENGTHS_PATTERN},
             description="comma list in units of the attribute direction, e.g. -1,-0.5,0,0.5,1",
         ),
     ] = None,
