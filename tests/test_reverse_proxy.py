@@ -268,12 +268,12 @@ def start_replica(spawn, weights: Path, port: int, name: str):
 
 
 def generated(replica_url: str) -> float:
-    """How many POST /generate/dcgan this replica answered 200, from its /metrics."""
+    """How many POST /generate/dcgan this replica answered with a 2xx, from its /metrics."""
     text = httpx.get(f"{replica_url}/metrics", timeout=5).text
     total = 0.0
     for labels, value in re.findall(r"^facegen_requests_total\{([^}]*)\} (\S+)$", text, re.MULTILINE):
         found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        if found.get("route") == "/generate/dcgan" and found.get("method") == "POST" and found.get("status") == "200":
+        if found.get("route") == "/generate/dcgan" and found.get("method") == "POST" and found.get("status") == "2xx":
             total += float(value)
     return total
 

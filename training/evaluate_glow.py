@@ -1,6 +1,8 @@
 """The Glow evaluator, plugged into ``python -m training evaluate`` (:mod:`.evaluate`).
 
 - **bits/dim** of the evaluated split under p(x | y) with its true attributes (the training's validation bound).
+- **condition obeyed**: for each of CONDITIONED, samples requested with it on and with it off (the other attributes
+  left open, drawn from the training frequencies), as a user asks; the share the classifier judges as requested.
 - **conditional agreement**: samples requested with the attribute vectors of real faces of the split, drawn through
   the pipeline at the service's default temperature, judged by the attribute classifier (``--classifier``); the
   classifier's agreement with the same labels on the real faces is the ceiling beside it. Course report 2's c-Glow
@@ -29,7 +31,9 @@ from .common import save_grid
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
 from .evaluate_gans import batched, classifier_path, load_judge
 
-MANIPULATED = ("Male", "Smiling", "Pale_Skin", "Goatee")  # course report 2's attributes
+MANIPULATED = ("Smiling", "Male", "Eyeglasses", "Young")  # the attributes the model-quality targets name
+CONDITIONED = ("Smiling", "Male", "Eyeglasses", "Blond_Hair", "Young")  # asked on and off, the others left open
+CONDITION_SAMPLES = 100  # per attribute and value
 AGREEMENT_SAMPLES = 200
 MANIPULATED_FACES = 100
 STRENGTH = 1.0  # in units of the stored direction (mean latent with minus without)
@@ -44,7 +48,14 @@ def run_prepared(pipeline: Any, prepared: list[Any], batch_size: int = 100) -> t
 
 @register_evaluator(
     "glow",
-    metrics=("valid_bits_per_dim", "classifier_agreement", "manipulation_flip", "manipulation_keep", "fid_samples"),
+    metrics=(
+        "valid_bits_per_dim",
+        "condition_obeyed_min",
+        "classifier_agreement",
+        "manipulation_flip",
+        "manipulation_keep",
+        "fid_samples",
+    ),
     fid="pipeline",
 )
 @torch.inference_mode()
@@ -69,6 +80,19 @@ def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pat
 
     def calls(images: torch.Tensor) -> torch.Tensor:
         return batched(lambda x: judge.probabilities(x.to(device))[:, columns] > 0.5, images).float()
+
+    # one attribute requested on or off, the others open: what a user of the service asks
+    obeyed = {}
+    for attribute in [name for name in CONDITIONED if name in names]:
+        column = names.index(attribute)
+        right = 0
+        for value in (False, True):
+            request = pipeline.prepare_samples(CONDITION_SAMPLES, args.seed + 7 + int(value), {attribute: value})
+            right += int((calls(run_prepared(pipeline, [request]))[:, column] == float(value)).sum())
+        obeyed[attribute] = round(right / (2 * CONDITION_SAMPLES), 4)
+    metrics["condition_obeyed_per_attribute"] = obeyed
+    metrics["condition_obeyed_min"] = min(obeyed.values()) if obeyed else None
+    metrics["condition_samples"] = 2 * CONDITION_SAMPLES
 
     # conditional agreement: request real faces' attribute vectors, one request per vector (as clients would)
     rng = torch.Generator().manual_seed(args.seed)

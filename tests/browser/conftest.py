@@ -97,7 +97,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_sep("#", red=True, bold=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down with this package: Playwright's loop must not outlive it
 def browser(chromium_path):
     from playwright.sync_api import sync_playwright
 
@@ -107,14 +107,14 @@ def browser(chromium_path):
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(browser, tmp_path_factory) -> Iterator[str]:
     """The shipped weights, no API key. Depends on `browser` so a machine without chromium starts no server."""
     with running_server(WEIGHTS, tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def keyed_server(browser, tmp_path_factory) -> Iterator[str]:
     """FACEGEN_API_KEY set; the DCGAN alone (small and quick to load) is all the key tests need."""
     weights = tmp_path_factory.mktemp("keyed-weights")

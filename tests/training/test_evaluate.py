@@ -76,7 +76,10 @@ def test_glow_evaluator_reports_bits_agreement_manipulation_and_fid(tiny_celeba,
     )
     assert metrics["valid_bits_per_dim"] > 0
     assert 0 <= metrics["classifier_agreement"] <= 1 and 0 <= metrics["classifier_agreement_real"] <= 1
-    assert set(metrics["manipulation_flip_per_attribute"]) == {"Male", "Smiling", "Pale_Skin", "Goatee"}
+    assert set(metrics["manipulation_flip_per_attribute"]) == {"Smiling", "Male", "Eyeglasses", "Young"}
+    obeyed = metrics["condition_obeyed_per_attribute"]
+    assert set(obeyed) == {"Smiling", "Male", "Eyeglasses", "Blond_Hair", "Young"}
+    assert all(0 <= value <= 1 for value in obeyed.values()) and metrics["condition_obeyed_min"] == min(obeyed.values())
     assert 0 <= metrics["manipulation_flip"] <= 1 and 0 <= metrics["manipulation_keep"] <= 1
     assert metrics["fid_temperature"] == 0.7 and metrics["fid_samples"] > 0
     for figure in ("samples.png", "conditional_samples.png", "manipulation.png"):
