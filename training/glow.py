@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import save_checkpoint
-from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig
+from app.models.glow import COVARIANCE_KEY, DIRECTIONS_KEY, Glow, GlowConfig
 
 from .common import (
     StepLog,
@@ -154,6 +154,7 @@ def train(args: argparse.Namespace) -> None:
     )
     model = Glow(config).to(device)
     frequencies = train_split.attributes.mean(0)
+    covariance = torch.cov(train_split.attributes.float().T)  # the service conditions on several attributes with it
 
     # Data-dependent actnorm init on the first (larger) batch, before the optimiser sees any parameter.
     init_indices = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(args.seed))[
@@ -283,7 +284,7 @@ def train(args: argparse.Namespace) -> None:
                     "clip_norm": args.clip_norm,
                     "init_images": args.init_images,
                 },
-                extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies},
+                extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies, COVARIANCE_KEY: covariance},
                 dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
             )
             save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)

@@ -31,6 +31,7 @@ from .registry import FamilyModule, register_family
 
 # Checkpoint extra holding the (num_attributes, latent_dim) attribute directions the service moves faces along.
 DIRECTIONS_KEY = "attribute_directions"
+COVARIANCE_KEY = "attribute_covariance"  # (A, A) covariance of the training labels, for conditioning on several
 
 
 @dataclass(frozen=True)
