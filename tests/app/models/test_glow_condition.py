@@ -1,6 +1,6 @@
 """Glow's condition at sampling time: each requested attribute moves the samples along its latent direction by
 strength * (value - training frequency). (The inverse flow's safety for latents far off the distribution is tested on
-the shipped Glow, in tests/test_shipped_weights.py: a tiny random flow does not diverge.)"""
+the shipped Glow, in tests/weights/test_shipped_weights.py: a tiny random flow does not diverge.)"""
 
 from __future__ import annotations
 
@@ -78,3 +78,30 @@ def test_several_attributes_are_conditioned_jointly_through_the_label_covariance
     assert torch.allclose(pushes[male] + pushes[goatee], 1.5 * deviation, rtol=0.1)
     assert pushes.abs().max() <= 1.5 * (1 + CORRELATION_RIDGE) / CORRELATION_RIDGE, "bounded by the ridge"
     assert torch.allclose(alone[male], 1.5 * (1 - frequencies[male]), rtol=1e-4)
+
+
+def test_manipulation_moves_along_the_partial_direction_in_units_that_turn_an_attribute_on(tmp_path):
+    """Without correlations the partial direction is the stored one; with them, it is corrected for what the
+    correlated attributes contribute (moving Male alone should not also grow a goatee)."""
+    from app.models.pipelines.glow import MANIPULATION_UNIT
+
+    pipeline, extras = glow_pipeline(tmp_path)
+    male, goatee = pipeline.attributes.index("Male"), pipeline.attributes.index("Goatee")
+    directions = extras[DIRECTIONS_KEY]
+    latent = torch.zeros(pipeline.latent_dim)
+    moved = pipeline.manipulation_latents(latent, "Male", [-1.0, 0.0, 0.5])
+    assert torch.allclose(
+        moved, torch.tensor([-1.0, 0.0, 0.5])[:, None] * MANIPULATION_UNIT * directions[male], atol=1e-4
+    )
+
+    frequencies = extras[FREQUENCIES_KEY]
+    covariance = torch.diag(frequencies * (1 - frequencies))
+    covariance[male, goatee] = covariance[goatee, male] = (
+        0.6 * (covariance[male, male] * covariance[goatee, goatee]).sqrt()
+    )
+    path = write_tiny_checkpoint(tmp_path / "cov", "glow", extras={**extras, COVARIANCE_KEY: covariance})
+    effect = build_pipeline(load_checkpoint(path)).attribute_effects[male]
+    # The raw Male direction carries part of Goatee's; the partial one takes it out.
+    along_goatee = torch.dot(effect, directions[goatee]) / directions[goatee].norm()
+    raw_along_goatee = torch.dot(directions[male], directions[goatee]) / directions[goatee].norm()
+    assert along_goatee < raw_along_goatee
