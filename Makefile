@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # The torch build that lies on this machine's disk; on a GPU host override, e.g. TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-# Debian packages some tests need (nginx: tests/test_reverse_proxy.py; chromium: tests/browser, driven by Playwright);
+# Debian packages some tests need (nginx: tests/deploy/test_reverse_proxy.py; chromium: tests/browser, driven by Playwright);
 # installed by `make test` when run as root, otherwise those tests skip and say how to install them.
 SYSTEM_PACKAGES ?= nginx chromium
 

@@ -18,8 +18,7 @@ from app.models.checkpoint import load_checkpoint  # noqa: E402
 from app.models.sampling import draw_noise, seeded_generator  # noqa: E402
 from bench.peer_litserve import PEER_PATH, _group_members, peer_body, start_peer, stop_peer  # noqa: E402
 from bench.server import free_port  # noqa: E402
-
-from .conftest import write_tiny_checkpoint  # noqa: E402
+from tests.conftest import write_tiny_checkpoint  # noqa: E402
 
 
 def facegen_png(checkpoint_path, seed: int) -> bytes:

@@ -28,7 +28,7 @@ from app.settings import Settings
 yaml = pytest.importorskip("yaml")
 httpx = pytest.importorskip("httpx")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "facegen.conf"
 PROFILE = "multi-gpu"
 

@@ -22,9 +22,9 @@ discover_trainers()
 
 @pytest.fixture
 def cheap_fid(monkeypatch):
-    """FrechetInception on per-channel means instead of the Inception network (tests/test_fid.py runs the real one;
-    here the network's minute of CPU per test would only slow the plumbing's tests). Returns the sizes of the image
-    sets whose statistics were computed."""
+    """FrechetInception on per-channel means instead of the Inception network (tests/training/test_fid.py runs the
+    real one; here the network's minute of CPU per test would only slow the plumbing's tests). Returns the sizes of
+    the image sets whose statistics were computed."""
     computed: list[int] = []
 
     def statistics(self, images):

@@ -12,12 +12,11 @@ from PIL import Image
 
 from app.models.checkpoint import load_checkpoint
 from app.models.preprocess import PreprocessSpec
+from tests.conftest import write_tiny_checkpoint
 from training.__main__ import main
 from training.data import load_split
 from training.evaluate import EvaluationError, evaluator_for
 from training.vae import validation_mse
-
-from .conftest import write_tiny_checkpoint
 
 torch.set_num_threads(1)
 

@@ -9,10 +9,9 @@ import sys
 import pytest
 import torch
 
+from tests.conftest import write_tiny_checkpoint
 from training.__main__ import main
 from training.fid import FIDUnavailable, FrechetInception
-
-from .conftest import write_tiny_checkpoint
 
 torch.set_num_threads(1)
 

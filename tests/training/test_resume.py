@@ -1,5 +1,5 @@
 """Every family's run continues step for step: ``run --resume RUN_DIR`` after a time-boxed stop (``stop-after``)
-ends with the same weights and the same log as the uninterrupted run (the GANs: tests/test_training.py)."""
+ends with the same weights and the same log as the uninterrupted run (the GANs: tests/training/test_training.py)."""
 
 from __future__ import annotations
 

@@ -104,8 +104,7 @@ def test_batchnorm_recalibration_matches_the_generators_own_statistics(tmp_path)
     from app.models import build_model
     from app.models.checkpoint import save_checkpoint
     from app.models.preprocess import PreprocessSpec
-
-    from .conftest import TINY_CONFIGS
+    from tests.conftest import TINY_CONFIGS
 
     torch.manual_seed(0)
     model = build_model("dcgan", TINY_CONFIGS["dcgan"])

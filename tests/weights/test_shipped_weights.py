@@ -13,10 +13,9 @@ from PIL import Image
 
 from app.models.checkpoint import load_checkpoint
 from app.models.preprocess import pil_to_unit_range, preprocess
+from tests.conftest import ATTRIBUTE_NAMES
 
-from .conftest import ATTRIBUTE_NAMES
-
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 SHIPPED = sorted(WEIGHTS.glob("*.safetensors"))
 SHIPPED_FAMILIES = {path.stem for path in SHIPPED}
 # Floors for the shipped GANs, well under what was measured, so that sampling error passes and a broken model or a

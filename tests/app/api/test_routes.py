@@ -9,7 +9,7 @@ import json
 import pytest
 from PIL import Image
 
-from .conftest import png_of, write_tiny_checkpoint
+from tests.conftest import png_of, write_tiny_checkpoint
 
 
 def open_png(data: bytes) -> Image.Image:

@@ -13,8 +13,7 @@ from safetensors.torch import load_file, save_file
 from app.models import build_model
 from app.models.checkpoint import REQUIRED_METADATA, CheckpointError, load_checkpoint, save_checkpoint, update_metrics
 from app.models.preprocess import PreprocessSpec
-
-from .conftest import TINY_CONFIGS
+from tests.conftest import TINY_CONFIGS
 
 
 @pytest.fixture

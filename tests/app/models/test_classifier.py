@@ -11,9 +11,8 @@ import torch
 from app.models import build_model
 from app.models.checkpoint import load_checkpoint
 from app.models.classifier import AttributeClassifier, ClassifierConfig
+from tests.conftest import ATTRIBUTE_NAMES, TINY_CONFIGS, png_of, write_tiny_checkpoint
 from training.__main__ import main
-
-from .conftest import ATTRIBUTE_NAMES, TINY_CONFIGS, png_of, write_tiny_checkpoint
 
 
 def upload(names: list[str], payloads: list[bytes], content_type: str = "image/jpeg") -> list[tuple]:

@@ -12,8 +12,7 @@ from app.models.preprocess import PreprocessSpec
 from app.models.registry import UnknownFamilyError, config_from_dict
 from app.models.sampling import draw_noise, seeded_generator
 from app.models.vae import VAE, VAEConfig, vae_loss
-
-from .conftest import TINY_CONFIGS
+from tests.conftest import TINY_CONFIGS
 
 
 def test_every_family_has_a_tiny_test_config():

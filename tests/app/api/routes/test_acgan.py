@@ -1,0 +1,197 @@
+"""``POST /generate/acgan``: attributes, toggle pairs, strength, determinism and every refusal."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from app.imaging import base64_pngs, grid_png
+from app.models import build_model
+from app.models.acgan import (
+    DEFAULT_TOGGLE_STRENGTH,
+    ACGANGenerator,
+    emphasis,
+    toggle_pairs,
+)
+from app.models.attributes import FREQUENCIES_KEY, resolve_attributes
+from app.models.checkpoint import load_checkpoint
+from app.models.sampling import draw_noise, seeded_generator
+from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
+
+torch.set_num_threads(1)
+
+NAMES = TINY_CONFIGS["acgan"]["attributes"]  # Smiling, Male, Blond_Hair
+FREQUENCIES = torch.tensor([0.9, 0.1, 0.5])
+SIDE = 16 + 2  # tiny image side plus the grid's 2-px gutter
+
+
+def tiny_generator() -> ACGANGenerator:
+    torch.manual_seed(0)
+    return build_model("acgan", TINY_CONFIGS["acgan"]).eval()
+
+
+@pytest.fixture
+def weights_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "weights"
+    write_tiny_checkpoint(directory, "acgan", attributes=NAMES, extras={FREQUENCIES_KEY: FREQUENCIES})
+    return directory
+
+
+@pytest.fixture
+def acgan_client(make_client, weights_dir):
+    return make_client(weights_dir=weights_dir, device="cpu")
+
+
+def post(client, **body):
+    return client.post("/generate/acgan", json=body)
+
+
+# --- API ------------------------------------------------------------------------------------------------------------
+
+
+def expected_inputs(seed: int, n: int, requested: dict[str, bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the route draws for a request: noise first, then the open attributes, from one seeded generator."""
+    rng = seeded_generator(seed)
+    noise = draw_noise((8,), n, rng)
+    return noise, resolve_attributes(requested, NAMES, FREQUENCIES, n, rng)
+
+
+def test_json_reports_every_attribute_and_honours_requests(acgan_client, weights_dir):
+    response = post(acgan_client, n=4, seed=3, attributes={"Smiling": False, "Blond_Hair": True}, format="json")
+    assert response.status_code == 200 and response.headers["x-seed"] == "3"
+    body = response.json()
+    assert body["model"] == "acgan" and body["seed"] == 3 and len(body["images"]) == 4 and body["toggle"] is None
+    assert [sorted(vector) for vector in body["attributes"]] == [sorted(NAMES)] * 4
+    assert all(vector["Smiling"] is False and vector["Blond_Hair"] is True for vector in body["attributes"])
+    # The images are the model's output for exactly the reported vectors.
+    noise, vectors = expected_inputs(3, 4, {"Smiling": False, "Blond_Hair": True})
+    model = load_checkpoint(weights_dir / "acgan.safetensors").model
+    assert body["images"] == base64_pngs(model.generate(noise, vectors))
+    assert body["attributes"] == [{name: bool(v) for name, v in zip(NAMES, row.tolist())} for row in vectors]
+
+
+def test_open_attributes_follow_the_stored_frequencies(acgan_client):
+    body = post(acgan_client, n=64, seed=11, format="json").json()
+    smiling = sum(vector["Smiling"] for vector in body["attributes"])
+    male = sum(vector["Male"] for vector in body["attributes"])
+    assert smiling > 45 and male < 19  # frequencies 0.9 and 0.1
+
+
+def test_png_same_seed_same_bytes_and_attribute_header(acgan_client):
+    first = post(acgan_client, n=5, seed=21, attributes={"Male": True})
+    second = post(acgan_client, n=5, seed=21, attributes={"Male": True})
+    assert first.status_code == 200 and first.headers["content-type"] == "image/png"
+    assert first.content == second.content and first.headers["x-attributes"] == second.headers["x-attributes"]
+    assert post(acgan_client, n=5, seed=22, attributes={"Male": True}).content != first.content
+    header = json.loads(first.headers["x-attributes"])
+    assert header["names"] == NAMES and len(header["rows"]) == 5
+    assert all(row[1] == "1" for row in header["rows"])
+    with Image.open(io.BytesIO(first.content)) as grid:
+        assert grid.size == (5 * SIDE + 2, SIDE + 2)
+
+
+def test_toggle_gives_off_then_on_rows_from_the_same_noise(acgan_client, weights_dir):
+    response = post(acgan_client, n=3, seed=5, toggle="Smiling", attributes={"Smiling": True}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["toggle"] == "Smiling" and len(body["images"]) == 6 and len(body["attributes"]) == 6
+    off, on = body["attributes"][:3], body["attributes"][3:]
+    for before, after in zip(off, on):
+        assert before["Smiling"] is False and after["Smiling"] is True
+        assert {k: v for k, v in before.items() if k != "Smiling"} == {k: v for k, v in after.items() if k != "Smiling"}
+    # Calling the model directly with the shared noise reproduces both rows.
+    noise, vectors = expected_inputs(5, 3, {})
+    pair_noise, pair_vectors = toggle_pairs(noise, vectors, NAMES.index("Smiling"))
+    model = load_checkpoint(weights_dir / "acgan.safetensors").model
+    strength = emphasis(len(NAMES), NAMES.index("Smiling"), DEFAULT_TOGGLE_STRENGTH)
+    images = model.generate(pair_noise, pair_vectors, strength)
+    assert body["images"] == base64_pngs(images) and body["strength"] == DEFAULT_TOGGLE_STRENGTH
+    assert not torch.equal(images[:3], images[3:]), "the toggled attribute changes the faces"
+
+    png = post(acgan_client, n=3, seed=5, toggle="Smiling")
+    assert png.content == grid_png(images, nrow=3)
+    with Image.open(io.BytesIO(png.content)) as grid:
+        assert grid.size == (3 * SIDE + 2, 2 * SIDE + 2)
+    assert len(json.loads(png.headers["x-attributes"])["rows"]) == 6
+
+
+def test_toggle_strength_scales_only_the_toggled_attributes_signal(acgan_client, weights_dir):
+    noise, vectors = expected_inputs(5, 2, {})
+    pair_noise, pair_vectors = toggle_pairs(noise, vectors, NAMES.index("Male"))
+    model = load_checkpoint(weights_dir / "acgan.safetensors").model
+    for strength in (1.0, 2.5):
+        body = post(acgan_client, n=2, seed=5, toggle="Male", strength=strength, format="json").json()
+        assert body["strength"] == strength
+        assert body["images"] == base64_pngs(model.generate(pair_noise, pair_vectors, torch.tensor([1, strength, 1])))
+    as_trained = post(acgan_client, n=2, seed=5, toggle="Male", strength=1, format="json").json()["images"]
+    assert as_trained == base64_pngs(model.generate(pair_noise, pair_vectors)), "strength 1 is the model as trained"
+    assert post(acgan_client, n=2, seed=5, format="json").json()["strength"] is None
+
+
+def test_strength_changes_the_condition_signal_of_the_model():
+    generator = tiny_generator()
+    noise, attributes = torch.randn(2, 8), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    doubled = emphasis(3, 1, 2.0)
+    assert doubled.tolist() == [1.0, 2.0, 1.0]
+    assert not torch.equal(generator.generate(noise, attributes, doubled), generator.generate(noise, attributes))
+    assert torch.equal(generator.generate(noise, attributes, torch.ones(3)), generator.generate(noise, attributes))
+
+
+@pytest.mark.parametrize(
+    "body, field, fragment",
+    [
+        ({"attributes": {"Sparkly": True}}, "attributes", "Sparkly"),
+        ({"attributes": {"Bald": True}}, "attributes", "Bald"),  # a CelebA name, but not trained
+        ({"toggle": "Bald"}, "toggle", "Bald"),
+        ({"toggle": "smiling"}, "toggle", "smiling"),
+    ],
+)
+def test_unknown_or_untrained_names_are_422_listing_the_valid_ones(acgan_client, body, field, fragment):
+    response = post(acgan_client, n=2, **body)
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", field] and fragment in detail["msg"]
+    assert all(name in detail["msg"] for name in NAMES)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"n": 0},
+        {"n": 65},
+        {"n": 33, "toggle": "Smiling"},
+        {"n": -2},
+        {"n": 2, "colour": "red"},
+        {"n": "2"},
+        {"n": 2, "seed": -1},
+        {"n": 2, "format": "gif"},
+        {"n": 2, "attributes": {"Smiling": "yes"}},
+        {"n": 2, "attributes": {"Smiling": 1}},
+        {"n": 2, "attributes": ["Smiling"]},
+        {"n": 2, "toggle": 3},
+        {"n": 2, "toggle": "Smiling", "strength": 0},
+        {"n": 2, "toggle": "Smiling", "strength": 3.5},
+        {"n": 2, "toggle": "Smiling", "strength": -1},
+        {"n": 2, "toggle": "Smiling", "strength": "strong"},
+    ],
+)
+def test_bad_requests_are_422(acgan_client, body):
+    response = acgan_client.post("/generate/acgan", json=body)
+    assert response.status_code == 422, response.text
+    assert "detail" in response.json()
+
+
+def test_strength_without_a_toggle_is_422_saying_so(acgan_client):
+    detail = post(acgan_client, n=2, strength=2).json()["detail"][0]
+    assert detail["loc"] == ["body", "strength"] and "only to a toggled attribute" in detail["msg"]
+
+
+def test_n_limits_are_reported(acgan_client):
+    detail = post(acgan_client, n=33, toggle="Smiling").json()["detail"][0]
+    assert detail["loc"] == ["body", "n"] and "between 1 and 32" in detail["msg"]
+    assert post(acgan_client, n=32, toggle="Smiling").status_code == 200

@@ -1,0 +1,122 @@
+"""Glow training: smoke runs the service serves, attribute directions, non-finite losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from app.models.attributes import FREQUENCIES_KEY
+from app.models.checkpoint import load_checkpoint
+from app.models.glow import DIRECTIONS_KEY, Glow
+
+torch.set_num_threads(1)
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+
+def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_client, face_bytes):
+    from training.__main__ import main
+
+    monkeypatch.chdir(tmp_path)  # the pack cache goes under .cache/ of the working directory
+    out = tmp_path / "weights" / "glow.safetensors"
+    main(
+        [
+            "glow",
+            "--data",
+            str(tiny_celeba),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--image-size",
+            "16",
+            "--levels",
+            "2",
+            "--steps",
+            "2",
+            "--hidden",
+            "8",
+            "--coupling",
+            "additive",
+            "--n-bits",
+            "5",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "6",
+            "--warmup",
+            "2",
+            "--threads",
+            "1",
+            "--direction-images",
+            "10",
+        ]
+    )
+    run = tmp_path / "run"
+    assert (run / "curves.png").exists() and (run / "losses.csv").exists()
+    assert {f"samples_epoch002_t{t}.png" for t in ("0.5", "0.7", "1.0")} <= {p.name for p in run.iterdir()}
+
+    checkpoint = load_checkpoint(out)
+    assert (
+        checkpoint.family == "glow" and checkpoint.config["coupling"] == "additive" and checkpoint.config["n_bits"] == 5
+    )
+    assert checkpoint.extras[DIRECTIONS_KEY].shape == (40, 768) and checkpoint.extras[DIRECTIONS_KEY].abs().sum() > 0
+    assert checkpoint.extras[FREQUENCIES_KEY].shape == (40,)
+    assert 0 < checkpoint.metrics["valid_bits_per_dim"] < 20 and checkpoint.metrics["n_bits"] == 5
+    assert checkpoint.training["epochs"] == 2
+    with safe_open(str(out), framework="pt") as handle:
+        assert handle.get_tensor("levels.0.steps.0.invconv.lower").dtype == torch.float32
+        assert bool(handle.get_tensor("levels.0.steps.0.actnorm.initialized"))
+
+    client = make_client(weights_dir=out.parent, device="cpu")
+    assert client.post("/generate/glow", json={"n": 4, "seed": 0, "attributes": {"Smiling": True}}).status_code == 200
+    manipulated = client.post(
+        "/glow/manipulate",
+        files={"face": ("f.jpg", face_bytes[0], "image/jpeg")},
+        data={"attribute": "Smiling", "strengths": "0,1", "format": "json"},
+    )
+    assert manipulated.status_code == 200 and len(manipulated.json()["images"]) == 2
+    assert (
+        client.post("/glow/likelihood", files=[("images", ("f.jpg", face_bytes[0], "image/jpeg"))]).status_code == 200
+    )
+    card = client.get("/models/glow").json()
+    assert card["metrics"]["valid_bits_per_dim"] == checkpoint.metrics["valid_bits_per_dim"]
+
+
+def test_non_finite_loss_stops_with_the_step(tiny_celeba, tmp_path, monkeypatch):
+    from training.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    original = Glow.loss
+
+    def poisoned(self, images, y, generator=None):
+        loss, bits, class_bits = original(self, images, y, generator)
+        return loss * float("nan"), bits, class_bits
+
+    monkeypatch.setattr(Glow, "loss", poisoned)
+    with pytest.raises(FloatingPointError, match="at step 1 "):
+        main(
+            [
+                "glow",
+                "--data",
+                str(tiny_celeba),
+                "--out",
+                str(tmp_path / "g.safetensors"),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--image-size",
+                "16",
+                "--levels",
+                "2",
+                "--steps",
+                "1",
+                "--hidden",
+                "4",
+                "--batch-size",
+                "4",
+                "--threads",
+                "1",
+            ]
+        )
