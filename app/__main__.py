@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     if "MALLOC_ARENA_MAX" not in os.environ:
         limit_malloc_arenas()
+    # oneDNN keeps the kernels it builds for every input shape it meets, up to 1,024 by default. Requests of any
+    # size batch together, so shapes vary without end, and that cache (with its scratch memory) was what grew the
+    # server's RSS by a quarter under the soak; 32 shapes keep the common ones hot at no measured cost.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         "app.main:app",

@@ -36,9 +36,7 @@ CONDITIONED = ("Smiling", "Male", "Eyeglasses", "Blond_Hair", "Young")  # asked 
 CONDITION_SAMPLES = 100  # per attribute and value
 AGREEMENT_SAMPLES = 200
 MANIPULATED_FACES = 100
-STRENGTH = (
-    1.0  # the service's unit: 1 turns the attribute on for a typical face, -1 off (GlowPipeline.manipulation_latents)
-)
+STRENGTH = 1.0  # the service's unit: 1 towards the attribute on, -1 towards off (GlowPipeline.manipulation_latents)
 
 
 def run_prepared(pipeline: Any, prepared: list[Any], batch_size: int = 100) -> torch.Tensor:

@@ -30,7 +30,7 @@ from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 router = APIRouter(tags=["glow"])
 
 MAX_FRAMES = 32  # interpolation frames and manipulation strengths per request
-MAX_STRENGTH = 5.0  # |strength| cap (1 turns an attribute on for a typical face; far beyond, faces dissolve)
+MAX_STRENGTH = 5.0  # |strength| cap (1 changes an attribute for most faces; far beyond, faces dissolve)
 # What `strengths` accepts, stated in the schema: 1..MAX_FRAMES plain decimals within +-MAX_STRENGTH, comma-separated.
 _STRENGTH = rf"-?(?:[0-{int(MAX_STRENGTH) - 1}](?:\.[0-9]+)?|{int(MAX_STRENGTH)}(?:\.0+)?)"
 STRENGTHS_PATTERN = rf"^ *{_STRENGTH} *(?:, *{_STRENGTH} *){{0,{MAX_FRAMES - 1}}}$"
@@ -244,8 +244,8 @@ async def manipulate(
             # The pattern is stated in the schema, but checked by parse_strengths, whose 422 says what is wrong in
             # words (a regex mismatch would only echo the regex).
             json_schema_extra={"pattern": STRENGTHS_PATTERN},
-            description="comma list: 1 turns the attribute on for a typical face, -1 off, 0 is the reconstruction; "
-            "e.g. -1,-0.5,0,0.5,1",
+            description="comma list: 1 towards the attribute on, -1 towards off (enough for most faces), "
+            "0 the reconstruction; e.g. -1,-0.5,0,0.5,1",
         ),
     ] = None,
     steps: Annotated[
@@ -259,7 +259,7 @@ async def manipulate(
     align: AlignForm = "auto",
 ) -> Response:
     """The face moved along the attribute's partial direction (how faces change when that attribute alone does,
-    the others held), for each strength: 1 turns it on for a typical face, -1 off; strength 0 is the reconstruction.
+    the others held), for each strength: 1 towards it on, -1 towards off; strength 0 is the reconstruction.
     Without ``strengths`` or ``steps``: 5 steps from -max_strength to +max_strength."""
     pipeline = require_pipeline(store, "glow", GlowPipeline)
     check_attribute_names([attribute], pipeline.attributes, "attribute")

@@ -24,9 +24,10 @@ MAX_TEMPERATURE = 1.5
 DEFAULT_CONDITION_STRENGTH = 1.5
 MAX_CONDITION_STRENGTH = 3.0
 CORRELATION_RIDGE = 0.05
-# Manipulation strength 1, in partial directions (see manipulation_latents): where the project's classifier finds
-# Smiling and Male turned on or off for most validation faces while the other attributes mostly stay (README).
-MANIPULATION_UNIT = 3.0
+# Manipulation strength 1, in partial directions (see manipulation_latents): enough for the classifier to see Smiling
+# or Male change on most validation faces while the other attributes stay; much further and the weak shipped flow
+# diverges on more faces (the route then refuses the frames). Figures in the README, from `training evaluate`.
+MANIPULATION_UNIT = 2.0
 # A decoded value beyond twice the data range ([-0.5, 0.5] before postprocessing) is where the inverse flow diverged.
 # Measured on the shipped model: frames of aligned faces at strengths up to +-2 have under 1 % such values, the frames
 # of an unaligned portrait (the black ones) 40-100 %.
@@ -166,8 +167,8 @@ class GlowPipeline(Pipeline):
         and the other 39 stay as they are (``Cov(z, y) Cov(y)^-1`` over the training labels, the same Gaussian
         conditioning the samples use). The raw mean-difference direction also drags every correlated attribute
         along (the second course report saw "every other attribute dragged towards the mean"); this one mostly
-        keeps them. Strength 1 is MANIPULATION_UNIT such moves: about enough to turn the attribute on (or, at -1,
-        off) for a typical face."""
+        keeps them. Strength 1 is MANIPULATION_UNIT such moves: towards the attribute on (at -1, off), enough to
+        change it for most faces."""
         check_attribute_names([attribute], self.attributes, "attribute")
         effect = self.attribute_effects[self.attributes.index(attribute)]
         amounts = torch.tensor(strengths, dtype=latent.dtype)[:, None] * MANIPULATION_UNIT

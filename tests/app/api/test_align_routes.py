@@ -40,7 +40,7 @@ def weights(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("align-weights")
     write_tiny_checkpoint(directory, "vae")
     size = TINY_CONFIGS["glow"]["image_size"]
-    # small: manipulation strength 1 is MANIPULATION_UNIT (3) directions, and a tiny flow diverges quickly
+    # small: manipulation strength 1 is MANIPULATION_UNIT (2) directions, and a tiny flow diverges quickly
     directions = torch.randn((40, 3 * size * size), generator=torch.Generator().manual_seed(0)) * 0.1
     write_tiny_checkpoint(directory, "glow", extras={DIRECTIONS_KEY: directions})
     torch.manual_seed(0)

@@ -53,7 +53,7 @@ def glow_weights(tmp_path_factory):
     model = tiny_glow(torch.float32)
     generator = torch.Generator().manual_seed(0)
     extras = {
-        # small: manipulation strength 1 is MANIPULATION_UNIT (3) directions, and a tiny flow diverges quickly
+        # small: manipulation strength 1 is MANIPULATION_UNIT (2) directions, and a tiny flow diverges quickly
         DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=generator) * 0.1,
         FREQUENCIES_KEY: torch.rand(40, generator=generator),
     }
