@@ -4,7 +4,8 @@
 
 replaces the addresses of the upstream's ``server`` lines (one --server per line, in order; their parameters stay)
 and the ``listen`` port. tests/deploy/test_reverse_proxy.py runs nginx on the result, wrapped by
-:func:`write_standalone` in a minimal nginx.conf that keeps every file nginx writes under a prefix folder, so it runs without root.
+:func:`write_standalone` in a minimal nginx.conf that keeps every file nginx writes under a prefix folder, so it
+runs without root.
 """
 
 from __future__ import annotations
