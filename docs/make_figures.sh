@@ -20,3 +20,6 @@ curl -sf -X POST "$URL/glow/interpolate" -F face_a=@$faces/000001.jpg -F face_b=
      -o glow_interpolation.png && echo glow_interpolation.png
 curl -sf -X POST "$URL/glow/manipulate" -F face=@$faces/000001.jpg -F attribute=Smiling -F strengths=-1,-0.5,0,0.5,1 \
      -o glow_manipulation_smiling.png && echo glow_manipulation_smiling.png
+# the condition at the default strength: the same seed asked for Male off, then on
+post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.7, "attributes": {"Male": false}}' glow_male_off.png
+post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.7, "attributes": {"Male": true}}' glow_male_on.png
