@@ -14,11 +14,13 @@ from app.services.model_store import ModelStore
 from app.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def` so FastAPI calls them on the event loop: a plain `def` would cost every request a
+# hop to the thread pool and back for each of them.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
@@ -73,4 +75,8 @@ class Inference:
         return job.result()
 
 
-InferenceDep = Annotated[Inference, Depends(Inference)]
+async def get_inference(request: Request) -> Inference:
+    return Inference(request)
+
+
+InferenceDep = Annotated[Inference, Depends(get_inference)]

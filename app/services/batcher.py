@@ -67,11 +67,12 @@ def is_out_of_memory(error: BaseException) -> bool:
 @dataclass(eq=False)
 class Job:
     operation: str
-    inputs: Tensors
+    inputs: Tensors = field(repr=False)
     rows: int
     arrived: float
     deadline: float
     future: asyncio.Future = field(repr=False)
+    queued: bool = True  # in its model's pending queue (cleared when taken for a batch or discarded)
 
 
 class BatcherMetrics:
@@ -162,10 +163,12 @@ class ModelQueue:
         return max(1, math.ceil((self.queued_rows + rows) / rate))
 
     def discard(self, job: Job) -> None:
-        try:
-            self.pending.remove(job)
-        except ValueError:
+        # Checked by flag: deque.remove of a job already taken would raise a ValueError whose message formats the
+        # job, and formatting its tensors cost about as much as the rest of a one-image request.
+        if not job.queued:
             return
+        job.queued = False
+        self.pending.remove(job)
         self.queued_rows -= job.rows
         self.batcher.metrics.queue_rows.labels(self.name).set(self.queued_rows)
 

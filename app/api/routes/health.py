@@ -11,13 +11,13 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-def health() -> dict[str, str]:
+async def health() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
 @router.get("/ready", response_model=None)
-def ready(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse | dict[str, Any]:
+async def ready(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse | dict[str, Any]:
     """200 when every checkpoint in the weights folder loaded, passed the manifest check and its warm-up (with
     FACEGEN_REQUIRE_ALL=false: every family in FACEGEN_REQUIRED, and at least one model), else 503 saying what is
     missing or failed. Files are named, never their server paths."""

@@ -31,13 +31,13 @@ def model_card(name: str, pipeline: Pipeline) -> ModelCard:
 
 
 @router.get("")
-def list_models(store: StoreDep) -> list[ModelCard]:
+async def list_models(store: StoreDep) -> list[ModelCard]:
     """A card per loaded model: what it is, what it can do (sample, encode, score), how it was trained and scored."""
     return [model_card(name, pipeline) for name, pipeline in sorted(store.pipelines.items())]
 
 
 @router.get("/{name}")
-def get_model(name: str, store: StoreDep) -> ModelCard:
+async def get_model(name: str, store: StoreDep) -> ModelCard:
     """The card of one loaded model (404 naming the loaded ones otherwise)."""
     pipeline = store.pipelines.get(name)
     if pipeline is None:
