@@ -19,26 +19,19 @@ from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import load_checkpoint
 from app.models.sampling import seeded_generator
 from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
+from tests.families.gans import ACGAN_NAMES as NAMES
+from tests.families.gans import SIDE, write_acgan_weights
+from tests.families.gans import post_acgan as post
 from training.__main__ import main
 from training.acgan import acgan_recipe, add_arguments, attribute_loss, parse_attribute_weights
 from training.evaluate_gans import AttributeJudge, acgan_scores, real_face_toggle_success
 
 torch.set_num_threads(1)
 
-NAMES = TINY_CONFIGS["acgan"]["attributes"]  # Smiling, Male, Blond_Hair
-FREQUENCIES = torch.tensor([0.9, 0.1, 0.5])
-SIDE = 16 + 2  # tiny image side plus the grid's 2-px gutter
-
 
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "weights"
-    write_tiny_checkpoint(directory, "acgan", attributes=NAMES, extras={FREQUENCIES_KEY: FREQUENCIES})
-    return directory
-
-
-def post(client, **body):
-    return client.post("/generate/acgan", json=body)
+    return write_acgan_weights(tmp_path / "weights")
 
 
 # --- training and evaluation ----------------------------------------------------------------------------------------

@@ -11,38 +11,25 @@ import torch
 from PIL import Image
 from torch import nn
 
-from app.models import build_model
 from app.models.checkpoint import load_checkpoint
 from app.models.infogan import (
     InfoGANDiscriminator,
-    InfoGANGenerator,
     recognizer_from_extras,
 )
 from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
+from tests.families.gans import SIDE, write_infogan_weights
+from tests.families.gans import post_infogan as post
+from tests.families.gans import tiny_infogan as tiny_generator
 from training.__main__ import main
 from training.evaluate_gans import AttributeJudge, code_effects, q_accuracy, top_effects
 from training.infogan import add_arguments, infogan_recipe
 
 torch.set_num_threads(1)
 
-CONFIG = TINY_CONFIGS["infogan"]  # 3 codes of 10 categories, noise 8, 16 px
-SIDE = 16 + 2  # tiny image side plus the grid's 2-px gutter
-
-
-def tiny_generator() -> InfoGANGenerator:
-    torch.manual_seed(0)
-    return build_model("infogan", CONFIG).eval()
-
 
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "weights"
-    write_tiny_checkpoint(directory, "infogan")
-    return directory
-
-
-def post(client, **body):
-    return client.post("/generate/infogan", json=body)
+    return write_infogan_weights(tmp_path / "weights")
 
 
 # --- training and evaluation ----------------------------------------------------------------------------------------

@@ -6,29 +6,20 @@ import pytest
 import torch
 from torch import nn
 
-from app.models import build_model
 from app.models.acgan import (
     ACGANConfig,
     ACGANDiscriminator,
-    ACGANGenerator,
     toggle_pairs,
 )
 from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
-from tests.conftest import TINY_CONFIGS
+from tests.families.gans import ACGAN_FREQUENCIES as FREQUENCIES
+from tests.families.gans import ACGAN_NAMES as NAMES
+from tests.families.gans import tiny_acgan as tiny_generator
 
 torch.set_num_threads(1)
-
-NAMES = TINY_CONFIGS["acgan"]["attributes"]  # Smiling, Male, Blond_Hair
-FREQUENCIES = torch.tensor([0.9, 0.1, 0.5])
-
-
-def tiny_generator() -> ACGANGenerator:
-    torch.manual_seed(0)
-    return build_model("acgan", TINY_CONFIGS["acgan"]).eval()
-
 
 # --- model ----------------------------------------------------------------------------------------------------------
 

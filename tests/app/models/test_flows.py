@@ -6,26 +6,9 @@ import pytest
 import torch
 
 from app.models.flows import ActNorm, ConditionalPrior, Coupling, FlowStep, InvConv1x1, Split, squeeze2d, unsqueeze2d
+from tests.families.glow import brute_force_logdet, perturb, random_attributes
 
 torch.set_num_threads(1)
-
-
-def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter off its (often zero / identity) initialisation, so tests see a generic flow."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return module
-
-
-def random_attributes(n: int, seed: int = 0) -> torch.Tensor:
-    return (torch.rand((n, 40), generator=torch.Generator().manual_seed(seed)) < 0.5).float()
-
-
-def brute_force_logdet(function, x: torch.Tensor) -> torch.Tensor:
-    jacobian = torch.autograd.functional.jacobian(lambda v: function(v.view_as(x)).flatten(), x.flatten())
-    return torch.linalg.slogdet(jacobian)[1]
 
 
 # ---- layers ----------------------------------------------------------------------------------------------------

@@ -9,38 +9,9 @@ from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.glow import Glow, GlowConfig, dequantize, interpolate_latents, postprocess
 from app.models.preprocess import PreprocessSpec
 from tests.conftest import TINY_CONFIGS
+from tests.families.glow import brute_force_logdet, random_attributes, random_images, tiny_glow
 
 torch.set_num_threads(1)
-
-
-def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter off its (often zero / identity) initialisation, so tests see a generic flow."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return module
-
-
-def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand((n, 3, size, size), generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def random_attributes(n: int, seed: int = 0) -> torch.Tensor:
-    return (torch.rand((n, 40), generator=torch.Generator().manual_seed(seed)) < 0.5).float()
-
-
-def tiny_glow(dtype: torch.dtype = torch.float64, **overrides) -> Glow:
-    """The tiny config, actnorm initialised on random images, then perturbed; eval mode."""
-    torch.manual_seed(0)
-    model = Glow(GlowConfig(**{**TINY_CONFIGS["glow"], **overrides}))
-    model.initialize(random_images(8, model.config.image_size), random_attributes(8))
-    return perturb(model).to(dtype).eval()
-
-
-def brute_force_logdet(function, x: torch.Tensor) -> torch.Tensor:
-    jacobian = torch.autograd.functional.jacobian(lambda v: function(v.view_as(x)).flatten(), x.flatten())
-    return torch.linalg.slogdet(jacobian)[1]
 
 
 # ---- the whole flow --------------------------------------------------------------------------------------------

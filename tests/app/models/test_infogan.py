@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from app.models import build_model
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.infogan import (
     InfoGANConfig,
@@ -19,17 +18,9 @@ from app.models.infogan import (
 )
 from app.models.preprocess import PreprocessSpec
 from app.models.sampling import draw_noise, seeded_generator
-from tests.conftest import TINY_CONFIGS
+from tests.families.gans import tiny_infogan as tiny_generator
 
 torch.set_num_threads(1)
-
-CONFIG = TINY_CONFIGS["infogan"]  # 3 codes of 10 categories, noise 8, 16 px
-
-
-def tiny_generator() -> InfoGANGenerator:
-    torch.manual_seed(0)
-    return build_model("infogan", CONFIG).eval()
-
 
 # --- model ----------------------------------------------------------------------------------------------------------
 

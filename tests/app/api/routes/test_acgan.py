@@ -11,44 +11,31 @@ import torch
 from PIL import Image
 
 from app.imaging import base64_pngs, grid_png
-from app.models import build_model
 from app.models.acgan import (
     DEFAULT_TOGGLE_STRENGTH,
-    ACGANGenerator,
     emphasis,
     toggle_pairs,
 )
-from app.models.attributes import FREQUENCIES_KEY, resolve_attributes
+from app.models.attributes import resolve_attributes
 from app.models.checkpoint import load_checkpoint
 from app.models.sampling import draw_noise, seeded_generator
-from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
+from tests.families.gans import ACGAN_FREQUENCIES as FREQUENCIES
+from tests.families.gans import ACGAN_NAMES as NAMES
+from tests.families.gans import SIDE, write_acgan_weights
+from tests.families.gans import post_acgan as post
+from tests.families.gans import tiny_acgan as tiny_generator
 
 torch.set_num_threads(1)
-
-NAMES = TINY_CONFIGS["acgan"]["attributes"]  # Smiling, Male, Blond_Hair
-FREQUENCIES = torch.tensor([0.9, 0.1, 0.5])
-SIDE = 16 + 2  # tiny image side plus the grid's 2-px gutter
-
-
-def tiny_generator() -> ACGANGenerator:
-    torch.manual_seed(0)
-    return build_model("acgan", TINY_CONFIGS["acgan"]).eval()
 
 
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "weights"
-    write_tiny_checkpoint(directory, "acgan", attributes=NAMES, extras={FREQUENCIES_KEY: FREQUENCIES})
-    return directory
+    return write_acgan_weights(tmp_path / "weights")
 
 
 @pytest.fixture
 def acgan_client(make_client, weights_dir):
     return make_client(weights_dir=weights_dir, device="cpu")
-
-
-def post(client, **body):
-    return client.post("/generate/acgan", json=body)
 
 
 # --- API ------------------------------------------------------------------------------------------------------------

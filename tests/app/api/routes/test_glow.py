@@ -11,36 +11,12 @@ from PIL import Image
 
 from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import save_checkpoint
-from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig
+from app.models.glow import DIRECTIONS_KEY
 from app.models.preprocess import PreprocessSpec
-from tests.conftest import ATTRIBUTE_NAMES, TINY_CONFIGS, png_of, write_tiny_checkpoint
+from tests.conftest import ATTRIBUTE_NAMES, png_of, write_tiny_checkpoint
+from tests.families.glow import tiny_glow
 
 torch.set_num_threads(1)
-
-
-def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter off its (often zero / identity) initialisation, so tests see a generic flow."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-    return module
-
-
-def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand((n, 3, size, size), generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def random_attributes(n: int, seed: int = 0) -> torch.Tensor:
-    return (torch.rand((n, 40), generator=torch.Generator().manual_seed(seed)) < 0.5).float()
-
-
-def tiny_glow(dtype: torch.dtype = torch.float64, **overrides) -> Glow:
-    """The tiny config, actnorm initialised on random images, then perturbed; eval mode."""
-    torch.manual_seed(0)
-    model = Glow(GlowConfig(**{**TINY_CONFIGS["glow"], **overrides}))
-    model.initialize(random_images(8, model.config.image_size), random_attributes(8))
-    return perturb(model).to(dtype).eval()
 
 
 # ---- the service -----------------------------------------------------------------------------------------------

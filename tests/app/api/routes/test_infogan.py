@@ -16,27 +16,20 @@ from app.models.infogan import (
     sweep_inputs,
 )
 from app.models.sampling import draw_noise, seeded_generator
-from tests.conftest import write_tiny_checkpoint
+from tests.families.gans import SIDE, write_infogan_weights
+from tests.families.gans import post_infogan as post
 
 torch.set_num_threads(1)
-
-SIDE = 16 + 2  # tiny image side plus the grid's 2-px gutter
 
 
 @pytest.fixture
 def weights_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "weights"
-    write_tiny_checkpoint(directory, "infogan")
-    return directory
+    return write_infogan_weights(tmp_path / "weights")
 
 
 @pytest.fixture
 def infogan_client(make_client, weights_dir):
     return make_client(weights_dir=weights_dir, device="cpu")
-
-
-def post(client, **body):
-    return client.post("/generate/infogan", json=body)
 
 
 # --- API ------------------------------------------------------------------------------------------------------------

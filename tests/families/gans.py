@@ -1,0 +1,46 @@
+"""Tiny ACGAN and InfoGAN generators, checkpoints and requests for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from app.models import build_model
+from app.models.acgan import ACGANGenerator
+from app.models.attributes import FREQUENCIES_KEY
+from app.models.infogan import InfoGANGenerator
+from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
+
+ACGAN_NAMES = TINY_CONFIGS["acgan"]["attributes"]  # Smiling, Male, Blond_Hair
+ACGAN_FREQUENCIES = torch.tensor([0.9, 0.1, 0.5])
+INFOGAN_CONFIG = TINY_CONFIGS["infogan"]  # 3 codes of 10 categories, noise 8, 16 px
+SIDE = 16 + 2  # tiny image side plus the grid's 2-px gutter
+
+
+def tiny_acgan() -> ACGANGenerator:
+    torch.manual_seed(0)
+    return build_model("acgan", TINY_CONFIGS["acgan"]).eval()
+
+
+def tiny_infogan() -> InfoGANGenerator:
+    torch.manual_seed(0)
+    return build_model("infogan", INFOGAN_CONFIG).eval()
+
+
+def write_acgan_weights(directory: Path) -> Path:
+    write_tiny_checkpoint(directory, "acgan", attributes=ACGAN_NAMES, extras={FREQUENCIES_KEY: ACGAN_FREQUENCIES})
+    return directory
+
+
+def write_infogan_weights(directory: Path) -> Path:
+    write_tiny_checkpoint(directory, "infogan")
+    return directory
+
+
+def post_acgan(client, **body):
+    return client.post("/generate/acgan", json=body)
+
+
+def post_infogan(client, **body):
+    return client.post("/generate/infogan", json=body)

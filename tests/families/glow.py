@@ -1,0 +1,38 @@
+"""Tiny Glows for tests: perturbed off their identity initialisation, with random inputs."""
+
+from __future__ import annotations
+
+import torch
+
+from app.models.glow import Glow, GlowConfig
+from tests.conftest import TINY_CONFIGS
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter off its (often zero / identity) initialisation, so tests see a generic flow."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return module
+
+
+def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand((n, 3, size, size), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def random_attributes(n: int, seed: int = 0) -> torch.Tensor:
+    return (torch.rand((n, 40), generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+
+
+def brute_force_logdet(function, x: torch.Tensor) -> torch.Tensor:
+    jacobian = torch.autograd.functional.jacobian(lambda v: function(v.view_as(x)).flatten(), x.flatten())
+    return torch.linalg.slogdet(jacobian)[1]
+
+
+def tiny_glow(dtype: torch.dtype = torch.float64, **overrides) -> Glow:
+    """The tiny config, actnorm initialised on random images, then perturbed; eval mode."""
+    torch.manual_seed(0)
+    model = Glow(GlowConfig(**{**TINY_CONFIGS["glow"], **overrides}))
+    model.initialize(random_images(8, model.config.image_size), random_attributes(8))
+    return perturb(model).to(dtype).eval()
