@@ -51,6 +51,9 @@ FID_TOGGLE_STRENGTHS = (1.0, DEFAULT_TOGGLE_STRENGTH)  # as trained, and as serv
 Q_SAMPLES = 1000  # fresh samples whose codes Q must recover
 SWEEP_ROWS = 50  # noise vectors per code sweep when measuring attribute changes
 TOP_ATTRIBUTES = 3  # attributes reported per code
+# A code "means something" when sweeping it moves some attribute's probability by this standard deviation over its
+# categories, for a typical noise row (the mean over rows of the per-row deviation).
+MEANINGFUL_CODE_STD = 0.15
 BATCH_SIZE = 250
 
 
@@ -428,6 +431,19 @@ def q_accuracy(
     return hits.mean().item(), hits.mean(0).tolist()
 
 
+@dataclass(frozen=True)
+class CodeEffects:
+    """What sweeping each code does to the classifier's attributes."""
+
+    means: torch.Tensor  # (codes, categories, attributes): mean probability per category over the noise rows
+    spread: torch.Tensor  # (codes, attributes): max - min of ``means`` over the categories
+    row_std: torch.Tensor  # (codes, attributes): per noise row, the deviation over the categories; mean over rows
+    sweeps: list[torch.Tensor]  # per code, the first 4 rows of its sweep's images
+
+    def meaningful_codes(self, threshold: float = MEANINGFUL_CODE_STD) -> list[int]:
+        return [code for code in range(self.row_std.shape[0]) if self.row_std[code].max().item() >= threshold]
+
+
 @torch.inference_mode()
 def code_effects(
     generator: InfoGANGenerator,
@@ -435,52 +451,55 @@ def code_effects(
     rows: int = SWEEP_ROWS,
     seed: int = 0,
     batch_size: int = BATCH_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Per code, the classifier's mean probabilities per category, (codes, categories, attributes), their spread
-    (max - min over categories, (codes, attributes)) and the first 4 rows of each sweep's images."""
+) -> CodeEffects:
+    """Sweep each code over its categories for ``rows`` noise vectors (the other codes fixed) and judge the images."""
     device = device_of(generator)
     rng = seeded_generator(seed)
     noise = draw_noise(generator.noise_shape, rows, rng)
     codes = draw_codes(rows, generator.n_codes, generator.n_categories, rng)
-    means, sweeps = [], []
+    means, row_std, sweeps = [], [], []
     for code in range(generator.n_codes):
         swept_noise, swept_codes = sweep_inputs(noise, codes, code, generator.n_categories)
         images = batched(
             lambda z, c: generator.generate(z.to(device), c.to(device)), swept_noise, swept_codes, batch_size=batch_size
         )
         probabilities = batched(lambda x: judge.probabilities(x.to(device)), images, batch_size=batch_size)
-        means.append(probabilities.view(rows, generator.n_categories, -1).mean(0))
+        per_row = probabilities.view(rows, generator.n_categories, -1).float().cpu()
+        means.append(per_row.mean(0))
+        row_std.append(per_row.std(1, unbiased=False).mean(0))
         sweeps.append(images[: min(rows, 4) * generator.n_categories])
     table = torch.stack(means)
-    return table, table.amax(1) - table.amin(1), sweeps
+    return CodeEffects(table, table.amax(1) - table.amin(1), torch.stack(row_std), sweeps)
 
 
 def top_effects(
-    means: torch.Tensor, spread: torch.Tensor, attributes: list[str], top: int = TOP_ATTRIBUTES
+    effects: CodeEffects, attributes: list[str], top: int = TOP_ATTRIBUTES
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per code, the ``top`` attributes that move most, with the categories where they are lowest and highest."""
+    """Per code, the ``top`` attributes its sweep moves most (by the per-row deviation), with the categories where
+    they are lowest and highest on average."""
     report = {}
-    for code in range(spread.shape[0]):
-        order = spread[code].argsort(descending=True)[:top].tolist()
+    for code in range(effects.row_std.shape[0]):
+        order = effects.row_std[code].argsort(descending=True)[:top].tolist()
         report[str(code)] = [
             {
                 "attribute": attributes[a],
-                "spread": round(spread[code, a].item(), 4),
-                "low_category": int(means[code, :, a].argmin()),
-                "high_category": int(means[code, :, a].argmax()),
+                "std": round(effects.row_std[code, a].item(), 4),
+                "spread": round(effects.spread[code, a].item(), 4),
+                "low_category": int(effects.means[code, :, a].argmin()),
+                "high_category": int(effects.means[code, :, a].argmax()),
             }
             for a in order
         ]
     return report
 
 
-def heat_map(spread: torch.Tensor, attributes: list[str], path: Path) -> None:
-    size = (max(6.0, 0.28 * len(attributes) + 2), 0.4 * spread.shape[0] + 2.2)
+def heat_map(row_std: torch.Tensor, attributes: list[str], path: Path) -> None:
+    size = (max(6.0, 0.28 * len(attributes) + 2), 0.4 * row_std.shape[0] + 2.2)
     with saved_figure(path, size=size, dpi=100) as (figure, (axis,)):
-        image = axis.imshow(spread.numpy(), aspect="auto", cmap="viridis", vmin=0)
+        image = axis.imshow(row_std.numpy(), aspect="auto", cmap="viridis", vmin=0)
         axis.set_xticks(range(len(attributes)), attributes, rotation=75, ha="right", fontsize=7)
-        axis.set_yticks(range(spread.shape[0]), [f"code {k}" for k in range(spread.shape[0])], fontsize=8)
-        axis.set_title("change of the classifier's mean attribute probability across each code's categories")
+        axis.set_yticks(range(row_std.shape[0]), [f"code {k}" for k in range(row_std.shape[0])], fontsize=8)
+        axis.set_title("per-row deviation of the classifier's attribute probability over each code's categories")
         figure.colorbar(image, ax=axis, fraction=0.03)
 
 
@@ -502,19 +521,22 @@ def evaluate_infogan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: 
         print("no classifier (--classifier PATH): attribute changes per code are not measured")
     else:
         judge = load_judge(path, device_of(generator))
-        means, spread, sweeps = code_effects(generator, judge, seed=args.seed)
-        metrics["code_effects"] = top_effects(means, spread, judge.attributes)
-        strongest = int(spread.argmax())
-        code, attribute = divmod(strongest, spread.shape[1])
+        effects = code_effects(generator, judge, seed=args.seed)
+        metrics["code_effects"] = top_effects(effects, judge.attributes)
+        strongest = int(effects.row_std.argmax())
+        code, attribute = divmod(strongest, effects.row_std.shape[1])
         metrics["strongest_code_effect"] = {
             "code": code,
             "attribute": judge.attributes[attribute],
-            "spread": round(spread[code, attribute].item(), 4),
+            "std": round(effects.row_std[code, attribute].item(), 4),
+            "spread": round(effects.spread[code, attribute].item(), 4),
         }
+        metrics["meaningful_codes"] = effects.meaningful_codes()
+        metrics["meaningful_code_std"] = MEANINGFUL_CODE_STD
         metrics["classifier"] = judge.source
         metrics["sweep_rows"] = SWEEP_ROWS
-        heat_map(spread, judge.attributes, out_dir / "code_effects.png")
-        for code, images in enumerate(sweeps):
+        heat_map(effects.row_std, judge.attributes, out_dir / "code_effects.png")
+        for code, images in enumerate(effects.sweeps):
             save_grid(images, out_dir / f"sweep_code{code}.png", nrow=generator.n_categories)
     if not metrics and not args.fid:
         raise EvaluationError(

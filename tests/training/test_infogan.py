@@ -186,13 +186,18 @@ def test_the_d_q_step_trains_q_head_on_the_codes_but_not_the_body():
 
 def test_code_effects_find_the_code_that_moves_an_attribute():
     judge = AttributeJudge(Brightness(), ["Bright", "Constant"], image_size=8)
-    means, spread, sweeps = code_effects(CodePainter(), judge, rows=6, batch_size=7)
-    assert means.shape == (3, 5, 2) and spread.shape == (3, 2)
+    effects = code_effects(CodePainter(), judge, rows=6, batch_size=7)
+    assert effects.means.shape == (3, 5, 2) and effects.spread.shape == (3, 2) and effects.row_std.shape == (3, 2)
+    spread, row_std = effects.spread, effects.row_std
     assert spread[0, 0] > 0.99 and spread[1:].abs().max() < 1e-6 and spread[:, 1].abs().max() < 1e-6
-    assert len(sweeps) == 3 and sweeps[0].shape == (4 * 5, 3, 8, 8)
-    report = top_effects(means, spread, judge.attributes, top=2)
+    # code 0 paints levels -1 .. 1 over its 5 categories in every row, judged about 0, 0, 0.5, 1, 1: deviation sqrt(0.2)
+    assert row_std[0, 0].item() == pytest.approx(0.2**0.5, abs=1e-3) and row_std[1:].abs().max() < 1e-6
+    assert effects.meaningful_codes() == [0] and effects.meaningful_codes(threshold=0.5) == []
+    assert len(effects.sweeps) == 3 and effects.sweeps[0].shape == (4 * 5, 3, 8, 8)
+    report = top_effects(effects, judge.attributes, top=2)
     assert report["0"][0] == {
         "attribute": "Bright",
+        "std": pytest.approx(0.2**0.5, abs=1e-3),
         "spread": pytest.approx(1.0, abs=1e-3),
         "low_category": 0,
         "high_category": 4,

@@ -37,7 +37,7 @@ export function initInfogan(panel) {
       code.append(...Array.from({ length: codes }, (_, index) => el("option", { value: String(index), text: `code ${index}` })));
       effects = (card.metrics && card.metrics.code_effects) || {};
       // start on the code that moved an attribute most in evaluation: the most telling sweep
-      const spread = (index) => Math.max(0, ...(effects[index] || []).map((item) => item.spread));
+      const spread = (index) => Math.max(0, ...(effects[index] || []).map((item) => item.std ?? item.spread));
       code.value = String(Object.keys(effects).reduce((best, index) => (spread(index) > spread(best) ? index : best), "0"));
       describe();
     },
