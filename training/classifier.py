@@ -62,6 +62,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight positives by negatives/positives per attribute (helps rare attributes' recall, "
         "costs plain accuracy; off by default)",
     )
+    parser.add_argument(
+        "--grey-probability",
+        type=float,
+        default=0.0,
+        help="share of training images made grey (ITU-R 601 luma, as PIL's 'L'), so black-and-white photos are "
+        "not read as Pale_Skin or grey-haired",
+    )
+
+
+# ITU-R 601-2 luma, the weights of PIL's convert("L"): a training image made grey as an uploaded grey photo is.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def make_grey(images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """``images`` (N, 3, H, W) with the rows where ``which`` (N,) is true replaced by their luma in all channels."""
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    luma = (images * weights).sum(1, keepdim=True).expand_as(images)
+    return torch.where(which.to(images.device)[:, None, None, None], luma, images)
 
 
 @torch.inference_mode()
@@ -130,6 +148,8 @@ def read_epoch_rows(path: Path, up_to_epoch: int) -> list[dict[str, float]]:
 
 @register_trainer("classifier", add_arguments)
 def train(args: argparse.Namespace) -> None:
+    if not 0 <= args.grey_probability <= 1:
+        raise SystemExit(f"classifier: --grey-probability must be in [0, 1], got {args.grey_probability}")
     device = setup(args)
     spec = preprocess_spec(args)
     train_split = load_split(args.data, "train", spec, args.limit)
@@ -163,10 +183,11 @@ def train(args: argparse.Namespace) -> None:
     out_dir = run_dir(args)
     order = torch.Generator().manual_seed(args.seed)
     flips = torch.Generator().manual_seed(args.seed + 1)
+    greys = torch.Generator().manual_seed(args.seed + 2)
     state: TrainState = {
         "modules": {"model": model},
         "optimizers": {"optimizer": optimizer},
-        "generators": {"order": order, "flips": flips, **rng_streams(device)},
+        "generators": {"order": order, "flips": flips, "greys": greys, **rng_streams(device)},
     }
     barrier(world)
     position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
@@ -206,6 +227,8 @@ def train(args: argparse.Namespace) -> None:
             flip = shard(torch.rand(len(global_indices), generator=flips) < 0.5, world)
             images, targets = train_split.batch(shard(global_indices, world))
             images = torch.where(flip[:, None, None, None], images.flip(3), images)
+            grey = shard(torch.rand(len(global_indices), generator=greys) < args.grey_probability, world)
+            images = make_grey(images, grey)
             images, targets = to_batch(images, args, device), targets.to(device)
             with autocast(args, device):
                 logits = model_call(images)
@@ -254,7 +277,8 @@ def train(args: argparse.Namespace) -> None:
                     ),
                     "weight_decay": args.weight_decay,
                     "pos_weight": bool(args.pos_weight),
-                    "augmentation": "random horizontal flip",
+                    "augmentation": "random horizontal flip"
+                    + (f", grey with probability {args.grey_probability:g}" if args.grey_probability else ""),
                 },
             )
             save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
