@@ -11,6 +11,7 @@ take 35 MB at quality 90 (a raw uint8 pack: 185 MB). Any trainer reads it in pla
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -54,6 +55,21 @@ def pack(root: str | Path, out: str | Path, spec: PreprocessSpec = DEFAULT_PREPR
     return write_safetensors(out, tensors, metadata)
 
 
+def archive_labels(path: str | Path, split: str, limit: int | None = None) -> tuple[list[str], torch.Tensor]:
+    """The attribute names and the (N, 40) float 0/1 labels of one split of an archive, decoding no image."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if "attribute_names" not in metadata:
+            raise ValueError(f"{path} is not a faces archive written by `python -m training pack`")
+        partition, attributes = handle.get_tensor("partition"), handle.get_tensor("attributes")
+    chosen = (partition == SPLITS[split]).nonzero().flatten()[:limit]
+    if len(chosen) == 0:
+        raise ValueError(f"no images of split {split!r} in {path}")
+    return json.loads(metadata["attribute_names"]), attributes[chosen].float()
+
+
 def load_archive_split(path: str | Path, split: str, spec: PreprocessSpec, limit: int | None = None) -> PackedSplit:
     """One split of an archive as a :class:`PackedSplit`; the archive's preprocessing must be ``spec``."""
     with safe_open(str(path), framework="pt") as handle:
@@ -89,10 +105,14 @@ def load_archive_split(path: str | Path, split: str, spec: PreprocessSpec, limit
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="CelebA folder in the official layout")
     parser.add_argument("--out", required=True, help="the archive to write (.safetensors)")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the 64x64 faces")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the faces")
+    parser.add_argument(
+        "--image-size", type=int, default=DEFAULT_PREPROCESS.size, help="side of the packed faces (the models': 64)"
+    )
 
 
 @register_trainer("pack", add_arguments)
 def run(args: argparse.Namespace) -> None:
-    path = pack(args.data, args.out, quality=args.quality)
+    spec = dataclasses.replace(DEFAULT_PREPROCESS, size=args.image_size)
+    path = pack(args.data, args.out, spec, quality=args.quality)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")

@@ -105,6 +105,17 @@ class PackedSplit:
         return uint8_to_unit_range(self.images[indices]), self.attributes[indices]
 
 
+def load_labels(root: str | Path, split: str, limit: int | None = None) -> tuple[list[str], torch.Tensor]:
+    """The attribute names and (N, 40) labels of one split of a CelebA folder or a faces archive; no image is
+    decoded."""
+    if Path(root).is_file():
+        from .archive import archive_labels
+
+        return archive_labels(root, split, limit)
+    dataset = CelebA(root, split, limit=limit)
+    return dataset.attribute_names, dataset.attributes
+
+
 def load_split(
     root: str | Path,
     split: str,

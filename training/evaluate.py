@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from app.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_metadata, update_metrics
 from app.models.sampling import draw_noise, seeded_generator
@@ -117,10 +118,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def attribute_names(data: str | Path) -> list[str]:
-    """The 40 names on the second line of ``list_attr_celeba.txt`` (without reading the 200k rows)."""
+    """The 40 names: the second line of a folder's ``list_attr_celeba.txt`` (without reading the 200k rows), or an
+    archive's metadata."""
+    if Path(data).is_file():
+        with safe_open(str(data), framework="pt") as handle:
+            names = (handle.metadata() or {}).get("attribute_names")
+        if names is None:
+            raise EvaluationError(f"{data} is not a faces archive written by `python -m training pack`")
+        return list(json.loads(names))
     table = Path(data) / "list_attr_celeba.txt"
     if not table.is_file():
-        raise EvaluationError(f"{data} is not a CelebA folder: no list_attr_celeba.txt inside")
+        raise EvaluationError(
+            f"{data} is not a CelebA folder (no list_attr_celeba.txt inside) nor a faces archive "
+            "(python -m training pack)"
+        )
     with open(table) as handle:
         handle.readline()
         return handle.readline().split()

@@ -39,7 +39,7 @@ from app.models.pipelines.acgan import draw_inputs
 from app.models.sampling import draw_noise, seeded_generator
 
 from .common import save_grid
-from .data import CelebA
+from .data import load_labels
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
 from .fid import FrechetInception, real_statistics
 from .plots import saved_figure
@@ -341,14 +341,14 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
     fid = FrechetInception(device_of(generator)) if args.fid else None
 
     try:
-        split = CelebA(args.data, args.split, checkpoint.preprocess, args.limit)  # labels only: nothing decoded
-    except ValueError as error:
+        data_names, data_labels = load_labels(args.data, args.split, args.limit)  # nothing decoded
+    except (ValueError, FileNotFoundError) as error:
         raise EvaluationError(str(error)) from None
     try:
-        label_columns = [split.attribute_names.index(name) for name in names]
+        label_columns = [data_names.index(name) for name in names]
     except ValueError:
         raise EvaluationError(f"{args.data} lacks some of the trained attributes {names}") from None
-    labels = split.attributes[:, label_columns]
+    labels = data_labels[:, label_columns]
     picks = torch.randint(len(labels), (ACGAN_SAMPLES,), generator=seeded_generator(args.seed))
     toggle = "Smiling" if "Smiling" in names else names[0]
     metrics, images = acgan_scores(
