@@ -37,7 +37,16 @@ from .data import PackedSplit, load_split
 from .distributed import barrier, check_batch, mean_scalars, shard, wrap
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
-from .train_state import RunPosition, TrainState, fast_forward, load_train_state, rng_streams, save_train_state
+from .train_state import (
+    RunPosition,
+    TrainState,
+    fast_forward,
+    load_rank_streams,
+    load_train_state,
+    rng_streams,
+    save_rank_streams,
+    save_train_state,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,6 +200,8 @@ def train(args: argparse.Namespace) -> None:
     }
     barrier(world)
     position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
+    if args.resume:
+        load_rank_streams(out_dir, world.rank, position.epoch, rng_streams(device))
     fast_forward(scheduler, min(position.step, max(0, total_steps - 1)))  # as the loop steps it (below)
     log, epoch_rows = None, []
     epochs_csv = out_dir / "valid.csv"
@@ -282,6 +293,7 @@ def train(args: argparse.Namespace) -> None:
                 },
             )
             save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
+        save_rank_streams(out_dir, world.rank, epoch, rng_streams(device))
         barrier(world)
         if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break

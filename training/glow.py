@@ -43,7 +43,16 @@ from .data import PackedSplit, load_split
 from .distributed import barrier, check_batch, mean_scalars, rank_seed, shard, wrap
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
-from .train_state import RunPosition, TrainState, fast_forward, load_train_state, rng_streams, save_train_state
+from .train_state import (
+    RunPosition,
+    TrainState,
+    fast_forward,
+    load_rank_streams,
+    load_train_state,
+    rng_streams,
+    save_rank_streams,
+    save_train_state,
+)
 
 PREVIEW_TEMPERATURES = (0.5, 0.7, 1.0)
 
@@ -190,6 +199,8 @@ def train(args: argparse.Namespace) -> None:
     }
     barrier(world)
     position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
+    if args.resume:
+        load_rank_streams(out_dir, world.rank, position.epoch, rng_streams(device))
     fast_forward(scheduler, position.step)
     log = (
         StepLog(
@@ -288,6 +299,7 @@ def train(args: argparse.Namespace) -> None:
                 dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
             )
             save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
+        save_rank_streams(out_dir, world.rank, epoch, rng_streams(device))
         barrier(world)
         if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break

@@ -96,6 +96,39 @@ def rng_streams(device: torch.device) -> dict[str, torch.Generator]:
     return streams
 
 
+def rank_streams_file(directory: Path, rank: int) -> Path:
+    return directory / f"train_state.rank{rank}.safetensors"
+
+
+def save_rank_streams(directory: Path, rank: int, epoch: int, streams: dict[str, torch.Generator]) -> None:
+    """Under torchrun, ranks other than 0 draw dropout and reparameterisation noise from their own seeds
+    (:func:`training.common.seed_rank`); each writes its global streams beside rank 0's train state, so a resumed
+    run with several processes continues step for step too. Rank 0's streams are in the train state itself."""
+    if rank == 0:
+        return
+    tensors = {f"rng.{name}": generator.get_state() for name, generator in streams.items()}
+    write_safetensors(rank_streams_file(directory, rank), tensors, {"epoch": str(epoch)})
+
+
+def load_rank_streams(directory: Path, rank: int, epoch: int, streams: dict[str, torch.Generator]) -> None:
+    """Restore what :func:`save_rank_streams` wrote for this rank at ``epoch``; refuses a file of another epoch."""
+    if rank == 0:
+        return
+    path = rank_streams_file(directory, rank)
+    if not path.is_file():
+        raise SystemExit(
+            f"--resume: no random streams of rank {rank} at {path}; resume with the number of processes the run "
+            "was stopped with, or in one process"
+        )
+    with safe_open(str(path), framework="pt") as handle:
+        saved_epoch = int((handle.metadata() or {}).get("epoch", -1))
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    if saved_epoch != epoch:
+        raise SystemExit(f"--resume: {path} is of epoch {saved_epoch}, the train state of epoch {epoch}")
+    for name, generator in streams.items():
+        generator.set_state(tensors[f"rng.{name}"])
+
+
 def load_train_state(
     directory: Path,
     modules: dict[str, nn.Module],

@@ -31,7 +31,16 @@ from .common import (
 from .data import PackedSplit, load_split
 from .distributed import barrier, check_batch, mean_scalars, shard, wrap
 from .registry import register_trainer
-from .train_state import RunPosition, TrainState, fast_forward, load_train_state, rng_streams, save_train_state
+from .train_state import (
+    RunPosition,
+    TrainState,
+    fast_forward,
+    load_rank_streams,
+    load_train_state,
+    rng_streams,
+    save_rank_streams,
+    save_train_state,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +147,8 @@ def train(args: argparse.Namespace) -> None:
     }
     barrier(world)
     position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
+    if args.resume:
+        load_rank_streams(out_dir, world.rank, position.epoch, rng_streams(device))
     fast_forward(scheduler, position.step)
     log = (
         StepLog(out_dir / "losses.csv", ["loss", "mse", "kl"], position.step if args.resume else None)
@@ -193,6 +204,7 @@ def train(args: argparse.Namespace) -> None:
                 ),
             )
             save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
+        save_rank_streams(out_dir, world.rank, epoch, rng_streams(device))
         barrier(world)
         if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break
