@@ -32,6 +32,8 @@ from .registry import FamilyModule, register_family
 # Checkpoint extra holding the (num_attributes, latent_dim) attribute directions the service moves faces along.
 DIRECTIONS_KEY = "attribute_directions"
 COVARIANCE_KEY = "attribute_covariance"  # (A, A) covariance of the training labels, for conditioning on several
+# (A,) per attribute, the partial directions that make manipulation strength 1 (`python -m training calibrate-glow`)
+MANIPULATION_UNITS_KEY = "manipulation_units"
 
 
 @dataclass(frozen=True)

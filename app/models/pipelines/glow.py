@@ -11,7 +11,7 @@ import torch
 
 from ..attributes import FREQUENCIES_KEY, InvalidRequest, check_attribute_names, resolve_attributes
 from ..checkpoint import CheckpointError
-from ..glow import COVARIANCE_KEY, DIRECTIONS_KEY, Glow, interpolate_latents, postprocess
+from ..glow import COVARIANCE_KEY, DIRECTIONS_KEY, MANIPULATION_UNITS_KEY, Glow, interpolate_latents, postprocess
 from ..sampling import seeded_generator
 from .base import ENCODE, SAMPLE, SCORE, Pipeline, Prepared, finite_images, register_pipeline
 
@@ -24,9 +24,8 @@ MAX_TEMPERATURE = 1.5
 DEFAULT_CONDITION_STRENGTH = 1.5
 MAX_CONDITION_STRENGTH = 3.0
 CORRELATION_RIDGE = 0.05
-# Manipulation strength 1, in partial directions (see manipulation_latents): enough for the classifier to see Smiling
-# or Male change on most validation faces while the other attributes stay; much further and the weak shipped flow
-# diverges on more faces (the route then refuses the frames). Figures in the README, from `training evaluate`.
+# Manipulation strength 1, in partial directions (see manipulation_latents), for a checkpoint without calibrated
+# per-attribute units: enough for the classifier to see Smiling change on most faces while the other attributes stay.
 MANIPULATION_UNIT = 2.0
 # A decoded value beyond twice the data range ([-0.5, 0.5] before postprocessing) is where the inverse flow diverged.
 # Measured on the shipped model: frames of aligned faces at strengths up to +-2 have under 1 % such values, the frames
@@ -54,6 +53,7 @@ class GlowPipeline(Pipeline):
             LIKELIHOOD_DRAWS,
             seeded_generator(LIKELIHOOD_SEED),
         )
+        _ = self.manipulation_units  # a malformed calibration is refused at start-up, not at the first request
 
     @property
     def latent_dim(self) -> int:
@@ -167,12 +167,27 @@ class GlowPipeline(Pipeline):
         and the other 39 stay as they are (``Cov(z, y) Cov(y)^-1`` over the training labels, the same Gaussian
         conditioning the samples use). The raw mean-difference direction also drags every correlated attribute
         along (the second course report saw "every other attribute dragged towards the mean"); this one mostly
-        keeps them. Strength 1 is MANIPULATION_UNIT such moves: towards the attribute on (at -1, off), enough to
-        change it for most faces."""
+        keeps them. Strength 1 is the attribute's calibrated number of such moves (:attr:`manipulation_units`):
+        towards the attribute on (at -1, off), enough to change it for most faces."""
         check_attribute_names([attribute], self.attributes, "attribute")
-        effect = self.attribute_effects[self.attributes.index(attribute)]
-        amounts = torch.tensor(strengths, dtype=latent.dtype)[:, None] * MANIPULATION_UNIT
-        return latent[None] + amounts * effect.to(latent.dtype)
+        index = self.attributes.index(attribute)
+        amounts = torch.tensor(strengths, dtype=latent.dtype)[:, None] * self.manipulation_units[index].item()
+        return latent[None] + amounts * self.attribute_effects[index].to(latent.dtype)
+
+    @functools.cached_property
+    def manipulation_units(self) -> torch.Tensor:
+        """(A,) partial directions per unit of strength: calibrated per attribute in the checkpoint (the classifier
+        sees the attribute change on 9 of 10 training faces at 1), else MANIPULATION_UNIT for every attribute."""
+        units = self.checkpoint.extras.get(MANIPULATION_UNITS_KEY)
+        if units is None:
+            return torch.full((len(self.attributes),), MANIPULATION_UNIT)
+        units = units.float().cpu()
+        if units.shape != (len(self.attributes),) or not (torch.isfinite(units) & (units > 0)).all():
+            raise CheckpointError(
+                f"the glow checkpoint's {MANIPULATION_UNITS_KEY} must be {len(self.attributes)} positive numbers, "
+                f"got shape {tuple(units.shape)}"
+            )
+        return units
 
     @functools.cached_property
     def attribute_effects(self) -> torch.Tensor:

@@ -4,6 +4,7 @@ the shipped Glow, in tests/weights/test_shipped_weights.py: a tiny random flow d
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from app.models import build_model
@@ -105,3 +106,33 @@ def test_manipulation_moves_along_the_partial_direction_in_units_that_turn_an_at
     along_goatee = torch.dot(effect, directions[goatee]) / directions[goatee].norm()
     raw_along_goatee = torch.dot(directions[male], directions[goatee]) / directions[goatee].norm()
     assert along_goatee < raw_along_goatee
+
+
+def test_calibrated_units_set_each_attributes_strength_one(tmp_path):
+    """A checkpoint calibrated per attribute (``python -m training calibrate-glow``) moves each attribute by its own
+    unit; without calibration every attribute moves MANIPULATION_UNIT partial directions."""
+    from app.models.glow import MANIPULATION_UNITS_KEY
+    from app.models.pipelines.glow import MANIPULATION_UNIT
+
+    plain, extras = glow_pipeline(tmp_path / "plain")
+    assert torch.equal(plain.manipulation_units, torch.full((40,), MANIPULATION_UNIT))
+    units = torch.linspace(1, 8, 40)
+    path = write_tiny_checkpoint(tmp_path / "calibrated", "glow", extras={**extras, MANIPULATION_UNITS_KEY: units})
+    calibrated = build_pipeline(load_checkpoint(path))
+    latent = torch.zeros(calibrated.latent_dim)
+    for attribute in ("Male", "Young"):
+        index = calibrated.attributes.index(attribute)
+        moved = calibrated.manipulation_latents(latent, attribute, [1.0, -0.5])
+        expected = torch.tensor([1.0, -0.5])[:, None] * units[index] * plain.attribute_effects[index]
+        assert torch.allclose(moved, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("units", [torch.ones(39), torch.full((40,), -1.0), torch.full((40,), float("nan"))])
+def test_malformed_units_are_refused_when_the_pipeline_is_built(tmp_path, units):
+    from app.models.checkpoint import CheckpointError
+    from app.models.glow import MANIPULATION_UNITS_KEY
+
+    _, extras = glow_pipeline(tmp_path / "plain")
+    path = write_tiny_checkpoint(tmp_path / "bad", "glow", extras={**extras, MANIPULATION_UNITS_KEY: units})
+    with pytest.raises(CheckpointError, match="manipulation_units"):  # NaN: refused by the loader already
+        build_pipeline(load_checkpoint(path))

@@ -1,0 +1,78 @@
+"""``python -m training calibrate-glow``: per-attribute manipulation units, written into the checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.models import build_model
+from app.models.attributes import FREQUENCIES_KEY
+from app.models.checkpoint import load_checkpoint
+from app.models.glow import DIRECTIONS_KEY, MANIPULATION_UNITS_KEY
+from app.models.pipelines import build_pipeline
+from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
+from training.__main__ import main
+from training.glow_calibration import LADDER
+
+
+def tiny_glow(tmp_path):
+    torch.manual_seed(0)
+    latent_dim = build_model("glow", TINY_CONFIGS["glow"]).latent_dim
+    generator = torch.Generator().manual_seed(1)
+    extras = {
+        DIRECTIONS_KEY: 0.05 * torch.randn(40, latent_dim, generator=generator),
+        FREQUENCIES_KEY: torch.rand(40, generator=generator),
+    }
+    return write_tiny_checkpoint(tmp_path / "glow", "glow", extras=extras)
+
+
+def test_calibration_writes_a_unit_per_attribute_from_the_ladder(tiny_celeba, tmp_path):
+    glow = tiny_glow(tmp_path)
+    classifier = write_tiny_checkpoint(tmp_path / "judge", "classifier")
+    arguments = ["calibrate-glow", str(glow), "--data", str(tiny_celeba), "--classifier", str(classifier)]
+    main([*arguments, "--faces", "6", "--threads", "1"])
+    checkpoint = load_checkpoint(glow)
+    units = checkpoint.extras[MANIPULATION_UNITS_KEY]
+    assert units.shape == (40,) and all(unit in LADDER for unit in units.tolist())
+    report = checkpoint.metrics["manipulation_calibration"]
+    assert report["faces"] == 6 and "calibrate-glow" in report["command"]
+    per_attribute = report["per_attribute"]
+    assert list(per_attribute) == build_pipeline(checkpoint).attributes
+    assert all(0 <= entry["flip"] <= 1 and 0 <= entry["keep"] <= 1 for entry in per_attribute.values())
+    pipeline = build_pipeline(checkpoint)
+    assert torch.equal(pipeline.manipulation_units, units.float())
+
+
+def test_calibration_refuses_another_family(tiny_celeba, tmp_path):
+    dcgan = write_tiny_checkpoint(tmp_path / "dcgan", "dcgan")
+    with pytest.raises(SystemExit, match="is a dcgan checkpoint, not glow"):
+        main(["calibrate-glow", str(dcgan), "--data", str(tiny_celeba)])
+
+
+class Passthrough:
+    """A stand-in pipeline and judge: latents are the faces, and every call is "off"."""
+
+    attributes = ["Reaches", "DragsOthers", "NeverFlips"]
+
+    def run(self, operation, inputs):
+        return (inputs[0],)
+
+    def columns(self, names):
+        return [0, 1, 2]
+
+    def probabilities(self, images):
+        return torch.zeros(len(images), 3)
+
+
+def test_the_ladder_stops_at_enough_flips_and_before_the_others_drift(monkeypatch):
+    import training.glow_calibration as calibration
+
+    def rates(pipeline, judge, latents, before, index, unit):
+        return [(unit / 3, 1.0), (0.5, 1 - unit / 20), (0.0, 1.0)][index]  # (flip, keep)
+
+    monkeypatch.setattr(calibration, "flip_and_keep", rates)
+    stub = Passthrough()
+    units, report = calibration.calibrate(stub, stub, torch.zeros(4, 3, 8, 8), flip_target=0.9, keep_floor=0.85)
+    assert units.tolist() == [3.0, 3.0, LADDER[-1]]  # 2.7 / 3 = 0.9 flips; 1 - 3.5 / 20 < 0.85; nothing: the top
+    assert report["Reaches"] == {"unit": 3.0, "flip": 1.0, "keep": 1.0}
+    assert report["DragsOthers"]["keep"] == 0.85
