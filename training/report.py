@@ -21,6 +21,8 @@ from .evaluate import EVALUATORS
 from .registry import register_trainer
 
 START, END = "<!-- metrics:start -->", "<!-- metrics:end -->"
+# The ACGAN's per-attribute agreement, written between these when the README has them.
+ATTRIBUTES_START, ATTRIBUTES_END = "<!-- acgan-attributes:start -->", "<!-- acgan-attributes:end -->"
 LICENCE = (
     "Trained on CelebA (Liu et al., ICCV 2015), which is available for non-commercial research purposes only; "
     "these weights inherit that restriction (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)."
@@ -85,6 +87,29 @@ def metrics_table(found: list[tuple[Path, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def attribute_table(found: list[tuple[Path, dict[str, Any]]]) -> str:
+    """Per conditioned attribute of each ACGAN checkpoint: how often the classifier agrees with the requested value
+    on samples, and with the true labels on real faces (its own ceiling)."""
+    blocks = []
+    for path, metadata in found:
+        metrics = metadata.get("metrics", {})
+        samples = metrics.get("classifier_agreement_per_attribute")
+        if metadata["family"] != "acgan" or not samples:
+            continue
+        real = metrics.get("classifier_agreement_real_per_attribute", {})
+        lines = [
+            f"| `{path.name}`: attribute | classifier agrees with the request (samples) | with the labels (real) |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {name} | {show(value)} | {show(real.get(name))} |" for name, value in samples.items()]
+        lines.append(
+            f"| **mean** | **{show(metrics.get('classifier_agreement'))}** | "
+            f"**{show(metrics.get('classifier_agreement_real'))}** |"
+        )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) or "(no ACGAN checkpoint with per-attribute figures)"
+
+
 def measured_by(family: str, metrics: dict[str, Any]) -> str:
     if "evaluate_command" in metrics:
         return f"`{metrics['evaluate_command']}`; `train_*` figures by the training run"
@@ -144,12 +169,12 @@ def cards(found: list[tuple[Path, dict[str, Any]]]) -> str:
     return "\n".join(header + [model_card(path, metadata) for path, metadata in found])
 
 
-def replace_between_markers(text: str, table: str) -> str:
-    if START not in text or END not in text:
-        raise SystemExit(f"report: the README has no {START} ... {END} markers to write the table between")
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    return f"{before}{START}\n{table}\n{END}{after}"
+def replace_between_markers(text: str, table: str, start: str = START, end: str = END) -> str:
+    if start not in text or end not in text:
+        raise SystemExit(f"report: the README has no {start} ... {end} markers to write the table between")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{start}\n{table}\n{end}{after}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +192,10 @@ def report(args: argparse.Namespace) -> None:
         raise SystemExit(f"report: no checkpoints in {weights}")
     outputs = {Path(args.cards) if args.cards else weights / "README.md": cards(found) + "\n"}
     if args.readme:
-        outputs[Path(args.readme)] = replace_between_markers(Path(args.readme).read_text(), metrics_table(found))
+        text = replace_between_markers(Path(args.readme).read_text(), metrics_table(found))
+        if ATTRIBUTES_START in text:
+            text = replace_between_markers(text, attribute_table(found), ATTRIBUTES_START, ATTRIBUTES_END)
+        outputs[Path(args.readme)] = text
     stale = [path for path, text in outputs.items() if not path.is_file() or path.read_text() != text]
     if args.check:
         if stale:

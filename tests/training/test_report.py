@@ -36,3 +36,24 @@ def test_report_writes_cards_and_the_table_between_the_markers(tmp_path):
     cards = (weights / "README.md").read_text()
     assert cards.count(LICENCE) == 2 and "## `classifier.safetensors` — classifier" in cards
     main(["report", "--weights", str(weights), "--readme", str(readme), "--check"])  # now up to date
+
+
+def test_the_acgan_attribute_table_is_written_between_its_markers(tmp_path):
+    from training.report import ATTRIBUTES_END, ATTRIBUTES_START
+
+    weights = tmp_path / "weights"
+    metrics = {
+        "classifier_agreement": 0.9,
+        "classifier_agreement_per_attribute": {"Smiling": 0.95, "Male": 0.85},
+        "classifier_agreement_real": 0.88,
+        "classifier_agreement_real_per_attribute": {"Smiling": 0.9, "Male": 0.86},
+    }
+    write_tiny_checkpoint(weights, "acgan", metrics=metrics)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n\n{ATTRIBUTES_START}\nold\n{ATTRIBUTES_END}\n")
+    main(["report", "--weights", str(weights), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "old" not in text
+    assert "| Smiling | 0.95 | 0.9 |" in text and "| Male | 0.85 | 0.86 |" in text
+    assert "| **mean** | **0.9** | **0.88** |" in text
+    main(["report", "--weights", str(weights), "--readme", str(readme), "--check"])
