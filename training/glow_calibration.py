@@ -48,15 +48,22 @@ def flip_and_keep(
 
 
 def calibrate(
-    pipeline: GlowPipeline, judge: AttributeJudge, faces: torch.Tensor, flip_target: float, keep_floor: float
+    pipeline: GlowPipeline,
+    judge: AttributeJudge,
+    faces: torch.Tensor,
+    flip_target: float,
+    keep_floor: float,
+    attributes: list[str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, dict[str, float]]]:
-    """(A,) units, and per attribute the unit with its flip and keep rates on ``faces``."""
+    """(A,) units (those of ``attributes``, default all, calibrated; the others as the pipeline has them), and per
+    calibrated attribute the unit with its flip and keep rates on ``faces``."""
     columns = judge.columns(pipeline.attributes)
     latents = batched(lambda x: pipeline.run("encode", (x,))[0], faces)
     reconstructions = batched(lambda z: pipeline.run("decode", (z,))[0], latents)
     before = (batched(judge.probabilities, reconstructions)[:, columns] > 0.5).float()
-    units, report = [], {}
-    for index, name in enumerate(pipeline.attributes):
+    units, report = pipeline.manipulation_units.clone(), {}
+    for name in attributes or pipeline.attributes:
+        index = pipeline.attributes.index(name)
         chosen: tuple[float, float, float] | None = None
         for unit in LADDER:
             flip, keep = flip_and_keep(pipeline, judge, latents, before, index, unit)
@@ -66,16 +73,22 @@ def calibrate(
             if flip >= flip_target:
                 break
         assert chosen is not None
-        units.append(chosen[0])
+        units[index] = chosen[0]
         report[name] = {"unit": chosen[0], "flip": round(chosen[1], 3), "keep": round(chosen[2], 3)}
         print(f"{name:>20}: unit {chosen[0]:4.2f}  flip {chosen[1]:.3f}  keep {chosen[2]:.3f}", flush=True)
-    return torch.tensor(units), report
+    return units, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a glow checkpoint; rewritten in place with its units")
     parser.add_argument("--data", required=True, help="the CelebA folder or faces archive it was trained on")
     parser.add_argument("--classifier", type=Path, default=Path("weights/classifier.safetensors"))
+    parser.add_argument(
+        "--attributes",
+        default="all",
+        help="comma-separated attributes to calibrate (default all; about a minute each "
+        "on one CPU core); the others keep their units",
+    )
     parser.add_argument("--faces", type=int, default=100, help="training faces, drawn with --seed")
     parser.add_argument("--flip", type=float, default=0.9, help="share of faces strength 1 must flip")
     parser.add_argument("--keep", type=float, default=0.85, help="share of the other calls that must stay")
@@ -95,10 +108,14 @@ def run(args: argparse.Namespace) -> None:
     pipeline = build_pipeline(checkpoint)
     assert isinstance(pipeline, GlowPipeline)
     judge = load_judge(args.classifier, device)
+    chosen = None if args.attributes.strip() == "all" else [a.strip() for a in args.attributes.split(",") if a.strip()]
+    unknown = [name for name in chosen or [] if name not in pipeline.attributes]
+    if unknown:
+        raise SystemExit(f"calibrate-glow: unknown attribute(s) {unknown}; valid: {', '.join(pipeline.attributes)}")
     split = load_split(args.data, "train", checkpoint.preprocess)
     picks = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[: args.faces]
     with torch.inference_mode():
-        units, report = calibrate(pipeline, judge, split.batch(picks)[0], args.flip, args.keep)
+        units, report = calibrate(pipeline, judge, split.batch(picks)[0], args.flip, args.keep, chosen)
     with safe_open(str(args.checkpoint), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
@@ -106,10 +123,11 @@ def run(args: argparse.Namespace) -> None:
     write_safetensors(args.checkpoint, tensors, metadata)
     calibration: dict[str, Any] = {
         "command": f"python -m training calibrate-glow {args.checkpoint} --data {args.data} --classifier "
-        f"{args.classifier} --faces {args.faces} --flip {args.flip} --keep {args.keep} --seed {args.seed}",
+        f"{args.classifier} --attributes {args.attributes} --faces {args.faces} --flip {args.flip} --keep {args.keep} "
+        f"--seed {args.seed}",
         "classifier": judge.source,
         "faces": len(picks),
-        "per_attribute": report,
+        "per_attribute": {**checkpoint.metrics.get("manipulation_calibration", {}).get("per_attribute", {}), **report},
     }
     update_metrics(args.checkpoint, {"manipulation_calibration": calibration})
-    print(f"{args.checkpoint}: manipulation units written for {len(units)} attributes")
+    print(f"{args.checkpoint}: manipulation units calibrated for {len(report)} attributes")

@@ -43,6 +43,23 @@ def test_calibration_writes_a_unit_per_attribute_from_the_ladder(tiny_celeba, tm
     assert torch.equal(pipeline.manipulation_units, units.float())
 
 
+def test_calibrating_some_attributes_keeps_the_others_units(tiny_celeba, tmp_path):
+    from app.models.pipelines.glow import MANIPULATION_UNIT
+
+    glow = tiny_glow(tmp_path)
+    classifier = write_tiny_checkpoint(tmp_path / "judge", "classifier")
+    arguments = ["calibrate-glow", str(glow), "--data", str(tiny_celeba), "--classifier", str(classifier)]
+    main([*arguments, "--faces", "4", "--threads", "1", "--attributes", "Male,Smiling"])
+    checkpoint = load_checkpoint(glow)
+    units = checkpoint.extras[MANIPULATION_UNITS_KEY]
+    names = build_pipeline(checkpoint).attributes
+    assert list(checkpoint.metrics["manipulation_calibration"]["per_attribute"]) == ["Male", "Smiling"]
+    others = [i for i, name in enumerate(names) if name not in ("Male", "Smiling")]
+    assert torch.all(units[others] == MANIPULATION_UNIT)
+    with pytest.raises(SystemExit, match="unknown attribute.*Dimples"):
+        main([*arguments, "--attributes", "Dimples"])
+
+
 def test_calibration_refuses_another_family(tiny_celeba, tmp_path):
     dcgan = write_tiny_checkpoint(tmp_path / "dcgan", "dcgan")
     with pytest.raises(SystemExit, match="is a dcgan checkpoint, not glow"):
@@ -53,6 +70,7 @@ class Passthrough:
     """A stand-in pipeline and judge: latents are the faces, and every call is "off"."""
 
     attributes = ["Reaches", "DragsOthers", "NeverFlips"]
+    manipulation_units = torch.full((3,), 2.0)
 
     def run(self, operation, inputs):
         return (inputs[0],)
