@@ -11,7 +11,7 @@
   Goatee): each face is moved along the attribute's direction by the pipeline (+1 where the classifier says the face
   lacks it, -1 where it has it); *flip* is the share whose classifier call for that attribute changes, *keep* the
   share of the other 39 calls that stay as they were on the unmoved reconstruction (the report found every other
-  attribute dragged towards the mean).
+  attribute dragged towards the mean); a frame that diverged, which the service refuses, counts as neither.
 - **FID** of pipeline samples at the served temperature with ``--fid`` (added by ``evaluate``).
 """
 
@@ -37,6 +37,14 @@ CONDITION_SAMPLES = 100  # per attribute and value
 AGREEMENT_SAMPLES = 200
 MANIPULATED_FACES = 100
 STRENGTH = 1.0  # the service's unit: 1 towards the attribute on, -1 towards off (GlowPipeline.manipulation_latents)
+
+
+def decode_checked(
+    pipeline: GlowPipeline, latents: torch.Tensor, batch_size: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded images and whether each diverged (the service refuses those frames with a 422)."""
+    parts = [pipeline.run("decode", (latents[i : i + batch_size],)) for i in range(0, len(latents), batch_size)]
+    return torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
 
 
 def run_prepared(pipeline: Any, prepared: list[Any], batch_size: int = 100) -> torch.Tensor:
@@ -117,7 +125,7 @@ def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pat
     latents = batched(lambda x: pipeline.run("encode", (x,))[0], faces)
     reconstructions = batched(lambda z: pipeline.run("decode", (z,))[0], latents)
     before = calls(reconstructions)
-    flip, keep, shown = {}, {}, []
+    flip, keep, refusals, shown = {}, {}, {}, []
     for attribute in [name for name in MANIPULATED if name in names]:
         index = names.index(attribute)
         sign = 1 - 2 * before[:, index]  # +1 towards having it, -1 towards lacking it
@@ -127,11 +135,13 @@ def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pat
                 for latent, s in zip(latents, sign)
             ]
         )
-        images = batched(lambda z: pipeline.run("decode", (z,))[0], moved)
+        images, refused = decode_checked(pipeline, moved)
         after = calls(images)
         others = [k for k in range(len(names)) if k != index]
-        flip[attribute] = round((after[:, index] != before[:, index]).float().mean().item(), 4)
-        keep[attribute] = round((after[:, others] == before[:, others]).float().mean().item(), 4)
+        # a frame the service would refuse (diverged) counts as neither flipped nor kept
+        flip[attribute] = round(((after[:, index] != before[:, index]) & ~refused).float().mean().item(), 4)
+        keep[attribute] = round(((after[:, others] == before[:, others]) & ~refused[:, None]).float().mean().item(), 4)
+        refusals[attribute] = round(refused.float().mean().item(), 4)
         shown += [reconstructions[:8], images[:8]]
     if not flip:
         raise EvaluationError(f"the checkpoint has none of the manipulated attributes {MANIPULATED}")
@@ -139,6 +149,7 @@ def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pat
     metrics["manipulation_keep"] = round(sum(keep.values()) / len(keep), 4)
     metrics["manipulation_flip_per_attribute"] = flip
     metrics["manipulation_keep_per_attribute"] = keep
+    metrics["manipulation_refused_per_attribute"] = refusals
     metrics["manipulation_faces"] = len(faces)
     metrics["manipulation_strength"] = STRENGTH
     save_grid(torch.cat(shown), out_dir / "manipulation.png", nrow=8)

@@ -4,7 +4,8 @@ The service moves a face by ``strength x unit x`` the attribute's partial direct
 made +-1 a different change for each: at 2 partial directions the classifier saw Smiling change on 82 % of training
 faces and Young on 25 %. This finds, per attribute, the smallest unit on a fixed ladder at which the classifier's
 call flips on ``--flip`` of the calibration faces (training faces, never the evaluated split), stopping before the
-other 39 calls kept fall under ``--keep``; an attribute that never gets there keeps the last unit that held them.
+other 39 calls kept fall under ``--keep`` or more than ``--refused`` of the frames diverge (the service refuses
+those); an attribute that never gets there keeps the last unit that held.
 The units go into the checkpoint (extra ``manipulation_units``), so strength 1 means "on" (-1 "off") for most faces.
 """
 
@@ -25,6 +26,7 @@ from app.models.pipelines.glow import GlowPipeline
 from .common import resolve_device
 from .data import load_split
 from .evaluate_gans import AttributeJudge, batched, load_judge
+from .evaluate_glow import decode_checked
 from .registry import register_trainer
 
 LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)  # units tried, in partial directions
@@ -32,19 +34,19 @@ LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)  # units 
 
 def flip_and_keep(
     pipeline: GlowPipeline, judge: AttributeJudge, latents: torch.Tensor, before: torch.Tensor, index: int, unit: float
-) -> tuple[float, float]:
-    """Share of faces whose call of attribute ``index`` flips when moved by ``unit`` towards its other value, and
-    share of the other calls that stay."""
+) -> tuple[float, float, float]:
+    """Moving each face by ``unit`` towards the other value of attribute ``index``: the share whose call of it flips,
+    the share of the other calls that stay, and the share of frames that diverge (refused by the service; they count
+    as neither flipped nor kept)."""
     columns = judge.columns(pipeline.attributes)
     sign = 1 - 2 * before[:, index]  # +1 towards having it, -1 towards lacking it
     effect = pipeline.attribute_effects[index].to(latents.dtype)
-    moved = latents + (sign * unit)[:, None] * effect
-    images = batched(lambda z: pipeline.run("decode", (z,))[0], moved)
+    images, refused = decode_checked(pipeline, latents + (sign * unit)[:, None] * effect)
     after = (batched(judge.probabilities, images)[:, columns] > 0.5).float()
     others = [k for k in range(before.shape[1]) if k != index]
-    flip = (after[:, index] != before[:, index]).float().mean().item()
-    keep = (after[:, others] == before[:, others]).float().mean().item()
-    return flip, keep
+    flip = ((after[:, index] != before[:, index]) & ~refused).float().mean().item()
+    keep = ((after[:, others] == before[:, others]) & ~refused[:, None]).float().mean().item()
+    return flip, keep, refused.float().mean().item()
 
 
 def calibrate(
@@ -54,9 +56,10 @@ def calibrate(
     flip_target: float,
     keep_floor: float,
     attributes: list[str] | None = None,
+    refused_ceiling: float = 0.05,
 ) -> tuple[torch.Tensor, dict[str, dict[str, float]]]:
     """(A,) units (those of ``attributes``, default all, calibrated; the others as the pipeline has them), and per
-    calibrated attribute the unit with its flip and keep rates on ``faces``."""
+    calibrated attribute the unit with its flip, keep and refusal rates on ``faces``."""
     columns = judge.columns(pipeline.attributes)
     latents = batched(lambda x: pipeline.run("encode", (x,))[0], faces)
     reconstructions = batched(lambda z: pipeline.run("decode", (z,))[0], latents)
@@ -64,18 +67,26 @@ def calibrate(
     units, report = pipeline.manipulation_units.clone(), {}
     for name in attributes or pipeline.attributes:
         index = pipeline.attributes.index(name)
-        chosen: tuple[float, float, float] | None = None
+        chosen: tuple[float, float, float, float] | None = None
         for unit in LADDER:
-            flip, keep = flip_and_keep(pipeline, judge, latents, before, index, unit)
-            if keep < keep_floor and chosen is not None:
-                break  # further only drags the other attributes along: keep the last unit that held them
-            chosen = (unit, flip, keep)
+            flip, keep, refused = flip_and_keep(pipeline, judge, latents, before, index, unit)
+            if (keep < keep_floor or refused > refused_ceiling) and chosen is not None:
+                break  # further drags the other attributes along or breaks frames: keep the last unit that did not
+            chosen = (unit, flip, keep, refused)
             if flip >= flip_target:
                 break
         assert chosen is not None
         units[index] = chosen[0]
-        report[name] = {"unit": chosen[0], "flip": round(chosen[1], 3), "keep": round(chosen[2], 3)}
-        print(f"{name:>20}: unit {chosen[0]:4.2f}  flip {chosen[1]:.3f}  keep {chosen[2]:.3f}", flush=True)
+        report[name] = {
+            "unit": chosen[0],
+            "flip": round(chosen[1], 3),
+            "keep": round(chosen[2], 3),
+            "refused": round(chosen[3], 3),
+        }
+        print(
+            f"{name:>20}: unit {chosen[0]:4.2f}  flip {chosen[1]:.3f}  keep {chosen[2]:.3f}  refused {chosen[3]:.3f}",
+            flush=True,
+        )
     return units, report
 
 
@@ -92,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faces", type=int, default=100, help="training faces, drawn with --seed")
     parser.add_argument("--flip", type=float, default=0.9, help="share of faces strength 1 must flip")
     parser.add_argument("--keep", type=float, default=0.85, help="share of the other calls that must stay")
+    parser.add_argument(
+        "--refused",
+        type=float,
+        default=0.05,
+        help="largest share of frames that may diverge (the service refuses them)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--device", default="cpu")
@@ -115,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
     split = load_split(args.data, "train", checkpoint.preprocess)
     picks = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[: args.faces]
     with torch.inference_mode():
-        units, report = calibrate(pipeline, judge, split.batch(picks)[0], args.flip, args.keep, chosen)
+        units, report = calibrate(pipeline, judge, split.batch(picks)[0], args.flip, args.keep, chosen, args.refused)
     with safe_open(str(args.checkpoint), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
@@ -124,6 +141,7 @@ def run(args: argparse.Namespace) -> None:
     calibration: dict[str, Any] = {
         "command": f"python -m training calibrate-glow {args.checkpoint} --data {args.data} --classifier "
         f"{args.classifier} --attributes {args.attributes} --faces {args.faces} --flip {args.flip} --keep {args.keep} "
+        f"--refused {args.refused} "
         f"--seed {args.seed}",
         "classifier": judge.source,
         "faces": len(picks),
