@@ -7,11 +7,12 @@
   the pipeline at the service's default temperature, judged by the attribute classifier (``--classifier``); the
   classifier's agreement with the same labels on the real faces is the ceiling beside it. Course report 2's c-Glow
   scored under 0.2 here ("the condition failed completely").
-- **manipulation flip and keep rates** for the attributes course report 2 manipulated (Male, Smiling, Pale_Skin,
-  Goatee): each face is moved along the attribute's direction by the pipeline (+1 where the classifier says the face
-  lacks it, -1 where it has it); *flip* is the share whose classifier call for that attribute changes, *keep* the
-  share of the other 39 calls that stay as they were on the unmoved reconstruction (the report found every other
-  attribute dragged towards the mean); a frame that diverged, which the service refuses, counts as neither.
+- **manipulation flip and keep rates** for the attributes the model-quality targets name (Smiling, Male,
+  Eyeglasses, Young): each face is moved along the attribute's direction by the pipeline (+1 where the classifier
+  says the face lacks it, -1 where it has it); *flip* is the share whose classifier call for that attribute
+  changes, *keep* the share of the other 39 calls that stay as they were on the unmoved reconstruction (the report
+  found every other attribute dragged towards the mean); a frame that diverged, which the service refuses, counts
+  as neither.
 - **FID** of pipeline samples at the served temperature with ``--fid`` (added by ``evaluate``).
 """
 
