@@ -12,7 +12,7 @@ export function initInfogan(panel) {
   function describe() {
     const found = effects[code.value];
     effect.textContent = found && found.length
-      ? `In evaluation this code moved ${found.map((item) => `${pretty(item.attribute)} by ${item.spread.toFixed(2)} (category ${item.low_category} to ${item.high_category})`).join(", ")}.`
+      ? `In evaluation this code moved ${found.map((item) => `${pretty(item.attribute)} by ${(item.std ?? item.spread).toFixed(2)} (lowest at category ${item.low_category}, highest at ${item.high_category})`).join(", ")}${found[0].std === undefined ? "" : " (the attribute probability's deviation over the categories, per row of noise)"}.`
       : "";
   }
   code.addEventListener("change", describe);
