@@ -106,14 +106,15 @@ class GlowPipeline(Pipeline):
         inputs = (vectors, eps, torch.full((n,), float(temperature)), pushes)
         return Prepared("sample", inputs, {"attributes": vectors})
 
-    @property
+    @functools.cached_property
     def attribute_means(self) -> torch.Tensor:
         frequencies = self.checkpoint.extras.get(FREQUENCIES_KEY)
         return frequencies.float().cpu() if frequencies is not None else torch.full((len(self.attributes),), 0.5)
 
-    @property
+    @functools.cached_property
     def attribute_covariance(self) -> torch.Tensor:
-        """The training labels' covariance (A, A); without it in the checkpoint, independent attributes."""
+        """The training labels' covariance (A, A), converted once (every conditioned request reads it); without it in
+        the checkpoint, independent attributes."""
         covariance = self.checkpoint.extras.get(COVARIANCE_KEY)
         if covariance is not None:
             return covariance.double().cpu()
