@@ -503,7 +503,7 @@ def heat_map(row_std: torch.Tensor, attributes: list[str], path: Path) -> None:
         figure.colorbar(image, ax=axis, fraction=0.03)
 
 
-@register_evaluator("infogan", metrics=("q_accuracy", "fid_samples"), fid="pipeline")
+@register_evaluator("infogan", metrics=("q_accuracy", "meaningful_codes", "fid_samples"), fid="pipeline")
 def evaluate_infogan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     generator = checkpoint.model_as(InfoGANGenerator)
     metrics: dict[str, Any] = {}
