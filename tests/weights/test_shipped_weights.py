@@ -19,13 +19,13 @@ WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 SHIPPED = sorted(WEIGHTS.glob("*.safetensors"))
 SHIPPED_FAMILIES = {path.stem for path in SHIPPED}
 # Floors for the shipped GANs, well under what was measured, so that sampling error passes and a broken model or a
-# regression in the code does not. ACGAN agreement: 0.81 here, where every attribute is drawn independently from its
-# frequency (as the service draws open ones; combinations real faces rarely show), against README's 0.92 on the
-# validation split's real label vectors. Smiling toggle 0.97 here at the service's default strength 1.5, 0.835 at
-# strength 1 (README: 0.962 and 0.818 over 500 pairs), InfoGAN Q accuracy 0.55 (README).
-ACGAN_MIN_AGREEMENT = 0.75
+# regression in the code does not. ACGAN (all 40 attributes) agreement: 0.85 here, where every attribute is drawn
+# independently from its frequency (as the service draws open ones; combinations real faces rarely show), against
+# README's 0.924 on the validation split's real label vectors. Smiling toggle 0.98 here at the service's default
+# strength 1.5, 0.86 at strength 1 (README: 0.972 and 0.832 over 500 pairs), InfoGAN Q accuracy 0.55 (README).
+ACGAN_MIN_AGREEMENT = 0.8
 ACGAN_MIN_TOGGLE_SUCCESS = 0.9  # at the service's default toggle strength 1.5
-ACGAN_MIN_TOGGLE_SUCCESS_AS_TRAINED = 0.7  # at strength 1
+ACGAN_MIN_TOGGLE_SUCCESS_AS_TRAINED = 0.75  # at strength 1
 INFOGAN_MIN_Q_ACCURACY = 0.4
 # The request that makes a batch of images for each sampling family, and where the images are in its JSON.
 SAMPLE_REQUESTS = {
