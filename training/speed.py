@@ -118,7 +118,10 @@ def run(args: argparse.Namespace) -> None:
                     row[f"{name}_speed_up"] = round(row[name] / row["fp32"], 2)
         results[path.stem] = row
     report = {
-        "command": "python -m training speed " + " ".join(str(p) for p in args.recipes),
+        "command": " ".join(
+            ["python -m training speed", *map(str, args.recipes), f"--steps {args.steps} --warmup {args.warmup}"]
+            + [f"--settings {args.settings}", *(f"--set {item}" for item in args.set)]
+        ),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "steps": args.steps,
         "warmup": args.warmup,

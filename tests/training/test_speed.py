@@ -38,6 +38,7 @@ def test_speed_reports_steps_per_second_for_each_setting(tiny_celeba, tmp_path):
     assert row["fp32"] > 0 and row["bf16"] > 0 and row["fp32_speed_up"] == 1.0
     assert row["bf16_speed_up"] == pytest.approx(row["bf16"] / row["fp32"], abs=0.01)
     assert "bf16+channels_last" not in row and report["steps"] == 3
+    assert report["command"].endswith("--steps 3 --warmup 1 --settings fp32,bf16")
 
 
 def test_speed_refuses_an_unknown_setting(tiny_celeba, tmp_path):
