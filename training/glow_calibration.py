@@ -1,8 +1,7 @@
 """Calibrate the Glow's manipulation strength per attribute: ``python -m training calibrate-glow CHECKPOINT``.
 
 The service moves a face by ``strength x unit x`` the attribute's partial direction. One unit for every attribute
-made +-1 a different change for each: at 2 partial directions the classifier saw Smiling change on 82 % of training
-faces and Young on 25 %. This finds, per attribute, the smallest unit on a fixed ladder at which the classifier's
+made +-1 a different change for each (some attributes flip at 2 partial directions, others need 4). This finds, per attribute, the smallest unit on a fixed ladder at which the classifier's
 call flips on ``--flip`` of the calibration faces (training faces, never the evaluated split), stopping before the
 other 39 calls kept fall under ``--keep`` or more than ``--refused`` of the frames diverge (the service refuses
 those); an attribute that never gets there keeps the last unit that held.
@@ -56,7 +55,7 @@ def calibrate(
     flip_target: float,
     keep_floor: float,
     attributes: list[str] | None = None,
-    refused_ceiling: float = 0.05,
+    refused_ceiling: float = 0.02,
 ) -> tuple[torch.Tensor, dict[str, dict[str, float]]]:
     """(A,) units (those of ``attributes``, default all, calibrated; the others as the pipeline has them), and per
     calibrated attribute the unit with its flip, keep and refusal rates on ``faces``."""
@@ -106,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--refused",
         type=float,
-        default=0.05,
+        default=0.02,
         help="largest share of frames that may diverge (the service refuses them)",
     )
     parser.add_argument("--seed", type=int, default=0)
