@@ -1,11 +1,12 @@
 """Calibrate the Glow's manipulation strength per attribute: ``python -m training calibrate-glow CHECKPOINT``.
 
 The service moves a face by ``strength x unit x`` the attribute's partial direction. One unit for every attribute
-made +-1 a different change for each (some attributes flip at 2 partial directions, others need 4). This finds, per attribute, the smallest unit on a fixed ladder at which the classifier's
-call flips on ``--flip`` of the calibration faces (training faces, never the evaluated split), stopping before the
-other 39 calls kept fall under ``--keep`` or more than ``--refused`` of the frames diverge (the service refuses
-those); an attribute that never gets there keeps the last unit that held.
-The units go into the checkpoint (extra ``manipulation_units``), so strength 1 means "on" (-1 "off") for most faces.
+made +-1 a different change for each (some attributes flip at 2 partial directions, others need 4). This finds,
+per attribute, the smallest unit on a fixed ladder at which the classifier's call flips on ``--flip`` of the
+calibration faces (training faces, never the evaluated split), stopping before the other 39 calls kept fall under
+``--keep`` or more than ``--refused`` of the frames diverge (the service refuses those); an attribute that never
+gets there keeps the last unit that held. The units go into the checkpoint (extra ``manipulation_units``), so
+strength 1 means "on" (-1 "off") for most faces.
 """
 
 from __future__ import annotations
