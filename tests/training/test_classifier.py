@@ -17,7 +17,7 @@ def test_make_grey_is_pils_luma_on_the_chosen_rows_only():
     grey = make_grey(images, torch.tensor([True, False, True]))
     for row in (0, 2):
         picture = Image.fromarray(pixels[row].permute(1, 2, 0).numpy()).convert("L")
-        expected = torch.from_numpy(np.asarray(picture)).float() / 127.5 - 1
+        expected = torch.from_numpy(np.array(picture)).float() / 127.5 - 1
         for channel in range(3):  # PIL rounds to whole levels: within one level of the exact luma
             torch.testing.assert_close(grey[row, channel], expected, atol=1 / 127.5 + 1e-6, rtol=0)
     assert torch.equal(grey[1], images[1])

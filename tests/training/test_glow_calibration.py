@@ -86,12 +86,12 @@ def test_the_ladder_stops_at_enough_flips_and_before_the_others_drift(monkeypatc
     import training.glow_calibration as calibration
 
     def rates(pipeline, judge, latents, before, index, unit):
-        return [(unit / 3, 1.0, 0.0), (0.5, 1 - unit / 20, 0.0), (0.0, 1.0, 0.0), (0.5, 1.0, unit / 40)][index]
+        return [(unit / 3, 1.0, 0.0), (0.5, 1 - unit / 20, 0.0), (0.0, 1.0, 0.0), (0.5, 1.0, unit / 100)][index]
 
     monkeypatch.setattr(calibration, "flip_and_keep", rates)
     stub = Passthrough()
     units, report = calibration.calibrate(stub, stub, torch.zeros(4, 3, 8, 8), flip_target=0.9, keep_floor=0.85)
-    # 3 / 3 flips enough; 1 - 3.5 / 20 < 0.85; nothing flips: the top; 2.5 / 40 > 0.05 of the frames diverge
+    # 3 / 3 flips enough; 1 - 3.5 / 20 < 0.85; nothing flips: the top; 2.5 / 100 > 0.02 of the frames diverge
     assert units.tolist() == [3.0, 3.0, LADDER[-1], 2.0]
     assert report["Reaches"] == {"unit": 3.0, "flip": 1.0, "keep": 1.0, "refused": 0.0}
     assert report["DragsOthers"]["keep"] == 0.85
