@@ -72,6 +72,8 @@ class GANRecipe:
     attributes: list[str] | None = None  # the checkpoint's `attributes` (None: the data set's 40 names)
     extras: Callable[[], dict[str, torch.Tensor]] | None = None  # extra tensors to save, called at each save
     summary_columns: list[str] = field(default_factory=list)  # columns whose last-epoch mean goes into `metrics`
+    # random streams the losses draw from (e.g. augmentations), saved with the train state so a resume is exact
+    generators: dict[str, torch.Generator] = field(default_factory=dict)
 
 
 def add_gan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +152,7 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     state: TrainState = {
         "modules": {"generator": generator, "discriminator": discriminator, "shipped": shipped},
         "optimizers": {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
-        "generators": {"order": order, "noise": noise_generator},
+        "generators": {"order": order, "noise": noise_generator, **recipe.generators},
     }
     barrier(world)  # rank 0 made the run folder
     position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)

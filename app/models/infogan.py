@@ -112,10 +112,20 @@ class InfoGANDiscriminator(nn.Module):
         """Q's head on body features: (N, n_codes, n_categories) logits."""
         return self.q_head(features).view(-1, self.config.n_codes, self.config.n_categories)
 
-    def forward(self, images: torch.Tensor, detach_q: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``detach_q``: Q's head reads the body's features without passing gradients back into the body."""
+    def forward(
+        self, images: torch.Tensor, detach_q: bool = False, q_images: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``detach_q``: Q's head reads the body's features without passing gradients back into the body.
+        ``q_images``: Q reads these (same batch, e.g. augmented copies of ``images``) instead of ``images``."""
         features = self.body(images)
-        return self.real_fake_head(features).flatten(), self.code_logits(features.detach() if detach_q else features)
+        if q_images is None:
+            q_features = features
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_q):
+                q_features = self.body(q_images)
+        return self.real_fake_head(features).flatten(), self.code_logits(
+            q_features.detach() if detach_q else q_features
+        )
 
 
 # The D/Q module is training-only, but evaluation measures Q's accuracy on fresh samples, so trainers save its

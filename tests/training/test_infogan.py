@@ -22,7 +22,7 @@ from tests.families.gans import post_infogan as post
 from tests.families.gans import tiny_infogan as tiny_generator
 from training.__main__ import main
 from training.evaluate_gans import AttributeJudge, code_effects, q_accuracy, top_effects
-from training.infogan import add_arguments, infogan_recipe
+from training.infogan import add_arguments, augment_for_q, infogan_recipe
 
 torch.set_num_threads(1)
 
@@ -182,6 +182,20 @@ def test_the_d_q_step_trains_q_head_on_the_codes_but_not_the_body():
         "the shared body learns the real/fake task only"
     )
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.q_head.parameters())
+
+
+def test_q_augmentation_moves_each_image_its_own_way_within_the_range():
+    images = (torch.rand(1, 3, 16, 16) * 2 - 1).expand(4, 3, 16, 16).contiguous()
+    views = augment_for_q(images, 0.125, torch.Generator().manual_seed(0))
+    assert views.shape == images.shape
+    assert views.min() >= images.min() - 1e-6 and views.max() <= images.max() + 1e-6  # convex combinations only
+    assert all(not torch.allclose(views[0], views[i], atol=1e-3) for i in range(1, 4))  # per image, not per batch
+    assert torch.equal(views, augment_for_q(images, 0.125, torch.Generator().manual_seed(0)))  # its stream decides
+    flat = torch.full((2, 3, 16, 16), 0.3)
+    assert torch.allclose(augment_for_q(flat, 0.125, torch.Generator().manual_seed(1)), flat)
+    # the low-pass: a one-pixel checkerboard (a pattern G could hide a code in) is gone at strength 0
+    checker = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2).float().expand(1, 3, 16, 16) * 2 - 1
+    assert augment_for_q(checker, 0.0, torch.Generator()).abs().max() < 1e-5
 
 
 def test_code_effects_find_the_code_that_moves_an_attribute():

@@ -23,6 +23,9 @@ TINY = {
         "warmup": "3",
     },
     "dcgan": {"latent-dim": "8", "g-width": "4", "d-width": "4", "ema": "0.9"},
+    # q-augment: the augmentation stream is restored too
+    "infogan": {"latent-dim": "8", "codes": "2", "categories": "3", "q-hidden": "4", "g-width": "4", "d-width": "4"}
+    | {"q-augment": "0.1"},
 }
 
 
@@ -39,7 +42,7 @@ def read_rows(path):
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("family", ["vae", "classifier", "glow", "dcgan"])
+@pytest.mark.parametrize("family", list(TINY))
 def test_a_resumed_run_takes_the_same_steps_as_an_uninterrupted_one(family, tiny_celeba, tmp_path):
     recipe = write_recipe(tmp_path, tiny_celeba, family)
     runs = tmp_path / "runs"
