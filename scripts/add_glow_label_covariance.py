@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from safetensors import safe_open
 
-from app.models.checkpoint import EXTRA_PREFIX, write_safetensors
+from app.models.checkpoint import amend_checkpoint, read_metadata
 from app.models.glow import COVARIANCE_KEY
 from app.models.preprocess import PreprocessSpec
 from training.data import load_split
@@ -25,12 +24,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="the CelebA folder the checkpoint was trained on")
     parser.add_argument("--out", help="where to write (default: rewrite the checkpoint in place)")
     args = parser.parse_args()
-    with safe_open(args.checkpoint, framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    train = load_split(args.data, "train", PreprocessSpec.from_json(metadata["preprocess"]), None)
-    tensors[EXTRA_PREFIX + COVARIANCE_KEY] = torch.cov(train.attributes.float().T).contiguous()
-    write_safetensors(args.out or args.checkpoint, tensors, metadata)
+    train = load_split(args.data, "train", PreprocessSpec.from_json(read_metadata(args.checkpoint)["preprocess"]), None)
+    amend_checkpoint(args.checkpoint, extras={COVARIANCE_KEY: torch.cov(train.attributes.float().T)}, out=args.out)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
-from app.models.checkpoint import EXTRA_PREFIX, load_checkpoint, update_metrics, write_safetensors
+from app.models.checkpoint import amend_checkpoint, load_checkpoint
 from app.models.glow import MANIPULATION_UNITS_KEY
 from app.models.pipelines import build_pipeline
 from app.models.pipelines.glow import GlowPipeline
@@ -133,11 +132,6 @@ def run(args: argparse.Namespace) -> None:
     picks = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[: args.faces]
     with torch.inference_mode():
         units, report = calibrate(pipeline, judge, split.batch(picks)[0], args.flip, args.keep, chosen, args.refused)
-    with safe_open(str(args.checkpoint), framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    tensors[EXTRA_PREFIX + MANIPULATION_UNITS_KEY] = units.float().contiguous()
-    write_safetensors(args.checkpoint, tensors, metadata)
     calibration: dict[str, Any] = {
         "command": f"python -m training calibrate-glow {args.checkpoint} --data {args.data} --classifier "
         f"{args.classifier} --attributes {args.attributes} --faces {args.faces} --flip {args.flip} --keep {args.keep} "
@@ -147,5 +141,9 @@ def run(args: argparse.Namespace) -> None:
         "faces": len(picks),
         "per_attribute": {**checkpoint.metrics.get("manipulation_calibration", {}).get("per_attribute", {}), **report},
     }
-    update_metrics(args.checkpoint, {"manipulation_calibration": calibration})
+    amend_checkpoint(
+        args.checkpoint,
+        extras={MANIPULATION_UNITS_KEY: units.float()},
+        metrics={"manipulation_calibration": calibration},
+    )
     print(f"{args.checkpoint}: manipulation units calibrated for {len(report)} attributes")

@@ -194,13 +194,26 @@ def load_checkpoint(
     )
 
 
-def update_metrics(path: str | Path, new_metrics: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``new_metrics`` into a checkpoint's ``metrics`` metadata, rewriting the file atomically."""
-    path = Path(path)
+def amend_checkpoint(
+    path: str | Path,
+    *,
+    extras: dict[str, torch.Tensor] | None = None,
+    metrics: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Add or replace extra tensors and merge ``metrics`` into a checkpoint's metadata, in one atomic rewrite of the
+    file (or a write to ``out``); every other tensor and metadata entry is kept. Returns the merged metrics."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    metrics = {**json.loads(metadata.get("metrics", "{}")), **new_metrics}
-    metadata["metrics"] = json.dumps(metrics, sort_keys=True)
-    write_safetensors(path, tensors, metadata)
-    return metrics
+    for name, tensor in (extras or {}).items():
+        tensors[EXTRA_PREFIX + name] = tensor.detach().cpu().contiguous()
+    merged = {**json.loads(metadata.get("metrics", "{}")), **(metrics or {})}
+    metadata["metrics"] = json.dumps(merged, sort_keys=True)
+    write_safetensors(out or path, tensors, metadata)
+    return merged
+
+
+def update_metrics(path: str | Path, new_metrics: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``new_metrics`` into a checkpoint's ``metrics`` metadata, rewriting the file atomically."""
+    return amend_checkpoint(path, metrics=new_metrics)

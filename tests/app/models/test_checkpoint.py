@@ -11,7 +11,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from app.models import build_model
-from app.models.checkpoint import REQUIRED_METADATA, CheckpointError, load_checkpoint, save_checkpoint, update_metrics
+from app.models.checkpoint import (
+    REQUIRED_METADATA,
+    CheckpointError,
+    amend_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    update_metrics,
+)
 from app.models.preprocess import PreprocessSpec
 from tests.conftest import TINY_CONFIGS
 
@@ -58,6 +65,22 @@ def test_update_metrics_merges(saved):
     update_metrics(path, {"valid_mse": 0.02})
     update_metrics(path, {"other": 1})
     assert load_checkpoint(path).metrics == {"valid_mse": 0.02, "other": 1}
+
+
+def test_amend_adds_extras_and_metrics_in_one_write_keeping_the_rest(saved, tmp_path):
+    path, model = saved
+    update_metrics(path, {"valid_mse": 0.02})
+    out = tmp_path / "amended.safetensors"
+    merged = amend_checkpoint(path, extras={"units": torch.tensor([1.5, 2.0])}, metrics={"calibrated": 2}, out=out)
+    assert merged == {"valid_mse": 0.02, "calibrated": 2}
+    amended, original = load_checkpoint(out), load_checkpoint(path)
+    assert "units" not in original.extras  # ``out`` leaves the source as it was
+    assert torch.equal(amended.extras["units"], torch.tensor([1.5, 2.0]))
+    assert torch.equal(amended.extras["direction"], torch.ones(3)) and amended.metrics == merged
+    for name, tensor in original.model.state_dict().items():
+        assert torch.equal(amended.model.state_dict()[name], tensor), name
+    amend_checkpoint(out, extras={"units": torch.zeros(2)})  # replaces in place; metrics kept
+    assert torch.equal(load_checkpoint(out).extras["units"], torch.zeros(2)) and load_checkpoint(out).metrics == merged
 
 
 def test_missing_file(tmp_path):
