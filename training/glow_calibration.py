@@ -12,6 +12,7 @@ strength 1 means "on" (-1 "off") for most faces.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,19 @@ LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)  # units 
 
 
 def flip_and_keep(
-    pipeline: GlowPipeline, judge: AttributeJudge, latents: torch.Tensor, before: torch.Tensor, index: int, unit: float
+    pipeline: GlowPipeline,
+    calls: Callable[[torch.Tensor], torch.Tensor],
+    latents: torch.Tensor,
+    push: torch.Tensor,
+    before: torch.Tensor,
+    index: int,
+    unit: float,
 ) -> tuple[float, float, float]:
-    """Moving each face by ``unit`` towards the other value of attribute ``index``: the share whose call of it flips,
-    the share of the other calls that stay, and the share of frames that diverge (refused by the service; they count
-    as neither flipped nor kept)."""
-    columns = judge.columns(pipeline.attributes)
-    sign = 1 - 2 * before[:, index]  # +1 towards having it, -1 towards lacking it
-    effect = pipeline.attribute_effects[index].to(latents.dtype)
-    images, refused = decode_checked(pipeline, latents + (sign * unit)[:, None] * effect)
-    after = (batched(judge.probabilities, images)[:, columns] > 0.5).float()
+    """Moving each face by ``unit`` x its ``push`` (attribute ``index``'s effect, signed towards its other value): the
+    share whose call of it flips, the share of the other calls that stay, and the share of frames that diverge
+    (refused by the service; they count as neither flipped nor kept). ``calls``: images -> (N, A) 0/1 calls."""
+    images, refused = decode_checked(pipeline, latents + unit * push)
+    after = calls(images)
     others = [k for k in range(before.shape[1]) if k != index]
     flip = ((after[:, index] != before[:, index]) & ~refused).float().mean().item()
     keep = ((after[:, others] == before[:, others]) & ~refused[:, None]).float().mean().item()
@@ -60,15 +64,20 @@ def calibrate(
     """(A,) units (those of ``attributes``, default all, calibrated; the others as the pipeline has them), and per
     calibrated attribute the unit with its flip, keep and refusal rates on ``faces``."""
     columns = judge.columns(pipeline.attributes)
+
+    def calls(images: torch.Tensor) -> torch.Tensor:
+        return (batched(judge.probabilities, images)[:, columns] > 0.5).float()
+
     latents = batched(lambda x: pipeline.run("encode", (x,))[0], faces)
-    reconstructions = batched(lambda z: pipeline.run("decode", (z,))[0], latents)
-    before = (batched(judge.probabilities, reconstructions)[:, columns] > 0.5).float()
+    before = calls(batched(lambda z: pipeline.run("decode", (z,))[0], latents))
     units, report = pipeline.manipulation_units.clone(), {}
     for name in attributes or pipeline.attributes:
         index = pipeline.attributes.index(name)
+        sign = 1 - 2 * before[:, index]  # +1 towards having it, -1 towards lacking it
+        push = sign[:, None] * pipeline.attribute_effects[index].to(latents.dtype)
         chosen: tuple[float, float, float, float] | None = None
         for unit in LADDER:
-            flip, keep, refused = flip_and_keep(pipeline, judge, latents, before, index, unit)
+            flip, keep, refused = flip_and_keep(pipeline, calls, latents, push, before, index, unit)
             if (keep < keep_floor or refused > refused_ceiling) and chosen is not None:
                 break  # further drags the other attributes along or breaks frames: keep the last unit that did not
             chosen = (unit, flip, keep, refused)

@@ -71,6 +71,7 @@ class Passthrough:
 
     attributes = ["Reaches", "DragsOthers", "NeverFlips", "Diverges"]
     manipulation_units = torch.full((4,), 2.0)
+    attribute_effects = torch.zeros(4, 1)
 
     def run(self, operation, inputs):
         return (inputs[0],)
@@ -85,7 +86,7 @@ class Passthrough:
 def test_the_ladder_stops_at_enough_flips_and_before_the_others_drift(monkeypatch):
     import training.glow_calibration as calibration
 
-    def rates(pipeline, judge, latents, before, index, unit):
+    def rates(pipeline, calls, latents, push, before, index, unit):
         return [(unit / 3, 1.0, 0.0), (0.5, 1 - unit / 20, 0.0), (0.0, 1.0, 0.0), (0.5, 1.0, unit / 100)][index]
 
     monkeypatch.setattr(calibration, "flip_and_keep", rates)
