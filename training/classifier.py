@@ -41,11 +41,9 @@ from .train_state import (
     RunPosition,
     TrainState,
     fast_forward,
-    load_rank_streams,
-    load_train_state,
+    load_run_state,
     rng_streams,
-    save_rank_streams,
-    save_train_state,
+    save_run_state,
 )
 
 
@@ -199,9 +197,7 @@ def train(args: argparse.Namespace) -> None:
         "generators": {"order": order, "flips": flips, "greys": greys, **rng_streams(device)},
     }
     barrier(world)
-    position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
-    if args.resume:
-        load_rank_streams(out_dir, world.rank, position.epoch, rng_streams(device))
+    position = load_run_state(out_dir, world.rank, state) if args.resume else RunPosition(0, 0, 0.0)
     fast_forward(scheduler, min(position.step, max(0, total_steps - 1)))  # as the loop steps it (below)
     log, epoch_rows = None, []
     epochs_csv = out_dir / "valid.csv"
@@ -292,8 +288,7 @@ def train(args: argparse.Namespace) -> None:
                     + (f", grey with probability {args.grey_probability:g}" if args.grey_probability else ""),
                 },
             )
-            save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
-        save_rank_streams(out_dir, world.rank, epoch, rng_streams(device))
+        save_run_state(out_dir, world.rank, RunPosition(epoch, step, time.time() - started), state)
         barrier(world)
         if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break

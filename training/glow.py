@@ -47,11 +47,9 @@ from .train_state import (
     RunPosition,
     TrainState,
     fast_forward,
-    load_rank_streams,
-    load_train_state,
+    load_run_state,
     rng_streams,
-    save_rank_streams,
-    save_train_state,
+    save_run_state,
 )
 
 PREVIEW_TEMPERATURES = (0.5, 0.7, 1.0)
@@ -198,9 +196,7 @@ def train(args: argparse.Namespace) -> None:
         "generators": {"order": order, "noise": noise, **rng_streams(device)},
     }
     barrier(world)
-    position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
-    if args.resume:
-        load_rank_streams(out_dir, world.rank, position.epoch, rng_streams(device))
+    position = load_run_state(out_dir, world.rank, state) if args.resume else RunPosition(0, 0, 0.0)
     fast_forward(scheduler, position.step)
     log = (
         StepLog(
@@ -298,8 +294,7 @@ def train(args: argparse.Namespace) -> None:
                 extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies, COVARIANCE_KEY: covariance},
                 dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
             )
-            save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
-        save_rank_streams(out_dir, world.rank, epoch, rng_streams(device))
+        save_run_state(out_dir, world.rank, RunPosition(epoch, step, time.time() - started), state)
         barrier(world)
         if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break

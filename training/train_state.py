@@ -100,20 +100,12 @@ def rank_streams_file(directory: Path, rank: int) -> Path:
     return directory / f"train_state.rank{rank}.safetensors"
 
 
-def save_rank_streams(directory: Path, rank: int, epoch: int, streams: dict[str, torch.Generator]) -> None:
-    """Under torchrun, ranks other than 0 draw dropout and reparameterisation noise from their own seeds
-    (:func:`training.common.seed_rank`); each writes its global streams beside rank 0's train state, so a resumed
-    run with several processes continues step for step too. Rank 0's streams are in the train state itself."""
-    if rank == 0:
-        return
+def _save_rank_streams(directory: Path, rank: int, epoch: int, streams: dict[str, torch.Generator]) -> None:
     tensors = {f"rng.{name}": generator.get_state() for name, generator in streams.items()}
     write_safetensors(rank_streams_file(directory, rank), tensors, {"epoch": str(epoch)})
 
 
-def load_rank_streams(directory: Path, rank: int, epoch: int, streams: dict[str, torch.Generator]) -> None:
-    """Restore what :func:`save_rank_streams` wrote for this rank at ``epoch``; refuses a file of another epoch."""
-    if rank == 0:
-        return
+def _load_rank_streams(directory: Path, rank: int, epoch: int, streams: dict[str, torch.Generator]) -> None:
     path = rank_streams_file(directory, rank)
     if not path.is_file():
         raise SystemExit(
@@ -127,6 +119,24 @@ def load_rank_streams(directory: Path, rank: int, epoch: int, streams: dict[str,
         raise SystemExit(f"--resume: {path} is of epoch {saved_epoch}, the train state of epoch {epoch}")
     for name, generator in streams.items():
         generator.set_state(tensors[f"rng.{name}"])
+
+
+def save_run_state(directory: Path, rank: int, position: RunPosition, state: TrainState) -> None:
+    """After an epoch, on every rank: rank 0 writes the train state; each other rank writes its random streams beside
+    it. Under torchrun, ranks other than 0 draw dropout and reparameterisation noise from their own seeds
+    (:func:`training.common.seed_rank`), so a run of several processes resumes step for step only with them."""
+    if rank == 0:
+        save_train_state(directory, position, **state)
+    else:
+        _save_rank_streams(directory, rank, position.epoch, state["generators"])
+
+
+def load_run_state(directory: Path, rank: int, state: TrainState) -> RunPosition:
+    """Restore what :func:`save_run_state` wrote, for this rank; refuses rank files of another epoch."""
+    position = load_train_state(directory, **state)
+    if rank != 0:
+        _load_rank_streams(directory, rank, position.epoch, state["generators"])
+    return position
 
 
 def load_train_state(

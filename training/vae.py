@@ -35,11 +35,9 @@ from .train_state import (
     RunPosition,
     TrainState,
     fast_forward,
-    load_rank_streams,
-    load_train_state,
+    load_run_state,
     rng_streams,
-    save_rank_streams,
-    save_train_state,
+    save_run_state,
 )
 
 
@@ -146,9 +144,7 @@ def train(args: argparse.Namespace) -> None:
         "generators": {"order": order, **rng_streams(device)},
     }
     barrier(world)
-    position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
-    if args.resume:
-        load_rank_streams(out_dir, world.rank, position.epoch, rng_streams(device))
+    position = load_run_state(out_dir, world.rank, state) if args.resume else RunPosition(0, 0, 0.0)
     fast_forward(scheduler, position.step)
     log = (
         StepLog(out_dir / "losses.csv", ["loss", "mse", "kl"], position.step if args.resume else None)
@@ -203,8 +199,7 @@ def train(args: argparse.Namespace) -> None:
                     args, images=len(train_split), epochs_done=epoch, steps=step, started=started, device=device
                 ),
             )
-            save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
-        save_rank_streams(out_dir, world.rank, epoch, rng_streams(device))
+        save_run_state(out_dir, world.rank, RunPosition(epoch, step, time.time() - started), state)
         barrier(world)
         if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break
