@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.api.routes.page import STATIC_DIR
+from app.models.pipelines.glow import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
 
 TEXT_FILES = sorted(path for path in STATIC_DIR.rglob("*") if path.suffix in {".html", ".css", ".js", ".svg"})
 # An absolute URL anywhere (http://host, https://host, protocol-relative //host.tld/...) would break offline use.
@@ -32,6 +33,14 @@ def test_every_file_the_page_names_is_served(client):
     for example in (STATIC_DIR / "examples").glob("*.jpg"):
         response = client.get(f"/static/examples/{example.name}")
         assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+
+
+def test_the_glow_temperature_slider_starts_where_the_api_does():
+    html = (STATIC_DIR / "index.html").read_text()
+    slider = re.search(r'<input id="glow-temperature"[^>]*>', html)
+    assert slider is not None
+    assert f'value="{DEFAULT_TEMPERATURE}"' in slider.group() and f'max="{MAX_TEMPERATURE}"' in slider.group()
+    assert f'<output for="glow-temperature">{DEFAULT_TEMPERATURE}</output>' in html
 
 
 def test_every_module_import_resolves():

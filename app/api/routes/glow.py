@@ -24,7 +24,13 @@ from app.api.routes.generate import resolve_seed
 from app.api.uploads import AlignForm, FaceReport, FacesDep, nonfinite_rows, read_upload_batch, refuse_rows
 from app.imaging import base64_pngs, gif_bytes, grid_png
 from app.models.attributes import check_attribute_names
-from app.models.pipelines.glow import DEFAULT_CONDITION_STRENGTH, MAX_CONDITION_STRENGTH, MAX_TEMPERATURE, GlowPipeline
+from app.models.pipelines.glow import (
+    DEFAULT_CONDITION_STRENGTH,
+    DEFAULT_TEMPERATURE,
+    MAX_CONDITION_STRENGTH,
+    MAX_TEMPERATURE,
+    GlowPipeline,
+)
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 
 router = APIRouter(tags=["glow"])
@@ -44,7 +50,7 @@ class GlowRequest(StrictModel):
         None, ge=0, lt=MAX_SEED + 1, description="same seed, same images; omitted: random, reported"
     )
     temperature: float = Field(
-        0.7,
+        DEFAULT_TEMPERATURE,
         ge=0.0,
         le=MAX_TEMPERATURE,
         description="scale of the prior's standard deviations: lower is "
@@ -70,7 +76,7 @@ class GlowRequest(StrictModel):
                 {
                     "n": 8,
                     "seed": 42,
-                    "temperature": 0.7,
+                    "temperature": DEFAULT_TEMPERATURE,
                     "attributes": {"Smiling": True, "Male": False},
                     "format": "png",
                 },

@@ -18,6 +18,7 @@ from .base import ENCODE, SAMPLE, SCORE, Pipeline, Prepared, finite_images, regi
 LIKELIHOOD_DRAWS = 32  # attribute vectors averaged over for the marginal likelihood of an unlabelled upload
 LIKELIHOOD_SEED = 0  # fixed: the same image always gets the same bits/dim
 MAX_TEMPERATURE = 1.5
+DEFAULT_TEMPERATURE = 0.7
 # How far a requested attribute moves a sample, in units of the move from the training mean latent to the mean latent
 # of faces with (without) it: a little beyond 1, where the project's classifier finds every attribute it can judge
 # obeyed with no sample degenerating (figures in the README, from `python -m training evaluate`).
@@ -65,7 +66,7 @@ class GlowPipeline(Pipeline):
         n: int,
         seed: int,
         attributes: dict[str, bool] | None = None,
-        temperature: float = 0.7,
+        temperature: float = DEFAULT_TEMPERATURE,
         strength: float = DEFAULT_CONDITION_STRENGTH,
     ) -> Prepared:
         """``n`` samples with the requested ``attributes`` (the others drawn from the training frequencies).
