@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import platform
 import random
 import subprocess
@@ -71,6 +72,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     """
     if args.threads:
         torch.set_num_threads(args.threads)
+    code_version()
     world, device = init_world(resolve_device(args.device))
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -139,7 +141,10 @@ def run_dir(args: argparse.Namespace) -> Path:
     return path
 
 
+@functools.cache
 def code_version() -> str:
+    """The commit this process started from (asked once: :func:`setup` asks before training, so a commit made while
+    a long run trains does not relabel its checkpoints)."""
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=5

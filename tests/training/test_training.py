@@ -214,3 +214,21 @@ def test_lr_decay_after_sets_both_optimizers_rates_each_epoch(tiny_celeba, tmp_p
     assert options["lr_decay_after"] == 0 and options["lr"] == 0.01 and options["g_width"] == 4
     with pytest.raises(SystemExit, match=r"--lr-decay-after must be in \[0, --epochs\), got 2 with --epochs 2"):
         run_training("dcgan", tiny_celeba, tmp_path, "--lr-decay-after", "2")
+
+
+def test_code_version_is_the_commit_the_run_started_from(monkeypatch):
+    """A commit made while a long run trains must not relabel the run's later checkpoints."""
+    import subprocess
+
+    from training import common
+
+    heads = iter(["1111111\n", "2222222\n"])
+    monkeypatch.setattr(
+        subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=next(heads), stderr="")
+    )
+    common.code_version.cache_clear()
+    try:
+        assert common.code_version() == "1111111"
+        assert common.code_version() == "1111111"  # asked again later: still the start's commit
+    finally:
+        common.code_version.cache_clear()
