@@ -89,7 +89,9 @@ def test_shipped_vae_reconstructs_real_faces(face_paths):
     # Far better than painting each face its own mean colour: the model has learned faces.
     flat_colour_error = faces.flatten(2).var(dim=2, unbiased=False).mean(1)
     assert errors.mean() < 0.5 * flat_colour_error.mean(), (errors, flat_colour_error)
-    assert checkpoint.metrics["valid_mse"] < 0.1
+    assert errors.mean() < 0.05, errors  # the shipped model: 0.034 on these four
+    # the model-quality floors, as `training evaluate` measured them on the validation split
+    assert checkpoint.metrics["valid_mse"] <= 0.025 and checkpoint.metrics["fid_samples"] <= 110
 
 
 @pytest.mark.skipif(not {"acgan", "classifier"} <= SHIPPED_FAMILIES, reason="needs the shipped acgan and classifier")
