@@ -12,6 +12,7 @@ import torch
 from app.models.checkpoint import load_checkpoint
 from app.models.glow import DIRECTIONS_KEY
 from app.models.pipelines.base import SAMPLE, families_with
+from app.models.pipelines.glow import DEFAULT_TEMPERATURE
 from tests.conftest import write_tiny_checkpoint
 from training.__main__ import discover_trainers, main
 from training.evaluate import EVALUATORS
@@ -81,6 +82,6 @@ def test_glow_evaluator_reports_bits_agreement_manipulation_and_fid(tiny_celeba,
     assert set(obeyed) == {"Smiling", "Male", "Eyeglasses", "Blond_Hair", "Young"}
     assert all(0 <= value <= 1 for value in obeyed.values()) and metrics["condition_obeyed_min"] == min(obeyed.values())
     assert 0 <= metrics["manipulation_flip"] <= 1 and 0 <= metrics["manipulation_keep"] <= 1
-    assert metrics["fid_temperature"] == 0.7 and metrics["fid_samples"] > 0
+    assert metrics["fid_temperature"] == DEFAULT_TEMPERATURE and metrics["fid_samples"] > 0
     for figure in ("samples.png", "conditional_samples.png", "manipulation.png"):
         assert (tmp_path / "eval" / figure).is_file()
