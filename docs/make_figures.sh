@@ -13,8 +13,8 @@ post /generate/dcgan '{"n": 32, "seed": 1}' dcgan_samples.png
 post /generate/acgan '{"n": 8, "seed": 1, "toggle": "Smiling"}' acgan_smiling_pairs.png
 post /generate/acgan '{"n": 8, "seed": 1, "toggle": "Smiling", "strength": 1}' acgan_smiling_pairs_strength1.png
 post /generate/acgan '{"n": 8, "seed": 2, "toggle": "Male"}' acgan_male_pairs.png
-# code 0 is the one whose sweep moves a classifier attribute most (strongest_code_effect in the checkpoint's metrics)
-post /generate/infogan '{"rows": 4, "code": 0, "seed": 1}' infogan_code0.png
+# the shipped model's three codes (what each moves: code_effects in the checkpoint's metrics)
+for code in 0 1 2; do post /generate/infogan "{\"rows\": 4, \"code\": $code, \"seed\": 1}" infogan_code$code.png; done
 post /generate/glow '{"n": 16, "seed": 1, "temperature": 0.25}' glow_samples.png
 curl -sf -X POST "$URL/glow/interpolate" -F face_a=@$faces/000001.jpg -F face_b=@$faces/182637.jpg -F steps=8 \
      -o glow_interpolation.png && echo glow_interpolation.png
