@@ -110,6 +110,16 @@ def batched(function: Callable[..., torch.Tensor], *inputs: torch.Tensor, batch_
     return torch.cat([function(*(t[i : i + batch_size] for t in inputs)).cpu() for i in starts])
 
 
+def attribute_calls(
+    judge: AttributeJudge, images: torch.Tensor, columns: list[int], device: torch.device | None = None
+) -> torch.Tensor:
+    """The judge's 0/1 calls (N, len(columns)) of its outputs ``columns`` on ``images``, in batches moved to
+    ``device`` (the judge's), gathered on the CPU."""
+    return batched(
+        lambda x: judge.probabilities(x if device is None else x.to(device))[:, columns] > 0.5, images
+    ).float()
+
+
 def device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 

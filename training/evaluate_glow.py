@@ -30,7 +30,7 @@ from app.models.pipelines.glow import GlowPipeline
 
 from .common import save_grid
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
-from .evaluate_gans import batched, classifier_path, load_judge
+from .evaluate_gans import attribute_calls, batched, classifier_path, load_judge
 
 MANIPULATED = ("Smiling", "Male", "Eyeglasses", "Young")  # the attributes the model-quality targets name
 CONDITIONED = ("Smiling", "Male", "Eyeglasses", "Blond_Hair", "Young")  # asked on and off, the others left open
@@ -88,7 +88,7 @@ def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pat
     columns = judge.columns(names)
 
     def calls(images: torch.Tensor) -> torch.Tensor:
-        return batched(lambda x: judge.probabilities(x.to(device))[:, columns] > 0.5, images).float()
+        return attribute_calls(judge, images, columns, device)
 
     # one attribute requested on or off, the others open: what a user of the service asks
     obeyed = {}

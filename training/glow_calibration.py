@@ -25,7 +25,7 @@ from app.models.pipelines.glow import GlowPipeline
 
 from .common import resolve_device
 from .data import load_split
-from .evaluate_gans import AttributeJudge, batched, load_judge
+from .evaluate_gans import AttributeJudge, attribute_calls, batched, load_judge
 from .evaluate_glow import decode_checked
 from .registry import register_trainer
 
@@ -66,7 +66,7 @@ def calibrate(
     columns = judge.columns(pipeline.attributes)
 
     def calls(images: torch.Tensor) -> torch.Tensor:
-        return (batched(judge.probabilities, images)[:, columns] > 0.5).float()
+        return attribute_calls(judge, images, columns, pipeline.device)
 
     latents = batched(lambda x: pipeline.run("encode", (x,))[0], faces)
     before = calls(batched(lambda z: pipeline.run("decode", (z,))[0], latents))

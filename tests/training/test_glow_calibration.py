@@ -72,6 +72,7 @@ class Passthrough:
     attributes = ["Reaches", "DragsOthers", "NeverFlips", "Diverges"]
     manipulation_units = torch.full((4,), 2.0)
     attribute_effects = torch.zeros(4, 1)
+    device = torch.device("cpu")
 
     def run(self, operation, inputs):
         return (inputs[0],)
