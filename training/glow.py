@@ -13,15 +13,17 @@ a neutral y" choice to make, and the service applies the directions to uploads w
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from app.models.attributes import FREQUENCIES_KEY
-from app.models.checkpoint import save_checkpoint
+from app.models.checkpoint import file_sha256, load_checkpoint, read_metadata, save_checkpoint
 from app.models.glow import COVARIANCE_KEY, DIRECTIONS_KEY, Glow, GlowConfig
 
 from .common import (
@@ -78,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--direction-images", type=int, default=2000, help="training faces averaged for the attribute directions"
     )
+    parser.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from this Glow checkpoint's weights (same architecture; --y-condition may differ) instead of a "
+        "fresh initialisation: more epochs for a shipped model without repeating the ones it has had",
+    )
 
 
 def learning_rate_factor(step: int, warmup: int, total: int) -> float:
@@ -130,6 +138,37 @@ def attribute_directions(
     return ((mean_with - mean_without) * present[:, None]).float()
 
 
+def load_initial_weights(model: Glow, path: str) -> None:
+    """Copy a Glow checkpoint's weights into ``model`` (its actnorms then count as initialised). Only the class
+    head's loss weight may differ between the two configs: every other field changes the tensors or what they mean."""
+    checkpoint = load_checkpoint(path)
+    source = GlowConfig(**checkpoint.config)
+    differing = [
+        name
+        for name in asdict(source)
+        if name != "y_condition" and getattr(source, name) != getattr(model.config, name)
+    ]
+    if differing:
+        raise SystemExit(
+            f"--init-from {path}: its config differs in {', '.join(differing)} "
+            f"({', '.join(f'{name}={getattr(source, name)!r}' for name in differing)}); give the same options"
+        )
+    model.load_state_dict(checkpoint.model_as(Glow).state_dict())
+
+
+def initial_weights_record(path: str) -> dict[str, object]:
+    """What a warm-started checkpoint records of its starting weights: the file, its digest and its own training."""
+    metadata = read_metadata(path)
+    earlier = json.loads(metadata.get("training", "{}"))
+    return {
+        "checkpoint": Path(path).name,
+        "sha256": file_sha256(path)[:12],
+        "epochs": earlier.get("epochs"),
+        "steps": earlier.get("steps"),
+        **({"init_from": earlier["init_from"]} if "init_from" in earlier else {}),
+    }
+
+
 def plot_curves(log: StepLog, valid: list[tuple[int, float]], path: Path, smooth: int = 25) -> None:
     """Train bits/dim (moving average) with validation bits/dim at each epoch's end; the class head's bits beside."""
     with saved_figure(path, panels=2) as (_, (left, right)):
@@ -160,6 +199,8 @@ def train(args: argparse.Namespace) -> None:
         y_condition=args.y_condition,
     )
     model = Glow(config).to(device)
+    if args.init_from:
+        load_initial_weights(model, args.init_from)
     frequencies = train_split.attributes.mean(0)
     covariance = torch.cov(train_split.attributes.float().T)  # the service conditions on several attributes with it
 
@@ -290,6 +331,7 @@ def train(args: argparse.Namespace) -> None:
                     "warmup": args.warmup,
                     "clip_norm": args.clip_norm,
                     "init_images": args.init_images,
+                    **({"init_from": initial_weights_record(args.init_from)} if args.init_from else {}),
                 },
                 extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies, COVARIANCE_KEY: covariance},
                 dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
