@@ -120,3 +120,68 @@ def test_non_finite_loss_stops_with_the_step(tiny_celeba, tmp_path, monkeypatch)
                 "1",
             ]
         )
+
+
+def tiny_glow_argv(data, out, run, *extra: str) -> list[str]:
+    return [
+        "glow",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--run-dir",
+        str(run),
+        "--image-size",
+        "16",
+        "--levels",
+        "2",
+        "--steps",
+        "1",
+        "--hidden",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "6",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--direction-images",
+        "10",
+        *extra,
+    ]
+
+
+def test_init_from_continues_a_checkpoint(tiny_celeba, tmp_path, monkeypatch):
+    """--init-from starts from the checkpoint's weights (actnorm not re-initialised: at lr 0 nothing moves), records
+    where it started, and refuses a checkpoint of another architecture, naming the field."""
+    from app.models.checkpoint import file_sha256
+    from training.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    first = tmp_path / "first.safetensors"
+    main(tiny_glow_argv(tiny_celeba, first, tmp_path / "run1"))
+    second = tmp_path / "second.safetensors"
+    main(tiny_glow_argv(tiny_celeba, second, tmp_path / "run2", "--init-from", str(first), "--lr", "0"))
+
+    before, after = load_checkpoint(first), load_checkpoint(second)
+    for name, tensor in before.model.state_dict().items():
+        assert torch.equal(tensor, after.model.state_dict()[name]), name
+    record = after.training["init_from"]
+    assert record["checkpoint"] == "first.safetensors" and record["sha256"] == file_sha256(first)[:12]
+    assert record["epochs"] == 1 and record["steps"] == before.training["steps"]
+    assert after.metrics["valid_bits_per_dim"] == pytest.approx(before.metrics["valid_bits_per_dim"], abs=1e-4)
+
+    with pytest.raises(SystemExit, match=r"differs in hidden \(hidden=4\)"):
+        main(
+            tiny_glow_argv(
+                tiny_celeba,
+                tmp_path / "third.safetensors",
+                tmp_path / "run3",
+                "--hidden",
+                "8",
+                "--init-from",
+                str(first),
+            )
+        )
