@@ -14,6 +14,35 @@ torch.set_num_threads(1)
 
 
 # ---- training ----------------------------------------------------------------------------------------------------
+def tiny_glow_argv(data, out, run, *extra: str) -> list[str]:
+    return [
+        "glow",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--run-dir",
+        str(run),
+        "--image-size",
+        "16",
+        "--levels",
+        "2",
+        "--steps",
+        "1",
+        "--hidden",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "6",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--direction-images",
+        "10",
+        *extra,
+    ]
 
 
 def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_client, face_bytes):
@@ -22,37 +51,8 @@ def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_c
     monkeypatch.chdir(tmp_path)  # the pack cache goes under .cache/ of the working directory
     out = tmp_path / "weights" / "glow.safetensors"
     main(
-        [
-            "glow",
-            "--data",
-            str(tiny_celeba),
-            "--out",
-            str(out),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--image-size",
-            "16",
-            "--levels",
-            "2",
-            "--steps",
-            "2",
-            "--hidden",
-            "8",
-            "--coupling",
-            "additive",
-            "--n-bits",
-            "5",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "6",
-            "--warmup",
-            "2",
-            "--threads",
-            "1",
-            "--direction-images",
-            "10",
-        ]
+        tiny_glow_argv(tiny_celeba, out, tmp_path / "run")
+        + ["--steps", "2", "--hidden", "8", "--coupling", "additive", "--n-bits", "5", "--epochs", "2", "--warmup", "2"]
     )
     run = tmp_path / "run"
     assert (run / "curves.png").exists() and (run / "losses.csv").exists()
@@ -97,60 +97,7 @@ def test_non_finite_loss_stops_with_the_step(tiny_celeba, tmp_path, monkeypatch)
 
     monkeypatch.setattr(Glow, "loss", poisoned)
     with pytest.raises(FloatingPointError, match="at step 1 "):
-        main(
-            [
-                "glow",
-                "--data",
-                str(tiny_celeba),
-                "--out",
-                str(tmp_path / "g.safetensors"),
-                "--run-dir",
-                str(tmp_path / "run"),
-                "--image-size",
-                "16",
-                "--levels",
-                "2",
-                "--steps",
-                "1",
-                "--hidden",
-                "4",
-                "--batch-size",
-                "4",
-                "--threads",
-                "1",
-            ]
-        )
-
-
-def tiny_glow_argv(data, out, run, *extra: str) -> list[str]:
-    return [
-        "glow",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--run-dir",
-        str(run),
-        "--image-size",
-        "16",
-        "--levels",
-        "2",
-        "--steps",
-        "1",
-        "--hidden",
-        "4",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "6",
-        "--warmup",
-        "1",
-        "--threads",
-        "1",
-        "--direction-images",
-        "10",
-        *extra,
-    ]
+        main(tiny_glow_argv(tiny_celeba, tmp_path / "g.safetensors", tmp_path / "run", "--batch-size", "4"))
 
 
 def test_init_from_continues_a_checkpoint(tiny_celeba, tmp_path, monkeypatch):
