@@ -14,7 +14,11 @@ torch.set_num_threads(1)
 
 
 # ---- training ----------------------------------------------------------------------------------------------------
+
+
 def tiny_glow_argv(data, out, run, *extra: str) -> list[str]:
+    """A seconds-long Glow run's command line; ``extra`` options come last, so they override (argparse keeps the
+    last value)."""
     return [
         "glow",
         "--data",
