@@ -97,12 +97,19 @@ def test_interpolate_two_uploads(page, server):
     page.click("#interpolate [data-picker=face_b] .example[data-name='000002.jpg']")  # a bundled example
     page.wait_for_selector("#interpolate [data-picker=face_b] .example[data-name='000002.jpg'][aria-pressed=true]")
     page.fill("#interpolate-steps", "4")
+    assert page.eval_on_selector_all("#interpolate-align option", "options => options.map(o => o.value)") == [
+        "",
+        "auto",
+        "none",
+    ]
+    page.select_option("#interpolate-align", "none")  # CelebA's own crops: no detection
     with page.expect_response(lambda r: r.url.endswith("/glow/interpolate") and "gif" in r.headers["content-type"]):
         assert submit(page, "#interpolate").startswith("Done")
     assert_decoded(page, "#interpolate img.animation", 1)
     assert_decoded(page, "#interpolate .strip img", 4)
     request = page.inner_text("#interpolate .request code")
     assert "face_a=@000003.jpg" in request and "face_b=@000002.jpg" in request and "format=gif" in request
+    assert "align=none" in request
 
 
 def test_manipulation_slider_reruns_with_readings(page, server):

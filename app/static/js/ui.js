@@ -28,6 +28,19 @@ export const pretty = (name) => name.replaceAll("_", " ");
 // ---------------------------------------------------------------------------------------------------------------
 // Form values: the server is the one judge of them (a bad value comes back as its 422, shown by the field).
 
+/** The face-alignment choice of an upload panel, built into its ``[data-align]`` holder (the id from the holder). */
+export function alignControl(holder) {
+  const id = holder.dataset.align;
+  const select = el(
+    "select",
+    { id, name: "align" },
+    el("option", { value: "", text: "server default" }),
+    el("option", { value: "auto", text: "auto: find the face, align it like CelebA" }),
+    el("option", { value: "none", text: "none: already aligned like CelebA" }),
+  );
+  holder.append(el("label", { for: id, text: "Face alignment (align)" }), select, el("p", { class: "field-error", "aria-live": "polite" }));
+}
+
 /** The `align` field of an upload request, only when the user chose one (else the server's default applies). */
 export function alignField(form) {
   return form.elements.align && form.elements.align.value ? [["align", form.elements.align.value]] : [];

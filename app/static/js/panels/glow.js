@@ -2,7 +2,7 @@
 // and as frames) and one attribute moved on a face (POST /glow/manipulate, each frame read by POST /classify).
 
 import {
-  alignField, attributeChooser, attributesOn, base64File, blobImage, compact, el, facePicker, figure, integerOrText, pngData,
+  alignControl, alignField, attributeChooser, attributesOn, base64File, blobImage, compact, el, facePicker, figure, integerOrText, pngData,
   pretty, runJob, seedControl, showResult,
 } from "../ui.js";
 
@@ -50,6 +50,7 @@ export function initInterpolate(panel) {
   const form = panel.querySelector("form");
   const faceA = facePicker(panel.querySelector("[data-picker=face_a]"));
   const faceB = facePicker(panel.querySelector("[data-picker=face_b]"));
+  alignControl(panel.querySelector("[data-align]"));
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -82,6 +83,7 @@ export function initManipulate(panel, context) {
   const form = panel.querySelector("form");
   const { attribute, max_strength: strength } = form.elements;
   const face = facePicker(panel.querySelector("[data-picker=face]"));
+  alignControl(panel.querySelector("[data-align]"));
   liveOutput(panel, strength);
   // The slider re-runs the request when released (keyboard: each step), once a face is chosen.
   strength.addEventListener("change", () => face.files().length && form.requestSubmit());

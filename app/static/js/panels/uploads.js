@@ -1,10 +1,11 @@
 // Your faces: POST /vae/reconstruct (per-image MSE), POST /glow/likelihood (bits per dimension) and POST /classify.
 
-import { alignField, blobImage, el, faceNote, facePicker, pngData, pretty, runJob, showResult } from "../ui.js";
+import { alignControl, alignField, blobImage, el, faceNote, facePicker, pngData, pretty, runJob, showResult } from "../ui.js";
 
 export function initUploads(panel) {
   const form = panel.querySelector("form");
   const picker = facePicker(panel.querySelector("[data-picker=images]"));
+  alignControl(panel.querySelector("[data-align]"));
   const align = () => alignField(panel.querySelector("form"));
 
   const actions = {
