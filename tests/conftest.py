@@ -48,6 +48,26 @@ TINY_CONFIGS = {
 }
 
 
+def flags(**options: object) -> list[str]:
+    """Command-line options: flags(image_size=16, fid=True, widths=(4, 8)) is ["--image-size", "16", "--fid",
+    "--widths", "4,8"]; underscores become dashes, True adds a bare switch, False or None leaves the option out, a list
+    or tuple is joined with commas, anything else is str()-ed."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
+    return argv
+
+
+def cli(command: str, *positional: object, **options: object) -> list[str]:
+    """A `python -m training` command line: cli("glow", data=d, image_size=16) is ["glow", "--data", "d",
+    "--image-size", "16"]; positional arguments follow the command, the options are those of `flags`."""
+    return [command, *map(str, positional), *flags(**options)]
+
+
 def make_celeba_folder(root: Path, count: int = 24, valid: int = 6, seed: int = 0) -> Path:
     """A synthetic CelebA in the official layout (CRLF lines, two image sizes, a partition row with no image)."""
     rng = random.Random(seed)

@@ -18,7 +18,7 @@ from app.models.acgan import (
 from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import load_checkpoint
 from app.models.sampling import seeded_generator
-from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
+from tests.conftest import TINY_CONFIGS, cli, flags, write_tiny_checkpoint
 from tests.families.gans import ACGAN_NAMES as NAMES
 from tests.families.gans import SIDE, write_acgan_weights
 from tests.families.gans import post_acgan as post
@@ -41,35 +41,22 @@ def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_c
     monkeypatch.chdir(tmp_path)  # the split pack cache (.cache/) lands here, not in the repository
     out = tmp_path / "weights" / "acgan.safetensors"
     main(
-        [
+        cli(
             "acgan",
-            "--data",
-            str(tiny_celeba),
-            "--out",
-            str(out),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--image-size",
-            "16",
-            "--latent-dim",
-            "8",
-            "--g-width",
-            "4",
-            "--d-width",
-            "4",
-            "--batch-size",
-            "4",
-            "--epochs",
-            "2",
-            "--max-steps",
-            "3",
-            "--threads",
-            "1",
-            "--device",
-            "cpu",
-            "--attributes",
-            "Male,Smiling",
-        ]
+            data=tiny_celeba,
+            out=out,
+            run_dir=tmp_path / "run",
+            image_size=16,
+            latent_dim=8,
+            g_width=4,
+            d_width=4,
+            batch_size=4,
+            epochs=2,
+            max_steps=3,
+            threads=1,
+            device="cpu",
+            attributes=["Male", "Smiling"],
+        )
     )
 
     checkpoint = load_checkpoint(out)
@@ -153,20 +140,15 @@ def test_generator_attribute_weight(options, expected_weight):
     add_arguments(parser)
     args = parser.parse_args(
         [
-            "--data",
-            "unused",
-            "--out",
-            "unused",
-            "--image-size",
-            "16",
-            "--latent-dim",
-            "8",
-            "--g-width",
-            "4",
-            "--d-width",
-            "4",
-            "--attributes",
-            "Male,Smiling",
+            *flags(
+                data="unused",
+                out="unused",
+                image_size=16,
+                latent_dim=8,
+                g_width=4,
+                d_width=4,
+                attributes=["Male", "Smiling"],
+            ),
             *options,
         ]
     )
@@ -183,21 +165,15 @@ def test_training_refuses_unknown_attributes(tiny_celeba, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="unknown attribute.*Sparkly.*valid: 5_o_Clock_Shadow"):
         main(
-            [
+            cli(
                 "acgan",
-                "--data",
-                str(tiny_celeba),
-                "--out",
-                str(tmp_path / "a.safetensors"),
-                "--image-size",
-                "16",
-                "--attributes",
-                "Smiling,Sparkly",
-                "--max-steps",
-                "1",
-                "--threads",
-                "1",
-            ]
+                data=tiny_celeba,
+                out=tmp_path / "a.safetensors",
+                image_size=16,
+                attributes=["Smiling", "Sparkly"],
+                max_steps=1,
+                threads=1,
+            )
         )
 
 
@@ -311,22 +287,16 @@ def test_evaluate_command_with_a_tiny_classifier(tiny_celeba, tmp_path, weights_
     classifier = write_tiny_checkpoint(tmp_path / "judge", "classifier")
     out = tmp_path / "eval"
     main(
-        [
+        cli(
             "evaluate",
-            str(weights_dir / "acgan.safetensors"),
-            "--data",
-            str(tiny_celeba),
-            "--out",
-            str(out),
-            "--classifier",
-            str(classifier),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--cache-dir",
-            str(tmp_path / "packs"),
-        ]
+            weights_dir / "acgan.safetensors",
+            data=tiny_celeba,
+            out=out,
+            classifier=classifier,
+            device="cpu",
+            threads=1,
+            cache_dir=tmp_path / "packs",
+        )
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["classifier_agreement"] <= 1 and set(metrics["classifier_agreement_per_attribute"]) == set(
@@ -343,18 +313,14 @@ def test_evaluate_command_with_a_tiny_classifier(tiny_celeba, tmp_path, weights_
 def test_evaluate_command_without_a_classifier_says_how_to_give_one(tiny_celeba, tmp_path, weights_dir):
     with pytest.raises(SystemExit, match="--classifier"):
         main(
-            [
+            cli(
                 "evaluate",
-                str(weights_dir / "acgan.safetensors"),
-                "--data",
-                str(tiny_celeba),
-                "--out",
-                str(tmp_path / "eval"),
-                "--device",
-                "cpu",
-                "--cache-dir",
-                str(tmp_path / "packs"),
-            ]
+                weights_dir / "acgan.safetensors",
+                data=tiny_celeba,
+                out=tmp_path / "eval",
+                device="cpu",
+                cache_dir=tmp_path / "packs",
+            )
         )
 
 

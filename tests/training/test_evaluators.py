@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.models.checkpoint import load_checkpoint
 from app.models.preprocess import PreprocessSpec
-from tests.conftest import write_tiny_checkpoint
+from tests.conftest import cli, flags, write_tiny_checkpoint
 from training.__main__ import main
 from training.data import load_split
 from training.evaluate import EvaluationError, evaluator_for
@@ -21,24 +21,21 @@ from training.vae import validation_mse
 torch.set_num_threads(1)
 
 
-def run_evaluate(checkpoint: Path, data: Path, out: Path, *extra: str) -> None:
+def run_evaluate(checkpoint: Path, data: Path, out: Path, **options: object) -> None:
+    """``evaluate`` on the CPU; ``options`` come last, so they override (argparse keeps the last value)."""
     main(
         [
-            "evaluate",
-            str(checkpoint),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--cache-dir",
-            str(out.parent / "packs"),
-            "--tsne-points",
-            "6",
-            *extra,
+            *cli(
+                "evaluate",
+                checkpoint,
+                data=data,
+                out=out,
+                device="cpu",
+                threads=1,
+                cache_dir=out.parent / "packs",
+                tsne_points=6,
+            ),
+            *flags(**options),
         ]
     )
 
@@ -75,9 +72,7 @@ def test_vae_evaluation_writes_figures_metrics_and_updates_checkpoint(vae_checkp
 
 def test_no_write_metrics_leaves_the_checkpoint_alone(vae_checkpoint, tiny_celeba, tmp_path):
     before = vae_checkpoint.read_bytes()
-    run_evaluate(
-        vae_checkpoint, tiny_celeba, tmp_path / "eval", "--no-write-metrics", "--tsne-points", "0", "--limit", "4"
-    )
+    run_evaluate(vae_checkpoint, tiny_celeba, tmp_path / "eval", no_write_metrics=True, tsne_points=0, limit=4)
     assert vae_checkpoint.read_bytes() == before
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["valid_images"] == 4
@@ -86,7 +81,7 @@ def test_no_write_metrics_leaves_the_checkpoint_alone(vae_checkpoint, tiny_celeb
 
 def test_unknown_attribute_is_refused_with_the_valid_names(vae_checkpoint, tiny_celeba, tmp_path):
     with pytest.raises(SystemExit, match=r"unknown attribute 'Beard'; valid attributes: .*Male.*Smiling"):
-        run_evaluate(vae_checkpoint, tiny_celeba, tmp_path / "eval", "--attribute", "Beard")
+        run_evaluate(vae_checkpoint, tiny_celeba, tmp_path / "eval", attribute="Beard")
     assert not (tmp_path / "eval").exists()  # refused before any work
 
 
@@ -103,6 +98,6 @@ def test_family_without_evaluator_is_refused_naming_those_with_one(tiny_celeba, 
 
 def test_empty_split_and_missing_checkpoint_give_clear_errors(vae_checkpoint, tiny_celeba, tmp_path):
     with pytest.raises(SystemExit, match="no images of split 'test'"):
-        run_evaluate(vae_checkpoint, tiny_celeba, tmp_path / "eval", "--split", "test")
+        run_evaluate(vae_checkpoint, tiny_celeba, tmp_path / "eval", split="test")
     with pytest.raises(SystemExit, match="missing.safetensors: no such file"):
         run_evaluate(tmp_path / "missing.safetensors", tiny_celeba, tmp_path / "eval")

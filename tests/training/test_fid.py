@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import write_tiny_checkpoint
+from tests.conftest import cli, write_tiny_checkpoint
 from training.__main__ import main
 from training.fid import FIDUnavailable, FrechetInception
 
@@ -51,25 +51,18 @@ def test_evaluate_reports_fid_of_samples_and_of_pairs_as_trained_and_as_served(t
     acgan, classifier = (write_tiny_checkpoint(tmp_path / "w", family) for family in ("acgan", "classifier"))
     out = tmp_path / "eval"
     main(
-        [
+        cli(
             "evaluate",
-            str(acgan),
-            "--data",
-            str(tiny_celeba),
-            "--out",
-            str(out),
-            "--classifier",
-            str(classifier),
-            "--fid",
-            "--fid-samples",
-            "4",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--cache-dir",
-            str(tmp_path / "packs"),
-        ]
+            acgan,
+            data=tiny_celeba,
+            out=out,
+            classifier=classifier,
+            fid=True,
+            fid_samples=4,
+            device="cpu",
+            threads=1,
+            cache_dir=tmp_path / "packs",
+        )
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fid_generated_images"] == 4 and metrics["fid_real_images"] >= 2
@@ -82,23 +75,17 @@ def test_evaluate_refuses_fewer_than_two_fid_samples(tiny_celeba, tmp_path):
     acgan, classifier = (write_tiny_checkpoint(tmp_path / "w", family) for family in ("acgan", "classifier"))
     with pytest.raises(SystemExit, match="--fid-samples must be at least 2, got 1"):
         main(
-            [
+            cli(
                 "evaluate",
-                str(acgan),
-                "--data",
-                str(tiny_celeba),
-                "--out",
-                str(tmp_path / "eval"),
-                "--classifier",
-                str(classifier),
-                "--fid",
-                "--fid-samples",
-                "1",
-                "--device",
-                "cpu",
-                "--cache-dir",
-                str(tmp_path / "packs"),
-            ]
+                acgan,
+                data=tiny_celeba,
+                out=tmp_path / "eval",
+                classifier=classifier,
+                fid=True,
+                fid_samples=1,
+                device="cpu",
+                cache_dir=tmp_path / "packs",
+            )
         )
 
 
@@ -106,22 +93,16 @@ def test_evaluate_scores_a_dcgan_by_fid_alone(tiny_celeba, tmp_path):
     dcgan = write_tiny_checkpoint(tmp_path / "w", "dcgan")
     out = tmp_path / "eval"
     main(
-        [
+        cli(
             "evaluate",
-            str(dcgan),
-            "--data",
-            str(tiny_celeba),
-            "--out",
-            str(out),
-            "--fid-samples",
-            "6",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--cache-dir",
-            str(tmp_path / "packs"),
-        ]
+            dcgan,
+            data=tiny_celeba,
+            out=out,
+            fid_samples=6,
+            device="cpu",
+            threads=1,
+            cache_dir=tmp_path / "packs",
+        )
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fid_generated_images"] == 6 and metrics["fid_real_images"] >= 2
@@ -129,18 +110,5 @@ def test_evaluate_scores_a_dcgan_by_fid_alone(tiny_celeba, tmp_path):
     assert (out / "samples.png").is_file()
     with pytest.raises(SystemExit, match="--fid-samples must be at least 2, got 0"):
         main(
-            [
-                "evaluate",
-                str(dcgan),
-                "--data",
-                str(tiny_celeba),
-                "--out",
-                str(out),
-                "--fid-samples",
-                "0",
-                "--device",
-                "cpu",
-                "--cache-dir",
-                str(tmp_path / "packs"),
-            ]
+            cli("evaluate", dcgan, data=tiny_celeba, out=out, fid_samples=0, device="cpu", cache_dir=tmp_path / "packs")
         )

@@ -9,6 +9,7 @@ from safetensors import safe_open
 from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import load_checkpoint
 from app.models.glow import DIRECTIONS_KEY, Glow
+from tests.conftest import cli, flags
 
 torch.set_num_threads(1)
 
@@ -16,36 +17,26 @@ torch.set_num_threads(1)
 # ---- training ----------------------------------------------------------------------------------------------------
 
 
-def tiny_glow_argv(data, out, run, *extra: str) -> list[str]:
-    """A seconds-long Glow run's command line; ``extra`` options come last, so they override (argparse keeps the
-    last value)."""
+def tiny_glow_argv(data, out, run, **options: object) -> list[str]:
+    """A seconds-long Glow run's command line; ``options`` come last, so they override (argparse keeps the last
+    value)."""
     return [
-        "glow",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--run-dir",
-        str(run),
-        "--image-size",
-        "16",
-        "--levels",
-        "2",
-        "--steps",
-        "1",
-        "--hidden",
-        "4",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "6",
-        "--warmup",
-        "1",
-        "--threads",
-        "1",
-        "--direction-images",
-        "10",
-        *extra,
+        *cli(
+            "glow",
+            data=data,
+            out=out,
+            run_dir=run,
+            image_size=16,
+            levels=2,
+            steps=1,
+            hidden=4,
+            epochs=1,
+            batch_size=6,
+            warmup=1,
+            threads=1,
+            direction_images=10,
+        ),
+        *flags(**options),
     ]
 
 
@@ -55,8 +46,9 @@ def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_c
     monkeypatch.chdir(tmp_path)  # the pack cache goes under .cache/ of the working directory
     out = tmp_path / "weights" / "glow.safetensors"
     main(
-        tiny_glow_argv(tiny_celeba, out, tmp_path / "run")
-        + ["--steps", "2", "--hidden", "8", "--coupling", "additive", "--n-bits", "5", "--epochs", "2", "--warmup", "2"]
+        tiny_glow_argv(
+            tiny_celeba, out, tmp_path / "run", steps=2, hidden=8, coupling="additive", n_bits=5, epochs=2, warmup=2
+        )
     )
     run = tmp_path / "run"
     assert (run / "curves.png").exists() and (run / "losses.csv").exists()
@@ -101,7 +93,7 @@ def test_non_finite_loss_stops_with_the_step(tiny_celeba, tmp_path, monkeypatch)
 
     monkeypatch.setattr(Glow, "loss", poisoned)
     with pytest.raises(FloatingPointError, match="at step 1 "):
-        main(tiny_glow_argv(tiny_celeba, tmp_path / "g.safetensors", tmp_path / "run", "--batch-size", "4"))
+        main(tiny_glow_argv(tiny_celeba, tmp_path / "g.safetensors", tmp_path / "run", batch_size=4))
 
 
 def test_init_from_continues_a_checkpoint(tiny_celeba, tmp_path, monkeypatch):
@@ -114,7 +106,7 @@ def test_init_from_continues_a_checkpoint(tiny_celeba, tmp_path, monkeypatch):
     first = tmp_path / "first.safetensors"
     main(tiny_glow_argv(tiny_celeba, first, tmp_path / "run1"))
     second = tmp_path / "second.safetensors"
-    main(tiny_glow_argv(tiny_celeba, second, tmp_path / "run2", "--init-from", str(first), "--lr", "0"))
+    main(tiny_glow_argv(tiny_celeba, second, tmp_path / "run2", init_from=first, lr=0))
 
     before, after = load_checkpoint(first), load_checkpoint(second)
     for name, tensor in before.model.state_dict().items():
@@ -125,14 +117,4 @@ def test_init_from_continues_a_checkpoint(tiny_celeba, tmp_path, monkeypatch):
     assert after.metrics["valid_bits_per_dim"] == pytest.approx(before.metrics["valid_bits_per_dim"], abs=1e-4)
 
     with pytest.raises(SystemExit, match=r"differs in hidden \(hidden=4\)"):
-        main(
-            tiny_glow_argv(
-                tiny_celeba,
-                tmp_path / "third.safetensors",
-                tmp_path / "run3",
-                "--hidden",
-                "8",
-                "--init-from",
-                str(first),
-            )
-        )
+        main(tiny_glow_argv(tiny_celeba, tmp_path / "third.safetensors", tmp_path / "run3", hidden=8, init_from=first))

@@ -16,7 +16,7 @@ from app.models.infogan import (
     InfoGANDiscriminator,
     recognizer_from_extras,
 )
-from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
+from tests.conftest import TINY_CONFIGS, cli, flags, write_tiny_checkpoint
 from tests.families.gans import SIDE, write_infogan_weights
 from tests.families.gans import post_infogan as post
 from tests.families.gans import tiny_infogan as tiny_generator
@@ -39,37 +39,23 @@ def test_training_smoke_run_is_served_and_evaluated(tiny_celeba, tmp_path, monke
     monkeypatch.chdir(tmp_path)  # the split pack cache (.cache/) lands here, not in the repository
     out = tmp_path / "weights" / "infogan.safetensors"
     main(
-        [
+        cli(
             "infogan",
-            "--data",
-            str(tiny_celeba),
-            "--out",
-            str(out),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--image-size",
-            "16",
-            "--latent-dim",
-            "8",
-            "--codes",
-            "3",
-            "--categories",
-            "5",
-            "--q-hidden",
-            "8",
-            "--g-width",
-            "4",
-            "--d-width",
-            "4",
-            "--batch-size",
-            "4",
-            "--max-steps",
-            "3",
-            "--threads",
-            "1",
-            "--device",
-            "cpu",
-        ]
+            data=tiny_celeba,
+            out=out,
+            run_dir=tmp_path / "run",
+            image_size=16,
+            latent_dim=8,
+            codes=3,
+            categories=5,
+            q_hidden=8,
+            g_width=4,
+            d_width=4,
+            batch_size=4,
+            max_steps=3,
+            threads=1,
+            device="cpu",
+        )
     )
 
     checkpoint = load_checkpoint(out)
@@ -92,24 +78,10 @@ def test_training_smoke_run_is_served_and_evaluated(tiny_celeba, tmp_path, monke
     assert "between 0 and 2" in post(client, rows=1, code=3).json()["detail"][0]["msg"]
 
     # Evaluation without a classifier still measures Q; with one (when the family has a tiny config) the codes too.
-    extra = []
+    extra = {}
     if "classifier" in TINY_CONFIGS:
-        extra = ["--classifier", str(write_tiny_checkpoint(tmp_path / "judge", "classifier"))]
-    main(
-        [
-            "evaluate",
-            str(out),
-            "--data",
-            str(tiny_celeba),
-            "--out",
-            str(tmp_path / "eval"),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            *extra,
-        ]
-    )
+        extra = {"classifier": write_tiny_checkpoint(tmp_path / "judge", "classifier")}
+    main(cli("evaluate", out, data=tiny_celeba, out=tmp_path / "eval", device="cpu", threads=1, **extra))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert 0 <= metrics["q_accuracy"] <= 1 and len(metrics["q_accuracy_per_code"]) == 3
     if extra:
@@ -144,24 +116,7 @@ def test_the_d_q_step_trains_q_head_on_the_codes_but_not_the_body():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(
-        [
-            "--data",
-            "unused",
-            "--out",
-            "unused",
-            "--image-size",
-            "16",
-            "--latent-dim",
-            "8",
-            "--codes",
-            "3",
-            "--g-width",
-            "4",
-            "--d-width",
-            "4",
-            "--q-hidden",
-            "8",
-        ]
+        flags(data="unused", out="unused", image_size=16, latent_dim=8, codes=3, g_width=4, d_width=4, q_hidden=8)
     )
     recipe = infogan_recipe(args, [], torch.zeros(0, 40))
     torch.manual_seed(0)

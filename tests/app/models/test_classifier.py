@@ -11,7 +11,7 @@ import torch
 from app.models import build_model
 from app.models.checkpoint import load_checkpoint
 from app.models.classifier import AttributeClassifier, ClassifierConfig
-from tests.conftest import ATTRIBUTE_NAMES, TINY_CONFIGS, png_of, write_tiny_checkpoint
+from tests.conftest import ATTRIBUTE_NAMES, TINY_CONFIGS, cli, png_of, write_tiny_checkpoint
 from training.__main__ import main
 
 
@@ -71,29 +71,19 @@ def test_training_smoke_run_then_serving(tiny_celeba, tmp_path, monkeypatch, mak
     monkeypatch.chdir(tmp_path)  # the split packs (.cache/) land here, not in the repository
     out, run = tmp_path / "weights" / "classifier.safetensors", tmp_path / "run"
     main(
-        [
+        cli(
             "classifier",
-            "--data",
-            str(tiny_celeba),
-            "--out",
-            str(out),
-            "--run-dir",
-            str(run),
-            "--image-size",
-            "16",
-            "--widths",
-            "4,8",
-            "--dropout",
-            "0.1",
-            "--weight-decay",
-            "1e-4",
-            "--batch-size",
-            "4",
-            "--epochs",
-            "2",
-            "--threads",
-            "1",
-        ]
+            data=tiny_celeba,
+            out=out,
+            run_dir=run,
+            image_size=16,
+            widths=[4, 8],
+            dropout=0.1,
+            weight_decay="1e-4",
+            batch_size=4,
+            epochs=2,
+            threads=1,
+        )
     )
 
     checkpoint = load_checkpoint(out)
