@@ -7,6 +7,11 @@ calibration faces (training faces, never the evaluated split), stopping before t
 ``--keep`` or more than ``--refused`` of the frames diverge (the service refuses those); an attribute that never
 gets there keeps the last unit that held. The units go into the checkpoint (extra ``manipulation_units``), so
 strength 1 means "on" (-1 "off") for most faces.
+
+First, unless ``--envelope-faces 0``, it encodes and decodes that many training faces and stores the largest
+|activation| each coupling's inverse produces (extra ``inverse_bounds``): decoding then clamps there. Every face
+stays inside, so faces still reconstruct exactly, but a latent pushed far along a direction saturates a few values
+instead of cascading into a frame of noise, which is what used to stop glasses and age from showing.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import torch
 
 from app.models.checkpoint import amend_checkpoint, load_checkpoint
-from app.models.glow import MANIPULATION_UNITS_KEY
+from app.models.glow import INVERSE_BOUNDS_KEY, MANIPULATION_UNITS_KEY
 from app.models.pipelines import build_pipeline
 from app.models.pipelines.glow import GlowPipeline
 
@@ -29,7 +34,7 @@ from .evaluate_gans import AttributeJudge, attribute_calls, batched, load_judge
 from .evaluate_glow import decode_checked
 from .registry import register_trainer
 
-LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)  # units tried, in partial directions
+LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)  # units tried, in partial directions
 
 
 def flip_and_keep(
@@ -117,6 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.02,
         help="largest share of frames that may diverge (the service refuses them)",
     )
+    parser.add_argument(
+        "--envelope-faces",
+        type=int,
+        default=4000,
+        help="training faces whose decoding sets each coupling's inverse bound (0: keep the checkpoint's bounds)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--device", default="cpu")
@@ -138,21 +149,31 @@ def run(args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"calibrate-glow: unknown attribute(s) {unknown}; valid: {', '.join(pipeline.attributes)}")
     split = load_split(args.data, "train", checkpoint.preprocess)
-    picks = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[: args.faces]
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))
+    picks = order[: args.faces]
+    extras: dict[str, torch.Tensor] = {}
+    if args.envelope_faces:
+        envelope = order[: args.envelope_faces]
+        bounds = pipeline.model.measure_inverse_bounds(
+            split.batch(envelope[start : start + 200])[0] for start in range(0, len(envelope), 200)
+        )
+        pipeline.model.set_inverse_bounds(bounds)
+        extras[INVERSE_BOUNDS_KEY] = bounds
+        print(f"inverse bounds over {len(envelope)} faces: {', '.join(f'{b:.1f}' for b in bounds.tolist())}")
     with torch.inference_mode():
         units, report = calibrate(pipeline, judge, split.batch(picks)[0], args.flip, args.keep, chosen, args.refused)
     calibration: dict[str, Any] = {
         "command": f"python -m training calibrate-glow {args.checkpoint} --data {args.data} --classifier "
         f"{args.classifier} --attributes {args.attributes} --faces {args.faces} --flip {args.flip} --keep {args.keep} "
-        f"--refused {args.refused} "
-        f"--seed {args.seed}",
+        f"--refused {args.refused} --envelope-faces {args.envelope_faces} --seed {args.seed}",
         "classifier": judge.source,
         "faces": len(picks),
+        **({"envelope_faces": min(args.envelope_faces, len(split))} if args.envelope_faces else {}),
         "per_attribute": {**checkpoint.metrics.get("manipulation_calibration", {}).get("per_attribute", {}), **report},
     }
     amend_checkpoint(
         args.checkpoint,
-        extras={MANIPULATION_UNITS_KEY: units.float()},
+        extras={**extras, MANIPULATION_UNITS_KEY: units.float()},
         metrics={"manipulation_calibration": calibration},
     )
     print(f"{args.checkpoint}: manipulation units calibrated for {len(report)} attributes")

@@ -148,7 +148,8 @@ class ConvActNorm(nn.Module):
 # this floor the inverse is no longer exact; above it, which covers every face, it is.
 MIN_INVERSE_SCALE = 0.02
 # And a bound on the inverse's activations, far above any a face produces (they are standardised by actnorm, so of
-# order 1-10): a latent far off the distribution then decodes to a saturated image instead of inf/NaN.
+# order 1-10): a latent far off the distribution then decodes to a saturated image instead of inf/NaN. A checkpoint
+# can carry a tighter bound per coupling, measured on training faces (:meth:`Glow.set_inverse_bounds`).
 MAX_INVERSE_ACTIVATION = 1e4
 
 
@@ -162,6 +163,10 @@ class Coupling(nn.Module):
     def __init__(self, channels: int, hidden: int, affine: bool = True):
         super().__init__()
         self.affine = affine
+        # Not weights: set from the checkpoint's measured envelope (or left at the generic bound).
+        self.inverse_bound = MAX_INVERSE_ACTIVATION
+        # While measuring that envelope: the largest |activation| the inverse has produced so far, else None.
+        self.envelope: torch.Tensor | None = None
         half = channels // 2
         self.net = nn.Sequential(
             ConvActNorm(half, hidden, 3),
@@ -187,7 +192,10 @@ class Coupling(nn.Module):
         y_a, y_b = y.chunk(2, dim=1)
         shift, scale = self._shift_scale(y_a)
         x_b = y_b - shift if scale is None else y_b / scale.clamp_min(MIN_INVERSE_SCALE) - shift
-        return torch.cat([y_a, x_b], 1).clamp(-MAX_INVERSE_ACTIVATION, MAX_INVERSE_ACTIVATION)
+        x = torch.cat([y_a, x_b], 1)
+        if self.envelope is not None:
+            self.envelope = torch.maximum(self.envelope, x.detach().abs().amax())
+        return x.clamp(-self.inverse_bound, self.inverse_bound)
 
 
 class FlowStep(nn.Module):

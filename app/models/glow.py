@@ -18,7 +18,7 @@ Images arrive in [-1, 1] (the shared preprocessing); :func:`dequantize` reduces 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -26,7 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .flows import ConditionalPrior, FlowStep, Split, gaussian_log_p, squeeze2d, unsqueeze2d
+from .flows import (
+    MAX_INVERSE_ACTIVATION,
+    ConditionalPrior,
+    Coupling,
+    FlowStep,
+    Split,
+    gaussian_log_p,
+    squeeze2d,
+    unsqueeze2d,
+)
 from .registry import FamilyModule, register_family
 
 # Checkpoint extra holding the (num_attributes, latent_dim) attribute directions the service moves faces along.
@@ -34,6 +43,10 @@ DIRECTIONS_KEY = "attribute_directions"
 COVARIANCE_KEY = "attribute_covariance"  # (A, A) covariance of the training labels, for conditioning on several
 # (A,) per attribute, the partial directions that make manipulation strength 1 (`python -m training calibrate-glow`)
 MANIPULATION_UNITS_KEY = "manipulation_units"
+# (couplings,) the largest |activation| each coupling's inverse produced on training faces (`calibrate-glow`): decoding
+# clamps there, which every face stays within (so it still reconstructs exactly) while a latent pushed far off the
+# faces' distribution saturates a few values instead of cascading into a frame of noise.
+INVERSE_BOUNDS_KEY = "inverse_bounds"
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,36 @@ class Glow(FamilyModule):
     def glow_levels(self) -> Sequence[GlowLevel]:
         """``levels`` as what they are (iterating an nn.ModuleList gives a type checker plain Modules)."""
         return cast("Sequence[GlowLevel]", self.levels)
+
+    @property
+    def couplings(self) -> list[Coupling]:
+        """Every coupling, in the order the flow applies them (the order of :data:`INVERSE_BOUNDS_KEY`)."""
+        return [step.coupling for level in self.glow_levels for step in level.flow_steps]
+
+    def set_inverse_bounds(self, bounds: torch.Tensor | None) -> None:
+        """Clamp each coupling's inverse at its bound (``None``: the generic :data:`MAX_INVERSE_ACTIVATION`)."""
+        couplings = self.couplings
+        if bounds is not None and (bounds.shape != (len(couplings),) or not bool((bounds > 0).all())):
+            raise ValueError(f"inverse bounds must be {len(couplings)} positive numbers, got {tuple(bounds.shape)}")
+        for index, coupling in enumerate(couplings):
+            coupling.inverse_bound = MAX_INVERSE_ACTIVATION if bounds is None else float(bounds[index])
+
+    @torch.inference_mode()
+    def measure_inverse_bounds(self, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+        """(couplings,) the largest |activation| each coupling's inverse produces while faces ([-1, 1] batches) are
+        encoded and decoded, with the generic bound in place."""
+        couplings = self.couplings
+        kept = [coupling.inverse_bound for coupling in couplings]
+        device = self.class_head.weight.device
+        try:
+            for coupling in couplings:
+                coupling.inverse_bound, coupling.envelope = MAX_INVERSE_ACTIVATION, torch.zeros((), device=device)
+            for images in batches:
+                self.decode_images(self.encode_images(images.to(device)))
+            return torch.stack([cast(torch.Tensor, coupling.envelope).float().cpu() for coupling in couplings])
+        finally:
+            for coupling, bound in zip(couplings, kept):
+                coupling.inverse_bound, coupling.envelope = bound, None
 
     # ---- shapes ------------------------------------------------------------------------------------------------
     @property

@@ -8,7 +8,7 @@ import torch
 from app.models import build_model
 from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import load_checkpoint
-from app.models.glow import DIRECTIONS_KEY, MANIPULATION_UNITS_KEY
+from app.models.glow import DIRECTIONS_KEY, INVERSE_BOUNDS_KEY, MANIPULATION_UNITS_KEY
 from app.models.pipelines import build_pipeline
 from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
 from training.__main__ import main
@@ -41,6 +41,20 @@ def test_calibration_writes_a_unit_per_attribute_from_the_ladder(tiny_celeba, tm
     assert all(0 <= entry["flip"] <= 1 and 0 <= entry["keep"] <= 1 for entry in per_attribute.values())
     pipeline = build_pipeline(checkpoint)
     assert torch.equal(pipeline.manipulation_units, units.float())
+    # the inverse's envelope over the training faces, measured first and applied by the pipeline
+    bounds = checkpoint.extras[INVERSE_BOUNDS_KEY]
+    assert bounds.shape == (len(pipeline.model.couplings),) and bool((bounds > 0).all())
+    assert [c.inverse_bound for c in pipeline.model.couplings] == pytest.approx(bounds.tolist())
+    assert report["envelope_faces"] == 18  # --envelope-faces 4000, capped at the 18 training faces
+
+
+def test_a_malformed_inverse_bound_is_refused_at_start_up(tmp_path):
+    from app.models.checkpoint import CheckpointError, amend_checkpoint
+
+    glow = tiny_glow(tmp_path)
+    amend_checkpoint(glow, extras={INVERSE_BOUNDS_KEY: torch.ones(3)})
+    with pytest.raises(CheckpointError, match="inverse_bounds.*positive numbers"):
+        build_pipeline(load_checkpoint(glow))
 
 
 def test_calibrating_some_attributes_keeps_the_others_units(tiny_celeba, tmp_path):

@@ -11,7 +11,15 @@ import torch
 
 from ..attributes import FREQUENCIES_KEY, InvalidRequest, check_attribute_names, resolve_attributes
 from ..checkpoint import CheckpointError
-from ..glow import COVARIANCE_KEY, DIRECTIONS_KEY, MANIPULATION_UNITS_KEY, Glow, interpolate_latents, postprocess
+from ..glow import (
+    COVARIANCE_KEY,
+    DIRECTIONS_KEY,
+    INVERSE_BOUNDS_KEY,
+    MANIPULATION_UNITS_KEY,
+    Glow,
+    interpolate_latents,
+    postprocess,
+)
 from ..sampling import seeded_generator
 from .base import ENCODE, SAMPLE, SCORE, Pipeline, Prepared, finite_images, register_pipeline
 
@@ -57,6 +65,11 @@ class GlowPipeline(Pipeline):
             seeded_generator(LIKELIHOOD_SEED),
         )
         _ = self.manipulation_units  # a malformed calibration is refused at start-up, not at the first request
+        bounds = self.checkpoint.extras.get(INVERSE_BOUNDS_KEY)
+        try:
+            self.model.set_inverse_bounds(None if bounds is None else bounds.float())
+        except ValueError as error:
+            raise CheckpointError(f"the glow checkpoint's {INVERSE_BOUNDS_KEY}: {error}") from None
 
     @property
     def latent_dim(self) -> int:

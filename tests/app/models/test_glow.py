@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from app.models.checkpoint import load_checkpoint, save_checkpoint
+from app.models.flows import MAX_INVERSE_ACTIVATION
 from app.models.glow import Glow, GlowConfig, dequantize, interpolate_latents, postprocess
 from app.models.preprocess import PreprocessSpec
 from tests.conftest import TINY_CONFIGS
@@ -141,3 +142,27 @@ def test_loaded_checkpoint_keeps_actnorm_init_and_is_float32(tmp_path):
     loaded.train()
     loaded.initialize(images * 0.1, y)  # initialised already: a no-op
     assert torch.equal(loaded.bits_per_dim(images, y), model.bits_per_dim(images, y))
+
+
+def test_measured_inverse_bounds_keep_faces_exact_and_bound_far_latents():
+    model = tiny_glow(torch.float32)
+    images = random_images(6, 16, seed=5)
+    latents = model.encode_images(images)
+    exact = model.decode_images(latents)
+    bounds = model.measure_inverse_bounds(images.split(3))
+    assert bounds.shape == (len(model.couplings),) and bool((bounds > 0).all())
+    assert all(coupling.inverse_bound == MAX_INVERSE_ACTIVATION for coupling in model.couplings)  # measuring only
+
+    model.set_inverse_bounds(bounds)
+    assert [coupling.inverse_bound for coupling in model.couplings] == pytest.approx(bounds.tolist())
+    assert torch.equal(model.decode_images(latents), exact)  # inside the envelope nothing is clamped
+
+    far = latents * 1e3
+    tight = model.decode(model.unflatten_latents(far))
+    model.set_inverse_bounds(None)
+    loose = model.decode(model.unflatten_latents(far))
+    assert torch.isfinite(tight).all() and tight.abs().max() < loose.abs().max()
+    with pytest.raises(ValueError, match=f"{len(model.couplings)} positive numbers"):
+        model.set_inverse_bounds(torch.ones(3))
+    with pytest.raises(ValueError, match="positive"):
+        model.set_inverse_bounds(-bounds)
