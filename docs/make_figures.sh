@@ -15,12 +15,12 @@ post /generate/acgan '{"n": 8, "seed": 1, "toggle": "Smiling", "strength": 1}' a
 post /generate/acgan '{"n": 8, "seed": 2, "toggle": "Male"}' acgan_male_pairs.png
 # the shipped model's three codes (what each moves: code_effects in the checkpoint's metrics)
 for code in 0 1 2; do post /generate/infogan "{\"rows\": 4, \"code\": $code, \"seed\": 1}" infogan_code$code.png; done
-post /generate/glow '{"n": 16, "seed": 1, "temperature": 0.25}' glow_samples.png
+post /generate/glow '{"n": 16, "seed": 1, "temperature": 0.3}' glow_samples.png
 curl -sf -X POST "$URL/glow/interpolate" -F face_a=@$faces/000001.jpg -F face_b=@$faces/182637.jpg -F steps=8 \
      -o glow_interpolation.png && echo glow_interpolation.png
 # 000002 (not smiling): moving the smiling 000001 to -1 diverges with the shipped Glow (the route answers 422)
 curl -sf -X POST "$URL/glow/manipulate" -F face=@$faces/000002.jpg -F attribute=Smiling -F strengths=-1,-0.5,0,0.5,1 \
      -o glow_manipulation_smiling.png && echo glow_manipulation_smiling.png
 # the condition at the default strength: the same seed asked for Male off, then on
-post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.25, "attributes": {"Male": false}}' glow_male_off.png
-post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.25, "attributes": {"Male": true}}' glow_male_on.png
+post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": false}}' glow_male_off.png
+post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": true}}' glow_male_on.png
