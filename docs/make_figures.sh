@@ -18,9 +18,11 @@ for code in 0 1 2; do post /generate/infogan "{\"rows\": 4, \"code\": $code, \"s
 post /generate/glow '{"n": 16, "seed": 1, "temperature": 0.3}' glow_samples.png
 curl -sf -X POST "$URL/glow/interpolate" -F face_a=@$faces/000001.jpg -F face_b=@$faces/182637.jpg -F steps=8 \
      -o glow_interpolation.png && echo glow_interpolation.png
-# 000002 (not smiling): moving the smiling 000001 to -1 diverges with the shipped Glow (the route answers 422)
+# 000002 (not smiling, no glasses): Smiling, then Eyeglasses, from -1 (off) to +1 (on)
 curl -sf -X POST "$URL/glow/manipulate" -F face=@$faces/000002.jpg -F attribute=Smiling -F strengths=-1,-0.5,0,0.5,1 \
      -o glow_manipulation_smiling.png && echo glow_manipulation_smiling.png
+curl -sf -X POST "$URL/glow/manipulate" -F face=@$faces/000002.jpg -F attribute=Eyeglasses -F strengths=-1,-0.5,0,0.5,1 \
+     -o glow_manipulation_eyeglasses.png && echo glow_manipulation_eyeglasses.png
 # the condition at the default strength: the same seed asked for Male off, then on
 post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": false}}' glow_male_off.png
 post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": true}}' glow_male_on.png
