@@ -44,8 +44,8 @@ COVARIANCE_KEY = "attribute_covariance"  # (A, A) covariance of the training lab
 # (A,) per attribute, the partial directions that make manipulation strength 1 (`python -m training calibrate-glow`)
 MANIPULATION_UNITS_KEY = "manipulation_units"
 # (couplings,) the largest |activation| each coupling's inverse produced on training faces (`calibrate-glow`): decoding
-# clamps there, which every face stays within (so it still reconstructs exactly) while a latent pushed far off the
-# faces' distribution saturates a few values instead of cascading into a frame of noise.
+# clamps there. Faces stay within (so they still reconstruct exactly; figures in the README), while a latent pushed
+# far off the faces' distribution saturates a few values instead of cascading into a frame of noise.
 INVERSE_BOUNDS_KEY = "inverse_bounds"
 
 
