@@ -13,7 +13,6 @@ a neutral y" choice to make, and the service applies the directions to uploads w
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import asdict
@@ -23,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from app.models.attributes import FREQUENCIES_KEY
-from app.models.checkpoint import file_sha256, load_checkpoint, read_metadata, save_checkpoint
+from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.glow import COVARIANCE_KEY, DIRECTIONS_KEY, Glow, GlowConfig
 
 from .common import (
@@ -138,9 +137,10 @@ def attribute_directions(
     return ((mean_with - mean_without) * present[:, None]).float()
 
 
-def load_initial_weights(model: Glow, path: str) -> None:
-    """Copy a Glow checkpoint's weights into ``model`` (its actnorms then count as initialised). Only the class
-    head's loss weight may differ between the two configs: every other field changes the tensors or what they mean."""
+def load_initial_weights(model: Glow, path: str) -> dict[str, object]:
+    """Copy a Glow checkpoint's weights into ``model`` (its actnorms then count as initialised) and return what the
+    continued checkpoint records of its start: the file, its digest and its own training. Only the class head's loss
+    weight may differ between the two configs: every other field changes the tensors or what they mean."""
     checkpoint = load_checkpoint(path)
     source = GlowConfig(**checkpoint.config)
     differing = [
@@ -154,15 +154,10 @@ def load_initial_weights(model: Glow, path: str) -> None:
             f"({', '.join(f'{name}={getattr(source, name)!r}' for name in differing)}); give the same options"
         )
     model.load_state_dict(checkpoint.model_as(Glow).state_dict())
-
-
-def initial_weights_record(path: str) -> dict[str, object]:
-    """What a warm-started checkpoint records of its starting weights: the file, its digest and its own training."""
-    metadata = read_metadata(path)
-    earlier = json.loads(metadata.get("training", "{}"))
+    earlier = checkpoint.training
     return {
         "checkpoint": Path(path).name,
-        "sha256": file_sha256(path)[:12],
+        "sha256": checkpoint.sha256[:12],
         "epochs": earlier.get("epochs"),
         "steps": earlier.get("steps"),
         **({"init_from": earlier["init_from"]} if "init_from" in earlier else {}),
@@ -199,8 +194,8 @@ def train(args: argparse.Namespace) -> None:
         y_condition=args.y_condition,
     )
     model = Glow(config).to(device)
-    if args.init_from:
-        load_initial_weights(model, args.init_from)
+    # read once: the continued checkpoint records where it started at every epoch
+    started_from = load_initial_weights(model, args.init_from) if args.init_from else None
     frequencies = train_split.attributes.mean(0)
     covariance = torch.cov(train_split.attributes.float().T)  # the service conditions on several attributes with it
 
@@ -331,7 +326,7 @@ def train(args: argparse.Namespace) -> None:
                     "warmup": args.warmup,
                     "clip_norm": args.clip_norm,
                     "init_images": args.init_images,
-                    **({"init_from": initial_weights_record(args.init_from)} if args.init_from else {}),
+                    **({"init_from": started_from} if started_from else {}),
                 },
                 extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies, COVARIANCE_KEY: covariance},
                 dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility

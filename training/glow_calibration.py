@@ -9,9 +9,10 @@ gets there keeps the last unit that held. The units go into the checkpoint (extr
 strength 1 means "on" (-1 "off") for most faces.
 
 First, unless ``--envelope-faces 0``, it encodes and decodes that many training faces and stores the largest
-|activation| each coupling's inverse produces (extra ``inverse_bounds``): decoding then clamps there. Every face
-stays inside, so faces still reconstruct exactly, but a latent pushed far along a direction saturates a few values
-instead of cascading into a frame of noise, which is what used to stop glasses and age from showing.
+|activation| each coupling's inverse produces (extra ``inverse_bounds``): decoding then clamps there. Faces stay
+inside, so they still reconstruct exactly (figures in the README), but a latent pushed far along a direction
+saturates a few values instead of cascading into a frame of noise, which is what used to stop glasses and age from
+showing.
 """
 
 from __future__ import annotations
