@@ -5,8 +5,10 @@ made +-1 a different change for each (some attributes flip at 2 partial directio
 per attribute, the smallest unit on a fixed ladder at which the classifier's call flips on ``--flip`` of the
 calibration faces (training faces, never the evaluated split), stopping before the other 39 calls kept fall under
 ``--keep`` or more than ``--refused`` of the frames diverge (the service refuses those); an attribute that never
-gets there keeps the last unit that held. The units go into the checkpoint (extra ``manipulation_units``), so
-strength 1 means "on" (-1 "off") for most faces.
+gets there keeps the last unit that held. It climbs the ladder twice, with the direction on every latent and with
+the top latent left alone (:func:`latent_profiles`), and keeps the better. The units and latent weights go into the
+checkpoint (extras ``manipulation_units`` and ``manipulation_levels``), so strength 1 means "on" (-1 "off") for most
+faces.
 
 First, unless ``--envelope-faces 0``, it encodes and decodes that many training faces and stores the largest
 |activation| each coupling's inverse produces (extra ``inverse_bounds``): decoding then clamps there. Faces stay
@@ -18,6 +20,7 @@ showing.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 
 from app.models.checkpoint import amend_checkpoint, load_checkpoint
-from app.models.glow import INVERSE_BOUNDS_KEY, MANIPULATION_UNITS_KEY
+from app.models.glow import INVERSE_BOUNDS_KEY, MANIPULATION_LEVELS_KEY, MANIPULATION_UNITS_KEY
 from app.models.pipelines import build_pipeline
 from app.models.pipelines.glow import GlowPipeline
 
@@ -36,6 +39,35 @@ from .evaluate_glow import decode_checked
 from .registry import register_trainer
 
 LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)  # units tried, in partial directions
+
+
+def latent_profiles(latents: int) -> dict[str, torch.Tensor]:
+    """The latents a direction may move, tried per attribute: all of them, or all but the top one (a push there
+    passes through every coupling's inverse; without it Eyeglasses changes on more faces before frames diverge)."""
+    profiles = {"all": torch.ones(latents)}
+    if latents > 1:
+        profiles["no-top"] = torch.cat([torch.ones(latents - 1), torch.zeros(1)])
+    return profiles
+
+
+def ladder(
+    flip_and_keep_at: Callable[[float], tuple[float, float, float]],
+    flip_target: float,
+    keep_floor: float,
+    refused_ceiling: float,
+) -> tuple[float, float, float, float]:
+    """(unit, flip, keep, refused): the first unit of :data:`LADDER` that flips ``flip_target`` of the faces, or the
+    last one before the other calls kept fall under ``keep_floor`` or too many frames diverge."""
+    chosen: tuple[float, float, float, float] | None = None
+    for unit in LADDER:
+        flip, keep, refused = flip_and_keep_at(unit)
+        if (keep < keep_floor or refused > refused_ceiling) and chosen is not None:
+            break  # further drags the other attributes along or breaks frames: keep the last unit that did not
+        chosen = (unit, flip, keep, refused)
+        if flip >= flip_target:
+            break
+    assert chosen is not None
+    return chosen
 
 
 def flip_and_keep(
@@ -66,9 +98,11 @@ def calibrate(
     keep_floor: float,
     attributes: list[str] | None = None,
     refused_ceiling: float = 0.02,
-) -> tuple[torch.Tensor, dict[str, dict[str, float]]]:
-    """(A,) units (those of ``attributes``, default all, calibrated; the others as the pipeline has them), and per
-    calibrated attribute the unit with its flip, keep and refusal rates on ``faces``."""
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, dict[str, Any]]]:
+    """(A,) units and (A, latents) latent weights (those of ``attributes``, default all, calibrated; the others as
+    the pipeline has them), and per calibrated attribute the chosen profile and unit with its flip, keep and refusal
+    rates on ``faces``. Per attribute, each of :func:`latent_profiles` climbs the ladder; the one that reaches
+    ``flip_target`` keeping the most of the other calls wins (none reaching it: the one flipping the most)."""
     columns = judge.columns(pipeline.attributes)
 
     def calls(images: torch.Tensor) -> torch.Tensor:
@@ -76,32 +110,38 @@ def calibrate(
 
     latents = batched(lambda x: pipeline.run("encode", (x,))[0], faces)
     before = calls(batched(lambda z: pipeline.run("decode", (z,))[0], latents))
-    units, report = pipeline.manipulation_units.clone(), {}
+    units, levels, report = pipeline.manipulation_units.clone(), pipeline.manipulation_levels.clone(), {}
     for name in attributes or pipeline.attributes:
         index = pipeline.attributes.index(name)
         sign = 1 - 2 * before[:, index]  # +1 towards having it, -1 towards lacking it
-        push = sign[:, None] * pipeline.attribute_effects[index].to(latents.dtype)
-        chosen: tuple[float, float, float, float] | None = None
-        for unit in LADDER:
-            flip, keep, refused = flip_and_keep(pipeline, calls, latents, push, before, index, unit)
-            if (keep < keep_floor or refused > refused_ceiling) and chosen is not None:
-                break  # further drags the other attributes along or breaks frames: keep the last unit that did not
-            chosen = (unit, flip, keep, refused)
-            if flip >= flip_target:
-                break
-        assert chosen is not None
-        units[index] = chosen[0]
+        best: tuple[tuple[bool, float], str, tuple[float, float, float, float]] | None = None
+        for profile, weights in latent_profiles(pipeline.latent_count).items():
+            push = sign[:, None] * pipeline.directions_on_latents(index, weights).to(latents.dtype)
+            result = ladder(
+                functools.partial(flip_and_keep, pipeline, calls, latents, push, before, index),
+                flip_target,
+                keep_floor,
+                refused_ceiling,
+            )
+            reached = result[1] >= flip_target
+            rank = (reached, result[2] if reached else result[1])
+            if best is None or rank > best[0]:
+                best = (rank, profile, result)
+        assert best is not None
+        _, profile, (unit, flip, keep, refused) = best
+        units[index], levels[index] = unit, latent_profiles(pipeline.latent_count)[profile]
         report[name] = {
-            "unit": chosen[0],
-            "flip": round(chosen[1], 3),
-            "keep": round(chosen[2], 3),
-            "refused": round(chosen[3], 3),
+            "latents": profile,
+            "unit": unit,
+            "flip": round(flip, 3),
+            "keep": round(keep, 3),
+            "refused": round(refused, 3),
         }
         print(
-            f"{name:>20}: unit {chosen[0]:4.2f}  flip {chosen[1]:.3f}  keep {chosen[2]:.3f}  refused {chosen[3]:.3f}",
+            f"{name:>20}: {profile:>6} unit {unit:4.2f}  flip {flip:.3f}  keep {keep:.3f}  refused {refused:.3f}",
             flush=True,
         )
-    return units, report
+    return units, levels, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,7 +208,9 @@ def run(args: argparse.Namespace) -> None:
         extras[INVERSE_BOUNDS_KEY] = bounds
         print(f"inverse bounds over {len(envelope)} faces: {', '.join(f'{b:.1f}' for b in bounds.tolist())}")
     with torch.inference_mode():
-        units, report = calibrate(pipeline, judge, split.batch(picks)[0], args.flip, args.keep, chosen, args.refused)
+        units, levels, report = calibrate(
+            pipeline, judge, split.batch(picks)[0], args.flip, args.keep, chosen, args.refused
+        )
     calibration: dict[str, Any] = {
         "command": f"python -m training calibrate-glow {args.checkpoint} --data {args.data} --classifier "
         f"{args.classifier} --attributes {args.attributes} --faces {args.faces} --flip {args.flip} --keep {args.keep} "
@@ -180,7 +222,7 @@ def run(args: argparse.Namespace) -> None:
     }
     amend_checkpoint(
         args.checkpoint,
-        extras={**extras, MANIPULATION_UNITS_KEY: units.float()},
+        extras={**extras, MANIPULATION_UNITS_KEY: units.float(), MANIPULATION_LEVELS_KEY: levels.float()},
         metrics={"manipulation_calibration": calibration},
     )
     print(f"{args.checkpoint}: manipulation units calibrated for {len(report)} attributes")

@@ -43,6 +43,10 @@ DIRECTIONS_KEY = "attribute_directions"
 COVARIANCE_KEY = "attribute_covariance"  # (A, A) covariance of the training labels, for conditioning on several
 # (A,) per attribute, the partial directions that make manipulation strength 1 (`python -m training calibrate-glow`)
 MANIPULATION_UNITS_KEY = "manipulation_units"
+# (A, latents) per attribute, the weight of each latent (finest split first, the top last) in its manipulation direction
+# (`calibrate-glow`). A push on the top latent passes through every coupling's inverse, so it is the first to diverge;
+# some attributes change more cleanly without it (figures in the README).
+MANIPULATION_LEVELS_KEY = "manipulation_levels"
 # (couplings,) the largest |activation| each coupling's inverse produced on training faces (`calibrate-glow`): decoding
 # clamps there. Faces stay within (so they still reconstruct exactly; figures in the README), while a latent pushed
 # far off the faces' distribution saturates a few values instead of cascading into a frame of noise.
@@ -187,6 +191,11 @@ class Glow(FamilyModule):
     @property
     def latent_dim(self) -> int:
         return sum(math.prod(shape) for shape in self._latent_shapes)
+
+    def spread_over_latents(self, weights: torch.Tensor) -> torch.Tensor:
+        """(..., len(latent_shapes)) one number per latent -> (..., latent_dim), each repeated over its latent."""
+        sizes = torch.tensor([math.prod(shape) for shape in self._latent_shapes], device=weights.device)
+        return weights.repeat_interleave(sizes, dim=-1)
 
     def flatten_latents(self, z_list: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([z.flatten(1) for z in z_list], 1)

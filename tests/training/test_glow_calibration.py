@@ -8,11 +8,11 @@ import torch
 from app.models import build_model
 from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import load_checkpoint
-from app.models.glow import DIRECTIONS_KEY, INVERSE_BOUNDS_KEY, MANIPULATION_UNITS_KEY
+from app.models.glow import DIRECTIONS_KEY, INVERSE_BOUNDS_KEY, MANIPULATION_LEVELS_KEY, MANIPULATION_UNITS_KEY
 from app.models.pipelines import build_pipeline
 from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
 from training.__main__ import main
-from training.glow_calibration import LADDER
+from training.glow_calibration import LADDER, latent_profiles
 
 
 def tiny_glow(tmp_path):
@@ -41,6 +41,13 @@ def test_calibration_writes_a_unit_per_attribute_from_the_ladder(tiny_celeba, tm
     assert all(0 <= entry["flip"] <= 1 and 0 <= entry["keep"] <= 1 for entry in per_attribute.values())
     pipeline = build_pipeline(checkpoint)
     assert torch.equal(pipeline.manipulation_units, units.float())
+    # each attribute's direction moves the latents of the profile its report names
+    profiles = latent_profiles(pipeline.latent_count)
+    levels = checkpoint.extras[MANIPULATION_LEVELS_KEY]
+    assert levels.shape == (40, 2) and set(profiles) == {"all", "no-top"}
+    for row, entry in zip(levels, per_attribute.values()):
+        assert torch.equal(row, profiles[entry["latents"]])
+    assert torch.equal(pipeline.manipulation_levels, levels.float())
     # the inverse's envelope over the training faces, measured first and applied by the pipeline
     bounds = checkpoint.extras[INVERSE_BOUNDS_KEY]
     assert bounds.shape == (len(pipeline.model.couplings),) and bool((bounds > 0).all())
@@ -85,8 +92,12 @@ class Passthrough:
 
     attributes = ["Reaches", "DragsOthers", "NeverFlips", "Diverges"]
     manipulation_units = torch.full((4,), 2.0)
-    attribute_effects = torch.zeros(4, 1)
+    manipulation_levels = torch.ones(4, 2)
+    latent_count = 2
     device = torch.device("cpu")
+
+    def directions_on_latents(self, index, weights):
+        return weights[-1:]  # a one-number "latent": 1 when the profile moves the top latent, else 0
 
     def run(self, operation, inputs):
         return (inputs[0],)
@@ -106,8 +117,32 @@ def test_the_ladder_stops_at_enough_flips_and_before_the_others_drift(monkeypatc
 
     monkeypatch.setattr(calibration, "flip_and_keep", rates)
     stub = Passthrough()
-    units, report = calibration.calibrate(stub, stub, torch.zeros(4, 3, 8, 8), flip_target=0.9, keep_floor=0.85)
+    units, levels, report = calibration.calibrate(
+        stub, stub, torch.zeros(4, 3, 8, 8), flip_target=0.9, keep_floor=0.85
+    )
     # 3 / 3 flips enough; 1 - 3.5 / 20 < 0.85; nothing flips: the top; 2.5 / 100 > 0.02 of the frames diverge
     assert units.tolist() == [3.0, 3.0, LADDER[-1], 2.0]
-    assert report["Reaches"] == {"unit": 3.0, "flip": 1.0, "keep": 1.0, "refused": 0.0}
+    assert report["Reaches"] == {"latents": "all", "unit": 3.0, "flip": 1.0, "keep": 1.0, "refused": 0.0}
     assert report["DragsOthers"]["keep"] == 0.85
+    assert torch.equal(levels, torch.ones(4, 2))  # both profiles alike: the first, every latent, wins the tie
+
+
+def test_the_profile_that_flips_while_keeping_the_most_wins(monkeypatch):
+    import training.glow_calibration as calibration
+
+    def rates(pipeline, calls, latents, push, before, index, unit):
+        moves_top = bool(push[0, 0] != 0)
+        if index == 0:  # every latent diverges from 2 on; without the top it flips at 5, keeping 0.9
+            return (0.5, 1.0, 0.1 * (unit >= 2)) if moves_top else (unit / 5, 0.9, 0.0)
+        if index == 1:  # both reach the target at 1; every latent keeps more
+            return (1.0, 0.95, 0.0) if moves_top else (1.0, 0.9, 0.0)
+        return (0.2, 1.0, 0.0) if moves_top else (0.4, 1.0, 0.0)  # neither reaches it: the one flipping more
+
+    monkeypatch.setattr(calibration, "flip_and_keep", rates)
+    stub = Passthrough()
+    units, levels, report = calibration.calibrate(
+        stub, stub, torch.zeros(4, 3, 8, 8), flip_target=0.9, keep_floor=0.85
+    )
+    assert [entry["latents"] for entry in report.values()] == ["no-top", "all", "no-top", "no-top"]
+    assert units.tolist() == [5.0, 1.0, LADDER[-1], LADDER[-1]]
+    assert levels.tolist() == [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]

@@ -15,6 +15,7 @@ from ..glow import (
     COVARIANCE_KEY,
     DIRECTIONS_KEY,
     INVERSE_BOUNDS_KEY,
+    MANIPULATION_LEVELS_KEY,
     MANIPULATION_UNITS_KEY,
     Glow,
     interpolate_latents,
@@ -64,7 +65,8 @@ class GlowPipeline(Pipeline):
             LIKELIHOOD_DRAWS,
             seeded_generator(LIKELIHOOD_SEED),
         )
-        _ = self.manipulation_units  # a malformed calibration is refused at start-up, not at the first request
+        # a malformed calibration is refused at start-up, not at the first request
+        _ = self.manipulation_units, self.manipulation_levels
         bounds = self.checkpoint.extras.get(INVERSE_BOUNDS_KEY)
         try:
             self.model.set_inverse_bounds(None if bounds is None else bounds.float())
@@ -178,18 +180,50 @@ class GlowPipeline(Pipeline):
         return interpolate_latents(latents[0], latents[1], steps, method)
 
     def manipulation_latents(self, latent: torch.Tensor, attribute: str, strengths: list[float]) -> torch.Tensor:
-        """(D,) latent of one face -> (len(strengths), D): the latent plus each strength times the attribute's effect.
-
-        The effect is the attribute's partial direction: how the mean latent moves when this attribute alone changes
-        and the other 39 stay as they are (``Cov(z, y) Cov(y)^-1`` over the training labels, the same Gaussian
-        conditioning the samples use). The raw mean-difference direction also drags every correlated attribute
-        along (the second course report saw "every other attribute dragged towards the mean"); this one mostly
-        keeps them. Strength 1 is the attribute's calibrated number of such moves (:attr:`manipulation_units`):
-        towards the attribute on (at -1, off), enough to change it for most faces."""
+        """(D,) latent of one face -> (len(strengths), D): the latent plus each strength times the attribute's
+        manipulation direction (:attr:`manipulation_directions`)."""
         check_attribute_names([attribute], self.attributes, "attribute")
         index = self.attributes.index(attribute)
         amounts = torch.tensor(strengths, dtype=latent.dtype)[:, None] * self.manipulation_units[index].item()
-        return latent[None] + amounts * self.attribute_effects[index].to(latent.dtype)
+        return latent[None] + amounts * self.manipulation_directions[index].to(latent.dtype)
+
+    @functools.cached_property
+    def manipulation_directions(self) -> torch.Tensor:
+        """(A, D) what strength 1 adds to a face's latent, per unit: each attribute's partial direction
+        (:attr:`attribute_effects`) on its calibrated latents (:attr:`manipulation_levels`). The partial direction
+        is how the mean latent moves when this attribute alone changes and the other 39 stay as they are; the raw
+        mean-difference direction also drags every correlated attribute along (the second course report saw "every
+        other attribute dragged towards the mean"), this one mostly keeps them. Strength 1 is the attribute's
+        calibrated number of such moves (:attr:`manipulation_units`): towards the attribute on (at -1, off), enough
+        to change it for most faces."""
+        return self.directions_on_latents(slice(None), self.manipulation_levels)
+
+    def directions_on_latents(self, index: int | slice, weights: torch.Tensor) -> torch.Tensor:
+        """The partial direction(s) of attribute(s) ``index`` with each latent scaled by ``weights`` (..., latents)."""
+        return self.attribute_effects[index] * self.model.spread_over_latents(weights.to(self.attribute_effects))
+
+    @property
+    def latent_count(self) -> int:
+        """How many latents the flow has (one per split, then the top): the length of a row of manipulation levels."""
+        return len(self.model.latent_shapes)
+
+    @functools.cached_property
+    def manipulation_levels(self) -> torch.Tensor:
+        """(A, latents) the weight of each latent in each attribute's manipulation direction: calibrated per
+        attribute in the checkpoint, else every latent at full weight."""
+        shape = (len(self.attributes), self.latent_count)
+        levels = self.checkpoint.extras.get(MANIPULATION_LEVELS_KEY)
+        if levels is None:
+            return torch.ones(shape)
+        levels = levels.float().cpu()
+        if levels.shape != shape or not bool(
+            (torch.isfinite(levels) & (levels >= 0)).all() and (levels.sum(1) > 0).all()
+        ):
+            raise CheckpointError(
+                f"the glow checkpoint's {MANIPULATION_LEVELS_KEY} must be {shape[0]} rows of {shape[1]} non-negative "
+                f"weights, none all zero; got shape {tuple(levels.shape)}"
+            )
+        return levels
 
     @functools.cached_property
     def manipulation_units(self) -> torch.Tensor:

@@ -136,3 +136,43 @@ def test_malformed_units_are_refused_when_the_pipeline_is_built(tmp_path, units)
     path = write_tiny_checkpoint(tmp_path / "bad", "glow", extras={**extras, MANIPULATION_UNITS_KEY: units})
     with pytest.raises(CheckpointError, match="manipulation_units"):  # NaN: refused by the loader already
         build_pipeline(load_checkpoint(path))
+
+
+def test_calibrated_latents_restrict_an_attributes_direction(tmp_path):
+    """An attribute calibrated to leave the top latent alone moves only the split latents, by its unit times the
+    partial direction there; the others still move every latent."""
+    from app.models.glow import MANIPULATION_LEVELS_KEY
+
+    plain, extras = glow_pipeline(tmp_path / "plain")
+    shapes = plain.model.latent_shapes
+    assert torch.equal(plain.manipulation_levels, torch.ones(40, len(shapes)))
+    levels = torch.ones(40, len(shapes))
+    eyeglasses = plain.attributes.index("Eyeglasses")
+    levels[eyeglasses, -1] = 0.0
+    path = write_tiny_checkpoint(tmp_path / "levels", "glow", extras={**extras, MANIPULATION_LEVELS_KEY: levels})
+    calibrated = build_pipeline(load_checkpoint(path))
+    latent = torch.zeros(calibrated.latent_dim)
+    top = shapes[-1][0] * shapes[-1][1] * shapes[-1][2]
+    moved = calibrated.manipulation_latents(latent, "Eyeglasses", [1.0])[0]
+    effect = plain.attribute_effects[eyeglasses]
+    assert (moved[-top:] == 0).all() and (moved[:-top] != 0).any()
+    assert torch.allclose(moved[:-top], calibrated.manipulation_units[eyeglasses] * effect[:-top], atol=1e-5)
+    assert torch.allclose(
+        calibrated.manipulation_latents(latent, "Male", [1.0])[0], plain.manipulation_latents(latent, "Male", [1.0])[0]
+    )
+
+
+@pytest.mark.parametrize("shape_or_value", [(40, 1), (39, 2), -1.0, 0.0])
+def test_malformed_latent_weights_are_refused_when_the_pipeline_is_built(tmp_path, shape_or_value):
+    from app.models.checkpoint import CheckpointError
+    from app.models.glow import MANIPULATION_LEVELS_KEY
+
+    plain, extras = glow_pipeline(tmp_path / "plain")
+    if isinstance(shape_or_value, tuple):
+        levels = torch.ones(shape_or_value)
+    else:  # a negative weight, or a row with no latent to move
+        levels = torch.ones(40, len(plain.model.latent_shapes))
+        levels[3] = shape_or_value
+    path = write_tiny_checkpoint(tmp_path / "bad", "glow", extras={**extras, MANIPULATION_LEVELS_KEY: levels})
+    with pytest.raises(CheckpointError, match="manipulation_levels must be 40 rows of 2 non-negative weights"):
+        build_pipeline(load_checkpoint(path))
