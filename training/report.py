@@ -35,6 +35,7 @@ WHAT = {
     "glow": "conditional Glow (prior conditioned on the 40 attributes): samples, interpolation, manipulation, bits/dim",
     "classifier": "CelebA 40-attribute classifier: judges the generators' samples and serves /classify",
 }
+CALIBRATION = "manipulation_calibration"  # a Glow's metrics entry written by calibrate-glow
 # Headline metrics of families without an evaluator (the classifier measures itself while training).
 TRAINING_HEADLINES = {"classifier": ("valid_mean_accuracy", "majority_mean_accuracy")}
 
@@ -149,10 +150,33 @@ def model_card(path: Path, metadata: dict[str, Any]) -> str:
     for name, value in sorted(metrics.items()):
         if name == "evaluate_command":
             continue
+        if name == CALIBRATION and isinstance(value, dict):  # its per-attribute part is the table below
+            value = {key: entry for key, entry in value.items() if key != "per_attribute"}
         text = json.dumps(value) if isinstance(value, (dict, list)) else show(value)
         lines.append(f"  - `{name}`: {text if len(text) <= 300 else text[:297] + '...'}")
+    lines += calibration_table(metrics)
     lines += ["", f"- **Licence**: {LICENCE}", ""]
     return "\n".join(lines)
+
+
+def calibration_table(metrics: dict[str, Any]) -> list[str]:
+    """A Glow's manipulation calibration per attribute (``calibrate-glow``), as the card's table."""
+    per_attribute = metrics.get(CALIBRATION, {}).get("per_attribute")
+    if not per_attribute:
+        return []
+    lines = [
+        "",
+        "Manipulation calibration (`calibrate-glow`, on training faces): strength 1 moves `unit` partial directions "
+        "on the latents named; the share of faces whose classifier call flipped, of the other calls kept, and of "
+        "frames refused at that unit.",
+        "",
+        "| attribute | latents | unit | flipped | others kept | refused |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in per_attribute.items():
+        cells = [entry.get("latents", "all"), *(show(entry.get(key)) for key in ("unit", "flip", "keep", "refused"))]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
 
 
 def cards(found: list[tuple[Path, dict[str, Any]]]) -> str:

@@ -57,3 +57,19 @@ def test_the_acgan_attribute_table_is_written_between_its_markers(tmp_path):
     assert "| Smiling | 0.95 | 0.9 |" in text and "| Male | 0.85 | 0.86 |" in text
     assert "| **mean** | **0.9** | **0.88** |" in text
     main(["report", "--weights", str(weights), "--readme", str(readme), "--check"])
+
+
+def test_a_glows_manipulation_calibration_is_a_table_in_its_card(tmp_path):
+    weights = tmp_path / "weights"
+    per_attribute = {
+        "Eyeglasses": {"latents": "no-top", "unit": 6.0, "flip": 0.95, "keep": 0.911, "refused": 0.0},
+        "Smiling": {"unit": 2.5, "flip": 0.92, "keep": 0.9, "refused": 0.01},  # calibrated before profiles: all
+    }
+    calibration = {"command": "python -m training calibrate-glow x", "faces": 100, "per_attribute": per_attribute}
+    write_tiny_checkpoint(weights, "glow", metrics={"manipulation_calibration": calibration})
+    main(["report", "--weights", str(weights)])
+    cards = (weights / "README.md").read_text()
+    assert "| Eyeglasses | no-top | 6 | 0.95 | 0.911 | 0 |" in cards
+    assert "| Smiling | all | 2.5 | 0.92 | 0.9 | 0.01 |" in cards
+    dumped = next(line for line in cards.splitlines() if "`manipulation_calibration`" in line)
+    assert '"faces": 100' in dumped and "per_attribute" not in dumped
