@@ -29,7 +29,8 @@ ACGAN_MIN_TOGGLE_SUCCESS_AS_TRAINED = 0.75  # at strength 1
 INFOGAN_MIN_Q_ACCURACY = 0.4
 # Glow, one attribute requested (README, 200 samples each: 0.975-1.0 for Smiling, Male, Eyeglasses and Young)
 GLOW_MIN_CONDITION_OBEYED = 0.8
-GLOW_MIN_MANIPULATION_FLIP = 0.75  # each of Smiling, Male, Eyeglasses, Young (the 3-epoch model: 0.28)
+GLOW_MIN_MANIPULATION_FLIP = 0.9  # each of Smiling, Male, Eyeglasses, Young: the goal (the 3-epoch model: 0.28)
+GLOW_MIN_MANIPULATION_KEEP = 0.85  # the other 39 calls, each of the four: the goal
 # The request that makes a batch of images for each sampling family, and where the images are in its JSON.
 SAMPLE_REQUESTS = {
     "vae": ({"n": 16, "seed": 0, "format": "json"}, "images"),
@@ -186,3 +187,25 @@ def test_shipped_glow_inverse_bounds_keep_faces_exact_and_manipulation_flips(fac
     # as `training evaluate` measured it on 100 validation faces at strength +-1
     flipped = glow.checkpoint.metrics["manipulation_flip_per_attribute"]
     assert min(flipped.values()) >= GLOW_MIN_MANIPULATION_FLIP, flipped
+    kept = glow.checkpoint.metrics["manipulation_keep_per_attribute"]
+    assert min(kept.values()) >= GLOW_MIN_MANIPULATION_KEEP, kept
+
+
+def test_shipped_glow_puts_glasses_on_the_test_faces_without_refusing_a_frame(face_paths):
+    """Eyeglasses at strength +1 (none of the test faces wears glasses): every frame decodes, and the classifier sees
+    glasses on most. The earlier calibration, which moved every latent, diverged 2 of the 4 frames; this one leaves
+    the top latent alone."""
+    from app.models.pipelines import build_pipeline
+    from training.evaluate_gans import load_judge
+
+    glow = build_pipeline(load_checkpoint(WEIGHTS / "glow.safetensors"))
+    judge = load_judge(WEIGHTS / "classifier.safetensors", torch.device("cpu"))
+    eyeglasses = judge.columns(glow.attributes)[glow.attributes.index("Eyeglasses")]
+    faces = torch.stack([preprocess(Image.open(path), glow.checkpoint.preprocess) for path in face_paths])
+    with torch.inference_mode():
+        latents = glow.encode(faces)
+        assert (judge.probabilities(glow.decode(latents)[0])[:, eyeglasses] < 0.5).all()
+        moved = torch.cat([glow.manipulation_latents(latent, "Eyeglasses", [1.0]) for latent in latents])
+        images, refused = glow.decode(moved)
+    assert not refused.any()
+    assert (judge.probabilities(images)[:, eyeglasses] > 0.5).sum() >= len(face_paths) - 1
