@@ -117,9 +117,7 @@ def test_the_ladder_stops_at_enough_flips_and_before_the_others_drift(monkeypatc
 
     monkeypatch.setattr(calibration, "flip_and_keep", rates)
     stub = Passthrough()
-    units, levels, report = calibration.calibrate(
-        stub, stub, torch.zeros(4, 3, 8, 8), flip_target=0.9, keep_floor=0.85
-    )
+    units, levels, report = calibration.calibrate(stub, stub, torch.zeros(4, 3, 8, 8), flip_target=0.9, keep_floor=0.85)
     # 3 / 3 flips enough; 1 - 3.5 / 20 < 0.85; nothing flips: the top; 2.5 / 100 > 0.02 of the frames diverge
     assert units.tolist() == [3.0, 3.0, LADDER[-1], 2.0]
     assert report["Reaches"] == {"latents": "all", "unit": 3.0, "flip": 1.0, "keep": 1.0, "refused": 0.0}
@@ -140,9 +138,7 @@ def test_the_profile_that_flips_while_keeping_the_most_wins(monkeypatch):
 
     monkeypatch.setattr(calibration, "flip_and_keep", rates)
     stub = Passthrough()
-    units, levels, report = calibration.calibrate(
-        stub, stub, torch.zeros(4, 3, 8, 8), flip_target=0.9, keep_floor=0.85
-    )
+    units, levels, report = calibration.calibrate(stub, stub, torch.zeros(4, 3, 8, 8), flip_target=0.9, keep_floor=0.85)
     assert [entry["latents"] for entry in report.values()] == ["no-top", "all", "no-top", "no-top"]
     assert units.tolist() == [5.0, 1.0, LADDER[-1], LADDER[-1]]
     assert levels.tolist() == [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]
