@@ -111,11 +111,12 @@ def calibrate(
     latents = batched(lambda x: pipeline.run("encode", (x,))[0], faces)
     before = calls(batched(lambda z: pipeline.run("decode", (z,))[0], latents))
     units, levels, report = pipeline.manipulation_units.clone(), pipeline.manipulation_levels.clone(), {}
+    profiles = latent_profiles(pipeline.latent_count)
     for name in attributes or pipeline.attributes:
         index = pipeline.attributes.index(name)
         sign = 1 - 2 * before[:, index]  # +1 towards having it, -1 towards lacking it
         best: tuple[tuple[bool, float], str, tuple[float, float, float, float]] | None = None
-        for profile, weights in latent_profiles(pipeline.latent_count).items():
+        for profile, weights in profiles.items():
             push = sign[:, None] * pipeline.directions_on_latents(index, weights).to(latents.dtype)
             result = ladder(
                 functools.partial(flip_and_keep, pipeline, calls, latents, push, before, index),
@@ -129,7 +130,7 @@ def calibrate(
                 best = (rank, profile, result)
         assert best is not None
         _, profile, (unit, flip, keep, refused) = best
-        units[index], levels[index] = unit, latent_profiles(pipeline.latent_count)[profile]
+        units[index], levels[index] = unit, profiles[profile]
         report[name] = {
             "latents": profile,
             "unit": unit,
