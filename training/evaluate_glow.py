@@ -48,6 +48,18 @@ def decode_checked(
     return torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
 
 
+def manipulation_rates(
+    before: torch.Tensor, after: torch.Tensor, refused: torch.Tensor, index: int
+) -> tuple[float, float, float]:
+    """(N, A) 0/1 calls on the unmoved and the moved faces, and whether each moved frame diverged -> the share whose
+    call of attribute ``index`` flipped, the share of the other calls that stayed, and the share of frames refused.
+    A refused frame (the service answers 422) counts as neither flipped nor kept."""
+    others = [k for k in range(before.shape[1]) if k != index]
+    flip = ((after[:, index] != before[:, index]) & ~refused).float().mean().item()
+    keep = ((after[:, others] == before[:, others]) & ~refused[:, None]).float().mean().item()
+    return flip, keep, refused.float().mean().item()
+
+
 def run_prepared(pipeline: Any, prepared: list[Any], batch_size: int = 100) -> torch.Tensor:
     """Images of several prepared requests, batched as the batcher would (their inputs concatenated)."""
     inputs = tuple(torch.cat(parts) for parts in zip(*(p.inputs for p in prepared)))
@@ -137,12 +149,8 @@ def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pat
             ]
         )
         images, refused = decode_checked(pipeline, moved)
-        after = calls(images)
-        others = [k for k in range(len(names)) if k != index]
-        # a frame the service would refuse (diverged) counts as neither flipped nor kept
-        flip[attribute] = round(((after[:, index] != before[:, index]) & ~refused).float().mean().item(), 4)
-        keep[attribute] = round(((after[:, others] == before[:, others]) & ~refused[:, None]).float().mean().item(), 4)
-        refusals[attribute] = round(refused.float().mean().item(), 4)
+        rates = manipulation_rates(before, calls(images), refused, index)
+        flip[attribute], keep[attribute], refusals[attribute] = (round(rate, 4) for rate in rates)
         shown += [reconstructions[:8], images[:8]]
     if not flip:
         raise EvaluationError(f"the checkpoint has none of the manipulated attributes {MANIPULATED}")

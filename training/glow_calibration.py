@@ -35,7 +35,7 @@ from app.models.pipelines.glow import GlowPipeline
 from .common import resolve_device
 from .data import load_split
 from .evaluate_gans import AttributeJudge, attribute_calls, batched, load_judge
-from .evaluate_glow import decode_checked
+from .evaluate_glow import decode_checked, manipulation_rates
 from .registry import register_trainer
 
 LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)  # units tried, in partial directions
@@ -83,11 +83,7 @@ def flip_and_keep(
     share whose call of it flips, the share of the other calls that stay, and the share of frames that diverge
     (refused by the service; they count as neither flipped nor kept). ``calls``: images -> (N, A) 0/1 calls."""
     images, refused = decode_checked(pipeline, latents + unit * push)
-    after = calls(images)
-    others = [k for k in range(before.shape[1]) if k != index]
-    flip = ((after[:, index] != before[:, index]) & ~refused).float().mean().item()
-    keep = ((after[:, others] == before[:, others]) & ~refused[:, None]).float().mean().item()
-    return flip, keep, refused.float().mean().item()
+    return manipulation_rates(before, calls(images), refused, index)
 
 
 def calibrate(

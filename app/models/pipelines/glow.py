@@ -216,9 +216,7 @@ class GlowPipeline(Pipeline):
         if levels is None:
             return torch.ones(shape)
         levels = levels.float().cpu()
-        if levels.shape != shape or not bool(
-            (torch.isfinite(levels) & (levels >= 0)).all() and (levels.sum(1) > 0).all()
-        ):
+        if levels.shape != shape or not bool((levels >= 0).all() and (levels.sum(1) > 0).all()):
             raise CheckpointError(
                 f"the glow checkpoint's {MANIPULATION_LEVELS_KEY} must be {shape[0]} rows of {shape[1]} non-negative "
                 f"weights, none all zero; got shape {tuple(levels.shape)}"
