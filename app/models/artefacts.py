@@ -13,7 +13,9 @@ A frame fails where its score exceeds an absolute ceiling that no real face reac
 reference (an edit of an upload, a frame of an interpolation), where it exceeds the reference's own score by more
 than a margin: the edit added colour noise that the face did not have. Both limits are model-independent properties
 of images; they are set from real faces (the ceiling) and from speckled and clean edits kept as test fixtures in
-``tests/data/artefacts`` (the margin).
+``tests/data/artefacts`` (the margin). A Glow checkpoint carries the limits its service applies (extra
+:data:`ARTEFACT_LIMITS_KEY`, written by ``python -m training calibrate-glow`` once its own reconstructions of training
+faces are checked to pass); one without them is served with the divergence check alone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+ARTEFACT_LIMITS_KEY = "artefact_limits"  # checkpoint extra: (2,) the ceiling and the margin
 BLOCK = 6  # pixels per side of the blocks the colour noise is averaged over: about an eye or the corner of a mouth
 
 
@@ -34,6 +37,16 @@ class ArtefactLimits:
     # Clean edits of the fixtures add at most 0.067 to their reconstruction's score (glasses put on: 0.046); the
     # speckled ones add 0.075 to 1.05. A narrow gap: the fixtures' tests hold it.
     margin: float = 0.07
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor([self.ceiling, self.margin])
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> ArtefactLimits:
+        if values.shape != (2,) or not bool((torch.isfinite(values) & (values > 0)).all()):
+            raise ValueError(f"artefact limits must be 2 positive numbers (ceiling, margin), got {values.tolist()}")
+        ceiling, margin = values.tolist()
+        return cls(ceiling, margin)
 
 
 def colour_noise(images: torch.Tensor) -> torch.Tensor:

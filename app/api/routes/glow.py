@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,7 @@ from app.models.pipelines.glow import (
     DEFAULT_TEMPERATURE,
     MAX_CONDITION_STRENGTH,
     MAX_TEMPERATURE,
+    Frames,
     GlowPipeline,
 )
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
@@ -90,17 +91,26 @@ class GlowImagesResponse(ImagesResponse):
     attributes: list[dict[str, bool]] = Field(description="per image, in order, the full attribute vector used")
 
 
+FRAME_STATUS = (
+    "per frame: ok; reduced (the frame at the requested strength failed the artefact check, this one is served at "
+    "the smaller applied strength); refused (every try failed: the image is a grey tile)"
+)
+
+
 class InterpolationResponse(BaseModel):
     model: str
     method: str
     frames: list[str] = Field(description="base64 PNGs from face_a's reconstruction to face_b's")
+    frame_status: list[Literal["ok", "refused"]] = Field(description=FRAME_STATUS)
     faces: list[FaceReport] = Field(description="how face_a and face_b were aligned: faces found, box, landmarks")
 
 
 class ManipulationResponse(BaseModel):
     model: str
     attribute: str
-    strengths: list[float]
+    strengths: list[float] = Field(description="the strengths requested")
+    applied_strengths: list[float | None] = Field(description="per frame, the strength served (null: refused)")
+    frame_status: list[Literal["ok", "reduced", "refused"]] = Field(description=FRAME_STATUS)
     original: str = Field(description="the preprocessed upload, base64 PNG")
     images: list[str] = Field(description="base64 PNGs, one per strength, in order")
     face: FaceReport = Field(description="how the upload was aligned: faces found, box, landmarks")
@@ -130,9 +140,24 @@ def sequence_output(
 SEQUENCE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"image/png": {}, "image/gif": {}, "application/json": {}},
-        "description": "a PNG strip, an animated GIF or JSON",
+        "description": "a PNG strip, an animated GIF or JSON. A frame that failed the artefact check is a grey tile, "
+        "named in the X-Refused-Frames header (1-based) and in frame_status",
     }
 }
+
+
+def frame_headers(frames: Frames) -> dict[str, str]:
+    """What PNG and GIF answers say of their frames: the refused ones (1-based), and for manipulation the strength
+    each frame was served at (``refused`` for a grey tile)."""
+    headers = {"X-Frame-Status": ",".join(frames.statuses())}
+    if frames.refused:
+        headers["X-Refused-Frames"] = ",".join(str(index + 1) for index in frames.refused)
+    return headers
+
+
+def refuse_if_all_failed(frames: Frames, message: str) -> None:
+    if len(frames.refused) == len(frames.applied):
+        raise HTTPException(422, message)
 
 
 @router.post(
@@ -195,18 +220,22 @@ async def interpolate(
     )
     (latents,) = await infer("glow", pipeline.prepare_encoding(uploads.images))
     refuse_rows(nonfinite_rows(latents), uploads.names, "the latent of {which} is not finite" + unaligned_hint(align))
-    frames, unusable = await infer(
+    images, unusable = await infer(
         "glow", pipeline.prepare_decoding(pipeline.interpolation_latents(latents, steps, method))
     )
-    refuse_rows(
-        unusable,
-        [str(i + 1) for i in range(steps)],
-        f"decoding frames {{which}} of {steps} diverged{DIVERGED}; try method=slerp" + unaligned_hint(align),
-    )
+    frames = pipeline.interpolation_frames(images, unusable)
+    refuse_if_all_failed(frames, f"every frame diverged{DIVERGED}" + unaligned_hint(align))
     return sequence_output(
-        frames,
+        frames.images,
         format,
-        lambda: InterpolationResponse(model="glow", method=method, frames=base64_pngs(frames), faces=uploads.faces),
+        lambda: InterpolationResponse(
+            model="glow",
+            method=method,
+            frames=base64_pngs(frames.images),
+            frame_status=["refused" if status == "refused" else "ok" for status in frames.statuses()],
+            faces=uploads.faces,
+        ),
+        frame_headers(frames),
     )
 
 
@@ -281,25 +310,34 @@ async def manipulate(
     batch = uploads.images
     (latent,) = await infer("glow", pipeline.prepare_encoding(batch))
     refuse_rows(nonfinite_rows(latent), uploads.names, "the latent of {which} is not finite" + unaligned_hint(align))
-    images, unusable = await infer(
-        "glow", pipeline.prepare_decoding(pipeline.manipulation_latents(latent[0], attribute, values))
+
+    async def decode(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, unusable = await infer("glow", pipeline.prepare_decoding(latents))
+        return images, unusable
+
+    frames = await pipeline.manipulate(latent[0], attribute, values, decode)
+    refuse_if_all_failed(
+        frames,
+        f"every frame of {uploads.names[0]} moved along {attribute} failed (diverged or pixel noise), at the "
+        "requested strengths and at smaller ones: the latent left the range the flow can invert"
+        + unaligned_hint(align),
     )
-    refuse_rows(
-        unusable,
-        [f"{value:g}" for value in values],
-        f"decoding {uploads.names[0]} moved along {attribute} by strengths {{which}} diverged{DIVERGED}; the latent "
-        "left the range the flow can invert: try smaller strengths" + unaligned_hint(align),
-    )
-    headers = {"X-Strengths": ",".join(f"{value:g}" for value in values)}
+    headers = {
+        "X-Strengths": ",".join(f"{value:g}" for value in values),
+        "X-Applied-Strengths": ",".join("refused" if value is None else f"{value:g}" for value in frames.applied),
+        **frame_headers(frames),
+    }
     return sequence_output(
-        images,
+        frames.images,
         format,
         lambda: ManipulationResponse(
             model="glow",
             attribute=attribute,
             strengths=values,
+            applied_strengths=frames.applied,
+            frame_status=frames.statuses(),  # type: ignore[arg-type]
             original=base64_pngs(batch)[0],
-            images=base64_pngs(images),
+            images=base64_pngs(frames.images),
             face=uploads.faces[0],
         ),
         headers,

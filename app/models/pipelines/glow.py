@@ -4,11 +4,14 @@ back (interpolation and attribute manipulation happen between the two, on the CP
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from ..artefacts import ARTEFACT_LIMITS_KEY, ArtefactLimits, colour_noise, speckled
 from ..attributes import FREQUENCIES_KEY, InvalidRequest, check_attribute_names, resolve_attributes
 from ..checkpoint import CheckpointError
 from ..glow import (
@@ -23,6 +26,8 @@ from ..glow import (
 )
 from ..sampling import seeded_generator
 from .base import ENCODE, SAMPLE, SCORE, Pipeline, Prepared, finite_images, register_pipeline
+
+logger = logging.getLogger("facegen.models")
 
 LIKELIHOOD_DRAWS = 32  # attribute vectors averaged over for the marginal likelihood of an unlabelled upload
 LIKELIHOOD_SEED = 0  # fixed: the same image always gets the same bits/dim
@@ -44,6 +49,40 @@ MANIPULATION_UNIT = 2.0
 # of an unaligned portrait (the black ones) 40-100 %.
 DIVERGED = 1.0
 MAX_DIVERGED_FRACTION = 0.05
+# A sample the artefact detector flags is drawn again from its own noise at these fractions of its temperature (the
+# noise's outliers are what a flow's inverse turns into speckles; at 0 the sample is the prior's mean face).
+SAMPLE_RETRY_TEMPERATURES = (0.5, 0.0)
+# A manipulated frame that fails (diverged or speckled) is decoded again at these fractions of its strength, and the
+# largest clean one is served (its applied strength reported); if none is clean the frame is refused.
+STRENGTH_BACKOFF = (0.75, 0.5, 0.25)
+
+Decode = Callable[[torch.Tensor], Awaitable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass
+class Frames:
+    """Frames decoded for one request: images (refused ones a neutral grey tile), and per frame the strength
+    applied (None where refused) beside the one requested."""
+
+    images: torch.Tensor
+    requested: list[float]
+    applied: list[float | None]
+
+    @property
+    def refused(self) -> list[int]:
+        return [index for index, value in enumerate(self.applied) if value is None]
+
+    def statuses(self) -> list[str]:
+        """Per frame: ``ok``, ``reduced`` (served at a smaller strength) or ``refused``."""
+        return [
+            "refused" if applied is None else "ok" if applied == requested else "reduced"
+            for requested, applied in zip(self.requested, self.applied)
+        ]
+
+
+def neutral_tiles(images: torch.Tensor, refused: torch.Tensor) -> torch.Tensor:
+    """``images`` with the refused rows replaced by mid-grey: what a strip or GIF shows in place of a refused frame."""
+    return torch.where(refused[:, None, None, None], torch.zeros_like(images), images)
 
 
 @register_pipeline("glow", SAMPLE, ENCODE, SCORE)
@@ -67,6 +106,17 @@ class GlowPipeline(Pipeline):
         )
         # a malformed calibration is refused at start-up, not at the first request
         _ = self.manipulation_units, self.manipulation_levels
+        limits = self.checkpoint.extras.get(ARTEFACT_LIMITS_KEY)
+        try:
+            self.artefact_limits = None if limits is None else ArtefactLimits.from_tensor(limits.float().cpu())
+        except ValueError as error:
+            raise CheckpointError(f"the glow checkpoint's {ARTEFACT_LIMITS_KEY}: {error}") from None
+        if self.artefact_limits is None:
+            logger.warning(
+                "the glow checkpoint has no %s: its frames are checked for divergence only, not for pixel noise "
+                "(`python -m training calibrate-glow` adds them)",
+                ARTEFACT_LIMITS_KEY,
+            )
         bounds = self.checkpoint.extras.get(INVERSE_BOUNDS_KEY)
         try:
             self.model.set_inverse_bounds(None if bounds is None else bounds.float())
@@ -76,6 +126,12 @@ class GlowPipeline(Pipeline):
     @property
     def latent_dim(self) -> int:
         return self.model.latent_dim
+
+    def speckled(self, images: torch.Tensor, reference_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) which images fail the checkpoint's artefact limits (none without them)."""
+        if self.artefact_limits is None:
+            return torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        return speckled(images, reference_scores, self.artefact_limits)
 
     # ---- sampling ----------------------------------------------------------------------------------------------
     def prepare_samples(
@@ -142,9 +198,21 @@ class GlowPipeline(Pipeline):
     def generate(
         self, vectors: torch.Tensor, eps: torch.Tensor, temperature: torch.Tensor, pushes: torch.Tensor
     ) -> torch.Tensor:
+        """Samples; one that the artefact detector flags is drawn again from its own noise at a lower temperature
+        (row by row, so a seeded request gives the same image whatever it is batched with)."""
         directions = self.checkpoint.extras.get(DIRECTIONS_KEY)
         shift = pushes @ directions.to(pushes) if directions is not None and pushes.any() else None
-        return finite_images(self.model.sample_from_noise(vectors, eps, temperature, shift))
+        images = finite_images(self.model.sample_from_noise(vectors, eps, temperature, shift))
+        for fraction in SAMPLE_RETRY_TEMPERATURES:
+            rows = self.speckled(images).nonzero().flatten()
+            if not len(rows):
+                break
+            images[rows] = finite_images(
+                self.model.sample_from_noise(
+                    vectors[rows], eps[rows], temperature[rows] * fraction, None if shift is None else shift[rows]
+                )
+            )
+        return images
 
     # ---- uploads -----------------------------------------------------------------------------------------------
     def prepare_encoding(self, images: torch.Tensor) -> Prepared:
@@ -169,6 +237,41 @@ class GlowPipeline(Pipeline):
         diverged = (~torch.isfinite(flat) | (flat.abs() > DIVERGED)).float().mean(1)
         unusable = torch.isnan(flat).any(1) | (diverged > MAX_DIVERGED_FRACTION)
         return finite_images(postprocess(raw, self.model.config.n_bits)), unusable
+
+    async def manipulate(self, latent: torch.Tensor, attribute: str, strengths: list[float], decode: Decode) -> Frames:
+        """The face (latent (D,)) moved along ``attribute`` by each strength, every frame checked: one that diverges
+        or that the artefact detector finds noisier than the face's own reconstruction is decoded again at smaller
+        strengths (:data:`STRENGTH_BACKOFF`); one still failing is refused alone (a grey tile), never the request.
+        ``decode`` runs the pipeline's ``decode`` operation (through the service's batcher, or directly)."""
+        latents = torch.cat([latent[None], self.manipulation_latents(latent, attribute, strengths)])
+        decoded, unusable = await decode(latents)
+        reference = colour_noise(decoded[:1])
+        images, failed = decoded[1:].clone(), unusable[1:] | self.speckled(decoded[1:], reference)
+        applied: list[float | None] = list(strengths)
+        for fraction in STRENGTH_BACKOFF:
+            rows = failed.nonzero().flatten().tolist()
+            if not rows:
+                break
+            retried, retry_unusable = await decode(
+                self.manipulation_latents(latent, attribute, [strengths[row] * fraction for row in rows])
+            )
+            clean = ~(retry_unusable | self.speckled(retried, reference))
+            for row, image, ok in zip(rows, retried, clean.tolist()):
+                if ok:
+                    images[row], failed[row], applied[row] = image, False, strengths[row] * fraction
+        for row in failed.nonzero().flatten().tolist():
+            applied[row] = None
+        return Frames(neutral_tiles(images, failed), list(strengths), applied)
+
+    def interpolation_frames(self, images: torch.Tensor, unusable: torch.Tensor) -> Frames:
+        """Decoded interpolation frames, each checked against the noisier of the two faces' reconstructions (the
+        first and last frames, never refused unless they diverged); a failing frame is refused alone."""
+        reference = colour_noise(images[[0, -1]]).amax()
+        failed = unusable | self.speckled(images, reference)
+        steps = len(images)
+        positions = [index / (steps - 1) for index in range(steps)]
+        applied: list[float | None] = [None if bad else position for position, bad in zip(positions, failed.tolist())]
+        return Frames(neutral_tiles(images, failed), positions, applied)
 
     def likelihood(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.marginal_bits_per_dim(images, self.likelihood_draws.to(images.device))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -206,3 +208,46 @@ def test_checkpoint_without_directions_is_503_for_manipulation(make_client, tmp_
         "/glow/manipulate", files={"face": ("f.jpg", face_bytes[0], "image/jpeg")}, data={"attribute": "Smiling"}
     )
     assert response.status_code == 503 and "attribute directions" in response.json()["detail"]
+
+
+def test_frames_report_their_status_and_refused_frames_are_grey_tiles(make_client, glow_weights, tmp_path, face_bytes):
+    """With artefact limits far below the tiny random flow's own noise, edits that add any colour noise are refused
+    one by one; the request still answers 200 with the rest, and says which frames were refused and at what
+    strength the others were served."""
+    from app.models.artefacts import ARTEFACT_LIMITS_KEY
+    from app.models.checkpoint import amend_checkpoint
+
+    (tmp_path / "glow.safetensors").write_bytes((glow_weights / "glow.safetensors").read_bytes())
+    amend_checkpoint(tmp_path / "glow.safetensors", extras={ARTEFACT_LIMITS_KEY: torch.tensor([0.01, 0.001])})
+    client = make_client(weights_dir=tmp_path, device="cpu")
+    files = {"face": ("f.jpg", face_bytes[2], "image/jpeg")}
+    data = {"attribute": "Smiling", "strengths": "-1,0,1,2"}
+    body = client.post("/glow/manipulate", files=files, data={**data, "format": "json"}).json()
+    assert body["strengths"] == [-1, 0, 1, 2] and body["frame_status"][1] == "ok" and body["applied_strengths"][1] == 0
+    assert "refused" in body["frame_status"], "the tiny flow's edits all add colour noise"
+    for status, applied, requested, image in zip(
+        body["frame_status"], body["applied_strengths"], body["strengths"], body["images"]
+    ):
+        pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(base64.b64decode(image)))))
+        assert (status == "refused") == (applied is None) == bool((pixels == 127).all() or (pixels == 128).all())
+        assert status != "reduced" or abs(applied) < abs(requested)
+    strip = client.post("/glow/manipulate", files=files, data=data)
+    assert strip.status_code == 200 and strip.headers["x-frame-status"] == ",".join(body["frame_status"])
+    refused = [str(i + 1) for i, status in enumerate(body["frame_status"]) if status == "refused"]
+    assert strip.headers["x-refused-frames"] == ",".join(refused)
+    assert strip.headers["x-applied-strengths"].split(",")[1] == "0"
+    everything_refused = client.post(
+        "/glow/manipulate", files=files, data={"attribute": "Smiling", "strengths": "2", "format": "json"}
+    )
+    assert everything_refused.status_code == (422 if body["frame_status"][3] == "refused" else 200)
+    assert everything_refused.status_code == 200 or "every frame" in everything_refused.json()["detail"]
+
+
+def test_frame_status_without_artefact_limits(glow_client, face_bytes):
+    files = {"face": ("f.jpg", face_bytes[2], "image/jpeg")}
+    body = glow_client.post(
+        "/glow/manipulate", files=files, data={"attribute": "Smiling", "strengths": "-1,0,1", "format": "json"}
+    ).json()
+    assert body["frame_status"] == ["ok"] * 3 and body["applied_strengths"] == [-1, 0, 1]
+    interpolation = glow_client.post("/glow/interpolate", files=files_ab(face_bytes), data={"steps": "4"})
+    assert interpolation.headers["x-frame-status"] == "ok,ok,ok,ok" and "x-refused-frames" not in interpolation.headers
