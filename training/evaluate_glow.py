@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from app.models.artefacts import colour_noise
 from app.models.checkpoint import Checkpoint
 from app.models.glow import Glow
 from app.models.pipelines.glow import GlowPipeline
@@ -41,11 +42,14 @@ STRENGTH = 1.0  # the service's unit: 1 towards the attribute on, -1 towards off
 
 
 def decode_checked(
-    pipeline: GlowPipeline, latents: torch.Tensor, batch_size: int = 100
+    pipeline: GlowPipeline, latents: torch.Tensor, reference_scores: torch.Tensor | None = None, batch_size: int = 100
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded images and whether each diverged (the service refuses those frames with a 422)."""
+    """Decoded images and whether each failed as the service judges a frame: diverged, or (with the checkpoint's
+    artefact limits) pixel noise beyond its reference's (``reference_scores``, the faces' reconstructions' colour
+    noise, one per row). The service never serves such a frame."""
     parts = [pipeline.run("decode", (latents[i : i + batch_size],)) for i in range(0, len(latents), batch_size)]
-    return torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
+    images, unusable = torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
+    return images, unusable | pipeline.speckled(images, reference_scores)
 
 
 def manipulation_rates(
@@ -148,7 +152,7 @@ def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pat
                 for latent, s in zip(latents, sign)
             ]
         )
-        images, refused = decode_checked(pipeline, moved)
+        images, refused = decode_checked(pipeline, moved, colour_noise(reconstructions))
         rates = manipulation_rates(before, calls(images), refused, index)
         flip[attribute], keep[attribute], refusals[attribute] = (round(rate, 4) for rate in rates)
         shown += [reconstructions[:8], images[:8]]

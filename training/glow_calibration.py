@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from app.models.artefacts import ARTEFACT_LIMITS_KEY, ArtefactLimits, colour_noise
 from app.models.checkpoint import amend_checkpoint, load_checkpoint
 from app.models.glow import INVERSE_BOUNDS_KEY, MANIPULATION_LEVELS_KEY, MANIPULATION_UNITS_KEY
 from app.models.pipelines import build_pipeline
@@ -77,12 +78,14 @@ def flip_and_keep(
     push: torch.Tensor,
     before: torch.Tensor,
     index: int,
+    reference_scores: torch.Tensor,
     unit: float,
 ) -> tuple[float, float, float]:
     """Moving each face by ``unit`` x its ``push`` (attribute ``index``'s effect, signed towards its other value): the
     share whose call of it flips, the share of the other calls that stay, and the share of frames that diverge
-    (refused by the service; they count as neither flipped nor kept). ``calls``: images -> (N, A) 0/1 calls."""
-    images, refused = decode_checked(pipeline, latents + unit * push)
+    (refused by the service; they count as neither flipped nor kept). ``calls``: images -> (N, A) 0/1 calls;
+    ``reference_scores``: the colour noise of each face's reconstruction, for the artefact check."""
+    images, refused = decode_checked(pipeline, latents + unit * push, reference_scores)
     return manipulation_rates(before, calls(images), refused, index)
 
 
@@ -105,7 +108,8 @@ def calibrate(
         return attribute_calls(judge, images, columns, pipeline.device)
 
     latents = batched(lambda x: pipeline.run("encode", (x,))[0], faces)
-    before = calls(batched(lambda z: pipeline.run("decode", (z,))[0], latents))
+    reconstructions = batched(lambda z: pipeline.run("decode", (z,))[0], latents)
+    before, reference_scores = calls(reconstructions), colour_noise(reconstructions)
     units, levels, report = pipeline.manipulation_units.clone(), pipeline.manipulation_levels.clone(), {}
     profiles = latent_profiles(pipeline.latent_count)
     for name in attributes or pipeline.attributes:
@@ -115,7 +119,7 @@ def calibrate(
         for profile, weights in profiles.items():
             push = sign[:, None] * pipeline.directions_on_latents(index, weights).to(latents.dtype)
             result = ladder(
-                functools.partial(flip_and_keep, pipeline, calls, latents, push, before, index),
+                functools.partial(flip_and_keep, pipeline, calls, latents, push, before, index, reference_scores),
                 flip_target,
                 keep_floor,
                 refused_ceiling,
@@ -139,6 +143,15 @@ def calibrate(
             flush=True,
         )
     return units, levels, report
+
+
+# Reconstructions of training faces over the artefact ceiling beyond which the limits are not written: the detector
+# is then not measuring what it was set on (real faces at 64x64 stay under it).
+MAX_FLAGGED_RECONSTRUCTIONS = 0.005
+
+
+def pipeline_latents(pipeline: GlowPipeline, faces: torch.Tensor) -> torch.Tensor:
+    return batched(lambda x: pipeline.run("encode", (x,))[0], faces)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,6 +217,20 @@ def run(args: argparse.Namespace) -> None:
         pipeline.model.set_inverse_bounds(bounds)
         extras[INVERSE_BOUNDS_KEY] = bounds
         print(f"inverse bounds over {len(envelope)} faces: {', '.join(f'{b:.1f}' for b in bounds.tolist())}")
+    limits = ArtefactLimits()
+    with torch.inference_mode():
+        checked = order[: max(args.faces, 1000)]
+        faces = split.batch(checked)[0]
+        scores = colour_noise(batched(lambda z: pipeline.run("decode", (z,))[0], pipeline_latents(pipeline, faces)))
+    flagged = float((scores > limits.ceiling).float().mean())
+    if flagged > MAX_FLAGGED_RECONSTRUCTIONS:
+        raise SystemExit(
+            f"calibrate-glow: {flagged:.1%} of {len(checked)} training faces' reconstructions exceed the artefact "
+            f"ceiling {limits.ceiling}: the detector's limits do not suit this data; not writing them"
+        )
+    pipeline.artefact_limits = limits  # the ladder below counts frames the service would refuse as refused
+    extras[ARTEFACT_LIMITS_KEY] = limits.as_tensor()
+    print(f"artefact limits {limits}: {flagged:.2%} of {len(checked)} training reconstructions over the ceiling")
     with torch.inference_mode():
         units, levels, report = calibrate(
             pipeline, judge, split.batch(picks)[0], args.flip, args.keep, chosen, args.refused
