@@ -96,22 +96,28 @@ def nginx_size_bytes(size: str) -> int:
 # ----------------------------------------------------------------------------------------------- rendered and valid
 
 
+# Custom resources, whose schemas come with their operators, not with Kubernetes: checked field by field below.
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CORE_KINDS = ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "PersistentVolumeClaim"]
+
+
 def test_there_are_overlays_over_one_base():
     assert {"production", "cpu-autoscaling"} <= set(OVERLAYS)
     for overlay in OVERLAYS:
         kustomization = yaml.safe_load((KUBERNETES / "overlays" / overlay / "kustomization.yaml").read_text())
-        assert kustomization["resources"][0] in ("../../base", "../production"), overlay
+        assert kustomization["resources"] == ["../../base"], overlay
+        assert kustomization["namespace"] == "facegen"
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_rendered_object_is_valid(overlay, version):
     objects = render(overlay)
-    kinds = sorted(obj["kind"] for obj in objects)
-    assert kinds == sorted(
-        ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Ingress"]
-    )
+    assert set(CORE_KINDS + ["Ingress"]) <= {obj["kind"] for obj in objects}
     for obj in objects:
+        assert obj["metadata"]["namespace"] == "facegen", obj["kind"]
+        if (obj["apiVersion"], obj["kind"]) in CUSTOM_KINDS:
+            continue
         # strict: a field the schema does not know (a typo) fails; a kind without a schema raises, never passes
         kubernetes_validate.validate(obj, version, strict=True)
 
@@ -268,16 +274,47 @@ def exported_metric_names() -> set[str]:
 
 
 def adapter_rules() -> list[dict]:
-    return yaml.safe_load((KUBERNETES / "prometheus-adapter" / "rules.yaml").read_text())["rules"]["custom"]
+    return yaml.safe_load((KUBERNETES / "prometheus" / "adapter-rules.yaml").read_text())["rules"]["custom"]
 
 
-def test_prometheus_scrapes_the_metrics_route(deployment):
+def test_pods_are_not_offered_to_a_scrape_without_the_key(deployment):
+    """The generic kubernetes-pods job follows prometheus.io/scrape and sends no key: it would only collect 401s."""
+    assert "prometheus.io/scrape" not in deployment["spec"]["template"]["metadata"].get("annotations", {})
+
+
+def api_key_secret(deployment: dict) -> dict:
+    (key,) = [item for item in container_of(deployment)["env"] if item["name"] == "FACEGEN_API_KEY"]
+    return key["valueFrom"]["secretKeyRef"]
+
+
+def test_service_monitor_scrapes_every_replica_with_the_key():
     from app.main import create_app
 
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == named_port(container_of(deployment), "http")
-    assert annotations["prometheus.io/path"] in {getattr(r, "path", None) for r in create_app(Settings()).routes}
+    objects = render("production")
+    monitor, service, deployment = one(objects, "ServiceMonitor"), one(objects, "Service"), one(objects, "Deployment")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert set(endpoint) == {"port", "path", "interval", "authorization"}  # no misspelt field passes silently
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] in {getattr(r, "path", None) for r in create_app(Settings()).routes}
+    assert endpoint["authorization"]["type"] == "Bearer"
+    assert endpoint["authorization"]["credentials"] == {k: api_key_secret(deployment)[k] for k in ("name", "key")}
+    assert "ServiceMonitor" not in {obj["kind"] for obj in render("cpu-autoscaling")}  # no operator needed there
+
+
+def test_plain_prometheus_scrape_job_sends_the_key_and_keeps_pod_labels():
+    (job,) = yaml.safe_load((KUBERNETES / "prometheus" / "scrape-config.yaml").read_text())
+    deployment = one(render("production"), "Deployment")
+    secret = api_key_secret(deployment)
+    assert job["authorization"]["type"] == "Bearer"
+    assert job["authorization"]["credentials_file"].endswith(f"/{secret['name']}/{secret['key']}")
+    assert job["metrics_path"] == "/metrics"
+    keep = job["relabel_configs"][0]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert keep["action"] == "keep" and keep["regex"] == ";".join(
+        labels[f"app.kubernetes.io/{name}"] for name in ("name", "component")
+    )
+    assert {r.get("target_label") for r in job["relabel_configs"]} >= {"namespace", "pod"}  # the adapter maps them
 
 
 def test_adapter_rule_serves_the_batchers_queue_gauge():
