@@ -142,9 +142,9 @@ def staged(tmp_path_factory) -> dict:
     (site_packages / "torch-layer.pth").write_text(f"{layer}\n")  # below the venv's own packages, like a lower layer
 
     # this machine's environment (pip's configured indexes among it), less anything that would import from the
-    # checkout or another environment
+    # checkout or another environment, and any FACEGEN_ setting: the server gets the image's and the test's only
     hidden = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"}
-    environment = {key: value for key, value in os.environ.items() if key not in hidden}
+    environment = {k: v for k, v in os.environ.items() if k not in hidden and not k.startswith("FACEGEN_")}
     environment["PATH"] = f"{venv / 'bin'}:{os.environ['PATH']}"
     for install in installs:  # the lock, --require-hashes, exactly as the Dockerfile runs it, from WORKDIR
         run([str(python), "-m", "pip", "install", "--quiet", *install], cwd=app_root, env=environment, timeout=900)
