@@ -123,9 +123,11 @@ class RequestBodyGuard:
 
 class APIKeyGuard:
     """When a key is configured, every route but /health and the web page needs header ``X-API-Key`` (compared in
-    constant time). CORS preflights never get here: the CORS middleware outside answers them (browsers send no key
-    with them). The page (``/`` and ``/static/``) holds no data, and a browser cannot send a header when it opens a
-    URL; the page's own requests to the API carry the key its user types in."""
+    constant time), or ``Authorization: Bearer <key>``: a Prometheus scrape job can send only the latter (its
+    ``authorization`` setting, reading the key from a mounted Secret), and ``/metrics`` is guarded like the rest.
+    CORS preflights never get here: the CORS middleware outside answers them (browsers send no key with them). The
+    page (``/`` and ``/static/``) holds no data, and a browser cannot send a header when it opens a URL; the page's
+    own requests to the API carry the key its user types in."""
 
     # /static/ is served by StaticFiles, which refuses paths that leave its folder (../): no API route is behind it.
     OPEN_PATHS, OPEN_PREFIXES = {"/health", "/"}, ("/static/",)
@@ -138,7 +140,11 @@ class APIKeyGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.api_key is not None and not self.is_open(scope["path"]):
-            given = dict(scope.get("headers") or []).get(b"x-api-key", b"")
+            headers = dict(scope.get("headers") or [])
+            given = headers.get(b"x-api-key")
+            if given is None:
+                scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+                given = token.strip() if scheme.lower() == b"bearer" else b""
             if not hmac.compare_digest(given, self.api_key):
                 return await send_json(
                     send, 401, {"detail": "missing or wrong X-API-Key header"}, [(b"www-authenticate", b"X-API-Key")]

@@ -193,6 +193,19 @@ def test_api_key_guards_everything_but_health(make_client, tiny_weights):
     assert client.post("/generate/vae", json={"n": 1}, headers={"X-API-Key": "s3cret-key"}).status_code == 200
 
 
+def test_api_key_may_come_as_a_bearer_token(make_client, tiny_weights):
+    """What a Prometheus scrape job sends (its `authorization` setting): /metrics, like every guarded route."""
+    client = make_client(weights_dir=tiny_weights, api_key="s3cret-key")
+    assert client.get("/metrics", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": "bearer s3cret-key"}).status_code == 200
+    for wrong in ("Bearer wrong-key!", "Basic s3cret-key", "s3cret-key", "Bearer"):
+        assert client.get("/metrics", headers={"Authorization": wrong}).status_code == 401, wrong
+    assert client.get("/metrics").status_code == 401
+    # X-API-Key, when sent, decides: a wrong one is not rescued by a right bearer token
+    both = {"X-API-Key": "wrong-key!", "Authorization": "Bearer s3cret-key"}
+    assert client.get("/models", headers=both).status_code == 401
+
+
 def test_metrics_count_requests(client):
     client.post("/generate/vae", json={"n": 1})
     client.post("/generate/vae", json={"n": 999})
