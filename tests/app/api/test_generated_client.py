@@ -1,7 +1,7 @@
 """A client generated from the app's OpenAPI schema works out of the box: openapi-python-client (the version pinned
 in the dev extras) generates a package into a temporary folder, which is imported and called as a user would call
 it, every operation, with only the required fields; each answers 200 and a parsed answer (a File of image bytes for
-images, a model for JSON, text for the metrics). Takes about 15 s (generation, then the tiny models)."""
+images, a model for JSON, text for the metrics). About 30 s on two busy cores (generation, then the tiny models)."""
 
 from __future__ import annotations
 
