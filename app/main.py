@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app import __version__
-from app.api import openapi, routes
+from app.api import openapi, representations, routes
 from app.api.checks import request_checks
 from app.api.deps import ClientDisconnected
 from app.api.routes import generate
@@ -106,15 +106,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         dependencies=[Depends(request_checks)],
         description="Deep generative models of 64x64 faces. Weights trained on CelebA: non-commercial research use.",
+        generate_unique_id_function=representations.operation_id,
     )
     app.state.settings = settings
     app.state.warm = False
     # Every module in app/api/routes exposes a `router`; adding a feature is adding a module.
     for module in sorted(pkgutil.iter_modules(routes.__path__), key=lambda m: m.name):
-        app.include_router(importlib.import_module(f"{routes.__name__}.{module.name}").router)
+        router = importlib.import_module(f"{routes.__name__}.{module.name}").router
+        representations.add_json_twins(router)  # POST <image route>/json: always JSON
+        app.include_router(router)
     app.include_router(generate.fallback_router)  # last: it catches /generate/<anything not served>
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    )
     def metrics() -> Response:
         """Prometheus metrics: requests and latency per route; batch sizes, queue depth, queue wait, forward time
         and shed requests per model."""
@@ -164,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         concurrency=settings.decode_concurrency,
     )
     app.add_middleware(DecodeBudgets, limits=limits)
+    app.add_middleware(representations.BinaryAccept)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestBodyGuard, max_mb=settings.max_upload_mb, read_timeout_s=settings.body_timeout_s)
     app.add_middleware(APIKeyGuard, api_key=settings.api_key)

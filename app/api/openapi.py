@@ -4,6 +4,7 @@ FastAPI's generated schema knows the request models' static limits. What only th
 here, once the models are loaded: every error status an operation can answer (from what the operation depends on),
 ``n``'s maximum (``FACEGEN_MAX_N``), the attribute names of the loaded model as enums, InfoGAN's code range, and
 the rules between fields (``strength`` only with ``toggle``; pairs halve ``n``'s maximum; ``strengths`` or ``steps``).
+Images are declared in the shape generated clients parse (:mod:`app.api.representations`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.api.representations import declare_binary_answers
 from app.models.pipelines import CAPABILITIES, families_with
 from app.settings import Settings
 
@@ -67,8 +69,6 @@ def error_responses(path: str, operation: dict, settings: Settings) -> dict[str,
             "the model is not loaded, its queue is full, the request timed out, or the server is shutting down",
             RETRY_AFTER,
         )
-    if path == "/ready":
-        responses["503"] = {"description": "not ready: what is missing or failed", "content": {"application/json": {}}}
     return responses
 
 
@@ -138,8 +138,9 @@ def add_model_facts(body: dict, path: str, pipeline: Any, settings: Settings, is
     if "toggle" in props:
         toggled = {"required": ["toggle"], "properties": {"toggle": {"type": "string"}}}
         rules.append({"if": toggled, "then": {"properties": {"n": {"maximum": max(1, settings.max_n // 2)}}}})
-        if "strength" in props:
-            rules.append({"if": {"required": ["strength"]}, "then": toggled})
+        if "strength" in props:  # a number (null is as absent)
+            given = {"required": ["strength"], "properties": {"strength": {"type": "number"}}}
+            rules.append({"if": given, "then": toggled})
     if "strengths" in props and "steps" in props:  # one or the other (or neither: 5 steps)
         body["dependentSchemas"] = {"strengths": {"properties": {"steps": False}}}
     if rules:
@@ -175,6 +176,7 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 pipeline = store.pipelines.get(family_of(path)) if store is not None else None
                 is_form = "multipart/form-data" in operation["requestBody"]["content"]
                 add_model_facts(body, path, pipeline, settings, is_form)
+    declare_binary_answers(schema)
     exact_integer_bounds(schema)
     return schema
 

@@ -37,13 +37,14 @@ class ACGANRequest(StrictModel):
         description="attribute shown off (row 1) and on (row 2) for the same noise "
         "and other attributes; overrides its value in `attributes`",
     )
-    strength: float = Field(
-        DEFAULT_TOGGLE_STRENGTH,
+    # Not a declared default: a generated client sends every declared default, and strength without toggle is refused.
+    strength: float | None = Field(
+        None,
         gt=0,
         le=MAX_STRENGTH,
-        description="with `toggle`: how far the toggled attribute is pushed off and on (the "
-        "generator's condition input is -strength/+strength for it, -1/+1 for the "
-        "others); 1 is as trained, the default makes the change unmistakable",
+        description="with `toggle` only: how far the toggled attribute is pushed off and on (the generator's "
+        "condition input is -strength/+strength for it, -1/+1 for the others); 1 is as trained; omitted or null: "
+        f"{DEFAULT_TOGGLE_STRENGTH}, which makes the change unmistakable",
     )
     format: ImageFormat = Field("png", description="png: one grid (header X-Attributes); json: base64 PNGs")
 
@@ -84,11 +85,12 @@ async def generate_acgan(
 ) -> Response:
     """``n`` samples with the requested attributes; with ``toggle``, ``n`` off/on pairs (row 1 off, row 2 on)."""
     pipeline = require_pipeline(store, "acgan", ACGANPipeline)
-    if request.toggle is None and "strength" in request.model_fields_set:
+    if request.toggle is None and request.strength is not None:
         raise field_error("strength", "strength applies only to a toggled attribute: give `toggle` too")
+    strength = DEFAULT_TOGGLE_STRENGTH if request.strength is None else request.strength
     check_count("n", request.n, 1, max(1, settings.max_n // 2) if request.toggle else settings.max_n)
     seed = resolve_seed(request.seed)
-    prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.toggle, request.strength)
+    prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.toggle, strength)
     (images,) = await infer("acgan", prepared)
 
     names, vectors = pipeline.attributes, prepared.report["attributes"]
@@ -103,7 +105,7 @@ async def generate_acgan(
             images=encoded,
             attributes=attribute_report(vectors, names),
             toggle=request.toggle,
-            strength=request.strength if request.toggle else None,
+            strength=strength if request.toggle else None,
         ),
         png_headers={"X-Attributes": attribute_header(vectors, names)},
     )

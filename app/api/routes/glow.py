@@ -137,13 +137,15 @@ def sequence_output(
     return Response(json_body().model_dump_json(), media_type="application/json", headers=headers)
 
 
-SEQUENCE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "content": {"image/png": {}, "image/gif": {}, "application/json": {}},
-        "description": "a PNG strip, an animated GIF or JSON. A frame that failed the artefact check is a grey tile, "
-        "named in the X-Refused-Frames header (1-based) and in frame_status",
+def sequence_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "content": {"image/png": {}, "image/gif": {}},
+            "model": model,
+            "description": "a PNG strip, a GIF or JSON. A frame that failed the artefact check is a grey tile, named "
+            "in the X-Refused-Frames header (1-based) and in frame_status",
+        }
     }
-}
 
 
 def frame_headers(frames: Frames) -> dict[str, str]:
@@ -197,7 +199,7 @@ async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceD
     )
 
 
-@router.post("/glow/interpolate", response_class=Response, responses=SEQUENCE_RESPONSES)
+@router.post("/glow/interpolate", response_class=Response, responses=sequence_responses(InterpolationResponse))
 async def interpolate(
     face_a: Annotated[UploadFile, File(description="the first face (JPEG, PNG or WebP, any size)")],
     face_b: Annotated[UploadFile, File(description="the last face")],
@@ -265,7 +267,7 @@ def parse_strengths(text: str) -> list[float]:
     return values
 
 
-@router.post("/glow/manipulate", response_class=Response, responses=SEQUENCE_RESPONSES)
+@router.post("/glow/manipulate", response_class=Response, responses=sequence_responses(ManipulationResponse))
 async def manipulate(
     face: Annotated[UploadFile, File(description="a face (JPEG, PNG or WebP, any size)")],
     attribute: Annotated[str, Form(description="the CelebA attribute to move along, e.g. Smiling")],

@@ -73,13 +73,19 @@ def uploads(face: bytes) -> dict[str, dict]:
     }
 
 
+IMAGE_UPLOAD_ROUTES = ("/vae/reconstruct", "/glow/interpolate", "/glow/manipulate")
+
+
 def test_every_post_route_answers_503_naming_its_family_when_it_is_not_loaded(make_client, tmp_path, face_bytes):
     write_tiny_checkpoint(tmp_path, "dcgan")  # one model loaded, so the service is up; others are missing
     client = make_client(weights_dir=tmp_path, device="cpu")
     requests = {f"/generate/{family}": {"family": family, "json": {}} for family in SAMPLERS if family != "dcgan"}
     requests.update(uploads(face_bytes[0]))
+    # ...and the JSON twin of every image route (app/api/representations.py), with the same request
+    images = [path for path in requests if path.startswith("/generate/") or path in IMAGE_UPLOAD_ROUTES]
+    requests.update({f"{path}/json": dict(requests[path]) for path in images})
     served = {path for path, operations in client.get("/openapi.json").json()["paths"].items() if "post" in operations}
-    assert served - {"/generate/dcgan"} == set(requests), "every POST route is in this table"
+    assert served - {"/generate/dcgan", "/generate/dcgan/json"} == set(requests), "every POST route is in this table"
     for path, request in requests.items():
         family = request.pop("family")
         response = client.post(path, **request)
