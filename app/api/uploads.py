@@ -21,7 +21,7 @@ from app.api.deps import until_disconnected
 from app.api.responses import field_error
 from app.imaging import ImageDecodeError, decode_image
 from app.models.align import CELEBA_FRAME, frame_to_image, transform_scale
-from app.models.detector import DetectorError, Face
+from app.models.detector import DEFAULT_LIMITS, DetectorError, Face
 from app.models.preprocess import PreprocessSpec, crop_square, preprocess
 from app.services.faces import FaceService
 
@@ -40,7 +40,10 @@ class FaceReport(BaseModel):
     """How one upload was turned into the model's input."""
 
     align: AlignMode = Field(description="the alignment applied: auto (detected and aligned) or none")
-    faces_found: int | None = Field(None, description="faces detected in the upload (align=auto)")
+    faces_found: int | None = Field(
+        None,
+        description=f"faces found in the upload and verified (align=auto); at most {DEFAULT_LIMITS.faces}, the largest",
+    )
     box: list[float] | None = Field(None, description="the face used: x0, y0, x1, y1 in the upload's pixels")
     landmarks: list[list[float]] | None = Field(
         None, description="its eyes, nose and mouth corners (x, y), as seen in the picture, in the upload's pixels"
