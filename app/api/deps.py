@@ -65,6 +65,7 @@ async def until_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
         watcher.cancel()
         if not job.done():
             job.cancel()
+            await asyncio.wait({job})  # its clean-up (marking queued work abandoned) has run when this returns
     if job not in done:
         raise ClientDisconnected()
     return job.result()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app.api.deps import ClientDisconnected, until_disconnected
 from app.models.detector import DetectorError, Face, FaceDetector
 from app.services.batcher import DeadlineExceeded, Overloaded, ServiceUnavailable
 from app.services.faces import FaceService
@@ -83,6 +84,34 @@ def test_a_client_that_leaves_abandons_its_detection():
         return gate.wanted_after_release
 
     assert asyncio.run(scenario()) == [[False, False]]
+
+
+def test_a_disconnect_seen_by_the_route_abandons_the_detection():
+    """The route's wrapper (until_disconnected) cancels find() when the ASGI disconnect arrives; the detector is then
+    told the images are no longer wanted."""
+
+    class Leaving:
+        def __init__(self) -> None:
+            self.gone = asyncio.Event()
+
+        async def receive(self) -> dict:
+            await self.gone.wait()
+            return {"type": "http.disconnect"}
+
+    async def scenario():
+        gate = Gate()
+        service = await service_with(gate)
+        request = Leaving()
+        task = asyncio.ensure_future(until_disconnected(request, service.find(images(1), 30)))
+        assert await asyncio.to_thread(gate.started.wait, 10)
+        request.gone.set()
+        with pytest.raises(ClientDisconnected):
+            await task
+        gate.release.set()
+        await service.close()
+        return gate.wanted_after_release
+
+    assert asyncio.run(scenario()) == [[False]]
 
 
 def test_a_deadline_passed_during_its_own_detection_stops_it_without_retry_after():
