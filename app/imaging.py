@@ -106,12 +106,41 @@ def upright(image: Image.Image, name: str) -> Image.Image:
         return image
 
 
+# Modes that carry an alpha channel (PNG's LA/RGBA, at 8 or 16 bits; WebP's RGBA; premultiplied variants).
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# 16-bit greyscale PNGs (Pillow's modes for them): Pillow's convert("RGB") clips them at 255, so all but the
+# darkest 0.4 % of values came out pure white.
+WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+BACKGROUND = (255, 255, 255)  # what transparent pixels show: a white page, as an image viewer would
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any image an accepted format can carry -> 8-bit RGB with the pixels a viewer shows: 16-bit greyscale scaled
+    to 8 bits (rounded), transparency (an alpha channel, or a palette entry, grey level or colour marked transparent)
+    composited over :data:`BACKGROUND`, palettes, bilevel, greyscale and CMYK through Pillow's own conversions.
+    (Pillow already reduces 16-bit RGB and RGBA PNGs to their high bytes, and un-inverts Adobe CMYK JPEGs.)"""
+    if image.mode in WIDE_GREY_MODES:
+        values = torch.frombuffer(bytearray(image.convert("I").tobytes()), dtype=torch.int32).clamp(0, 65535)
+        grey = Image.frombytes("L", image.size, ((values * 255 + 32767) // 65535).to(torch.uint8).numpy().tobytes())
+        transparent = image.info.get("transparency")
+        if not isinstance(transparent, int):
+            return grey.convert("RGB")
+        alpha = Image.frombytes("L", image.size, ((values != transparent).to(torch.uint8) * 255).numpy().tobytes())
+        image = Image.merge("LA", (grey, alpha))
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        with warnings.catch_warnings():  # a palette's transparency as bytes: converting to RGBA is the advice
+            warnings.simplefilter("ignore", UserWarning)
+            rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def decode_image(
     data: bytes, name: str, max_pixels: int | None = None, budget: DecodeBudget | None = None
 ) -> Image.Image:
-    """Bytes -> decoded, upright RGB image, refusing non-images, other formats, truncation, decompression bombs and
-    uploads past the request's decoded-pixel budget (the current request's, see :func:`request_budget`, or
-    ``budget``; offline callers without one get a fresh budget of the default limits)."""
+    """Bytes -> decoded, upright 8-bit RGB image (:func:`to_rgb`), refusing non-images, other formats,
+    truncation, decompression bombs and uploads past the request's decoded-pixel budget (the current request's, see
+    :func:`request_budget`, or ``budget``; offline callers without one get a fresh budget of the default limits)."""
     budget = budget or _current_budget.get() or DecodeBudget(DEFAULT_LIMITS)
     limits = budget.limits
     max_pixels = limits.max_image_pixels if max_pixels is None else min(max_pixels, limits.max_image_pixels)
@@ -129,7 +158,7 @@ def decode_image(
             budget.charge(name, *image.size)
             with limits.slots:
                 image.load()
-                image = upright(image, name).convert("RGB")
+                image = to_rgb(upright(image, name))
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

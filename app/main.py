@@ -32,6 +32,7 @@ from app.middleware import APIKeyGuard, DecodeBudgets, HeadAsGet, Metrics, Reque
 from app.models.attributes import InvalidRequest
 from app.models.checkpoint import CheckpointError
 from app.services.batcher import Batcher, BatcherMetrics, ForwardFailed, ServiceUnavailable
+from app.services.faces import DetectionFailed, FaceService
 from app.services.model_store import ModelStore, resolve_device
 from app.settings import Settings, get_settings
 
@@ -93,9 +94,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for name, reason in (await batcher.warm_up()).items():
             store.remove(name, reason)
         batcher.start()
+        # Face detection has a thread and queue of its own: a photo full of faces must not hold up the forwards.
+        app.state.faces = FaceService(device, max_queue=settings.max_queue)
+        app.state.faces.start()
         app.state.warm = True
         yield
         # Uvicorn has stopped accepting and waited for in-flight requests; finish anything still queued.
+        await app.state.faces.close(timeout_s=settings.request_timeout_s)
         await batcher.close(timeout_s=settings.request_timeout_s)
         store.models.clear()
         store.pipelines.clear()
@@ -146,7 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": str(error)}, status_code=503, headers=headers)
 
     @app.exception_handler(ForwardFailed)
-    async def on_forward_failed(request: Request, error: ForwardFailed) -> JSONResponse:
+    @app.exception_handler(DetectionFailed)
+    async def on_forward_failed(request: Request, error: ForwardFailed | DetectionFailed) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=500)
 
     @app.exception_handler(InvalidRequest)

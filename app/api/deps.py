@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
@@ -29,6 +30,7 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 
 
 PipelineT = TypeVar("PipelineT", bound=Pipeline)
+T = TypeVar("T")
 
 
 def require_pipeline(store: ModelStore, family: str, kind: type[PipelineT]) -> PipelineT:
@@ -49,6 +51,24 @@ async def _disconnected(request: Request) -> None:
     # After the body has been read, the next ASGI message is the disconnect (or nothing, until the response is sent).
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def until_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, unless the client disconnects first: then it is cancelled (so its work is abandoned)
+    and :class:`ClientDisconnected` is raised."""
+    job = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    done: set[asyncio.Future] = set()
+    try:
+        done, _ = await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not job.done():
+            job.cancel()
+            await asyncio.wait({job})  # its clean-up (marking queued work abandoned) has run when this returns
+    if job not in done:
+        raise ClientDisconnected()
+    return job.result()
 
 
 class Inference:

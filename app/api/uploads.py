@@ -1,7 +1,7 @@
 """Uploaded images -> one preprocessed batch, through the shared preprocessing stored in the checkpoint.
 
 Uploads are faces in photos: with ``align=auto`` (the default) each upload's faces are found (MTCNN, on the
-batcher's forward thread), the largest is aligned to CelebA's landmark positions and cropped as training cropped
+face service's own thread), the largest is aligned to CelebA's landmark positions and cropped as training cropped
 CelebA's frames (:func:`app.models.preprocess.preprocess` with landmarks); ``align=none`` takes the upload as an
 already aligned CelebA-like frame. What was found and used is reported per upload (:class:`FaceReport`).
 """
@@ -17,12 +17,13 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from app.api.deps import until_disconnected
 from app.api.responses import field_error
 from app.imaging import ImageDecodeError, decode_image
 from app.models.align import CELEBA_FRAME, frame_to_image, transform_scale
-from app.models.detector import DetectorError, Face
+from app.models.detector import DEFAULT_LIMITS, DetectorError, Face
 from app.models.preprocess import PreprocessSpec, crop_square, preprocess
-from app.services.faces import face_finder
+from app.services.faces import FaceService
 
 AlignMode = Literal["auto", "none"]
 AlignForm = Annotated[
@@ -39,7 +40,10 @@ class FaceReport(BaseModel):
     """How one upload was turned into the model's input."""
 
     align: AlignMode = Field(description="the alignment applied: auto (detected and aligned) or none")
-    faces_found: int | None = Field(None, description="faces detected in the upload (align=auto)")
+    faces_found: int | None = Field(
+        None,
+        description=f"faces found in the upload and verified (align=auto); at most {DEFAULT_LIMITS.faces}, the largest",
+    )
     box: list[float] | None = Field(None, description="the face used: x0, y0, x1, y1 in the upload's pixels")
     landmarks: list[list[float]] | None = Field(
         None, description="its eyes, nose and mouth corners (x, y), as seen in the picture, in the upload's pixels"
@@ -57,18 +61,19 @@ class UploadBatch:
 
 
 class Faces:
-    """Dependency: finds faces in uploads with the app's detector (loaded on first use)."""
+    """Dependency: finds faces in uploads with the app's face service (its own thread and queue; the detector loads
+    on first use). A client that disconnects meanwhile abandons its detection, which stops at the next stage."""
 
     def __init__(self, request: Request):
-        self.state = request.app.state
+        self.request = request
+        self.service: FaceService = request.app.state.faces
+        self.timeout_s: float = request.app.state.settings.request_timeout_s
 
     async def find(self, images: list[Image.Image]) -> list[list[Face]]:
-        timeout_s = self.state.settings.request_timeout_s
         try:
-            finder = await face_finder(self.state, timeout_s)
+            return await until_disconnected(self.request, self.service.find(images, self.timeout_s))
         except DetectorError as error:
             raise HTTPException(503, f"the face detector is not available ({error}); send align=none") from None
-        return await finder.find(images, timeout_s)
 
 
 FacesDep = Annotated[Faces, Depends(Faces)]

@@ -16,6 +16,7 @@ Every coordinate here is continuous: pixel (i, j) covers [j, j + 1) x [i, i + 1)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -130,7 +131,8 @@ class Face:
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: str = "union") -> torch.Tensor:
     """Greedy non-maximum suppression: indices of the boxes kept, best first. ``mode`` "min" divides the overlap by
     the smaller box (MTCNN's last stage), which also removes a small box inside a larger one. The overlaps of all
-    pairs are computed at once (a few hundred boxes: under a megabyte), so the loop only reads them."""
+    pairs are computed at once, so the loop only reads them: callers keep N within :class:`DetectionLimits` (500
+    boxes: about 2 MB a matrix); 10,000 boxes would take GBs."""
     if not len(boxes):
         return torch.zeros(0, dtype=torch.long)
     order = scores.argsort(descending=True)
@@ -196,8 +198,53 @@ def crops(image: Image.Image, boxes: torch.Tensor, size: int) -> torch.Tensor:
     return pixels.permute(0, 3, 1, 2).float().sub_(127.5).mul_(0.0078125).contiguous(memory_format=CHANNELS_LAST)
 
 
+@dataclass(frozen=True)
+class DetectionLimits:
+    """Bounds on the work and memory of one image's detection, whatever the photo. A photo tiled with hundreds of
+    small faces gave PNet ~10,600 candidate boxes: NMS over them built N x N matrices (GBs), and landmarks for every
+    face took most of 19 s. Each stage now keeps only its best-scored boxes before its NMS (whose matrices are then
+    at most a few MB), and only the largest faces are read for landmarks, verified and reported. Ordinary photos come
+    nowhere near these caps (a portrait: tens of boxes per stage)."""
+
+    level_proposals: int = 400  # best PNet cells per pyramid level, before that level's NMS
+    proposals: int = 500  # best boxes of all levels together, before the cross-level NMS (RNet reads the survivors)
+    refined: int = 100  # best boxes RNet passes, before its NMS (ONet reads the survivors)
+    faces: int = 16  # the largest faces ONet finds that get landmarks and are verified; at most this many are reported
+
+    def __post_init__(self) -> None:
+        if min(self.level_proposals, self.proposals, self.refined, self.faces) < 1:
+            raise ValueError(f"every detection limit must be >= 1: {self}")
+
+
+DEFAULT_LIMITS = DetectionLimits()
+NET_CHUNK = 256  # crops per RNet/ONet forward, from however many images: bounds activations when many are batched
+# PNet reads the pyramid levels of equal-sized images in one forward, up to this many pixels (its first layer's
+# activations: 40 bytes a pixel, so ~40 MB), then starts another.
+PNET_BATCH_PIXELS = 4 * PYRAMID_PIXELS
+# A face is reported when ONet, reading it twice more (its squared box, and the face warped upright to CelebA's frame
+# by its landmarks), each with its mirror image, gives a mean face probability of at least this. MTCNN's last stage
+# alone takes patches of shoulders and hair for faces (0.79-0.96 on the test photos); those score 0.38-0.79 here,
+# real faces 0.97-1.0 (`python -m training alignment`'s photos and every test photo).
+VERIFY_THRESHOLD = 0.9
+
+Wanted = Callable[[int], bool]  # image index -> whether its detection is still wanted (asked between stages)
+
+
+class DetectionAbandoned(RuntimeError):
+    """The detection of an image was no longer wanted (its request's deadline passed, or its client left)."""
+
+
+def best(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` highest ``scores`` (all of them when there are fewer), in their original order: NMS
+    breaks ties between equal scores (saturated at 1.0) by position, so an uncut list must stay as it was."""
+    if len(scores) <= count:
+        return torch.arange(len(scores))
+    return scores.topk(count).indices.sort().values
+
+
 class FaceDetector:
-    """MTCNN's three-stage cascade over one image. Runs wherever its nets are (``to(device)``)."""
+    """MTCNN's three-stage cascade, over one image or a batch of them (whose stages share forwards), bounded by
+    :class:`DetectionLimits` and verified (:data:`VERIFY_THRESHOLD`). Runs wherever its nets are (``to(device)``)."""
 
     def __init__(self, pnet: PNet, rnet: RNet, onet: ONet):
         self.pnet, self.rnet, self.onet = pnet, rnet, onet
@@ -222,65 +269,198 @@ class FaceDetector:
             scale *= PYRAMID_FACTOR
         return scales
 
+    def detect(
+        self,
+        image: Image.Image,
+        min_face: float | None = None,
+        *,
+        limits: DetectionLimits = DEFAULT_LIMITS,
+        wanted: Callable[[], bool] | None = None,
+    ) -> list[Face]:
+        """Every face in ``image``, largest first (at most ``limits.faces``). ``min_face`` (px) defaults to what a
+        budget of :data:`PYRAMID_PIXELS` for the first pyramid level allows, and never below :data:`MIN_FACE_PX`.
+        ``wanted`` is asked between stages; :class:`DetectionAbandoned` when it says no."""
+        found = self.detect_batch(
+            [image], min_face, limits=limits, wanted=None if wanted is None else lambda _: wanted()
+        )
+        if found[0] is None:
+            raise DetectionAbandoned("the detection was abandoned")
+        return found[0]
+
     @torch.inference_mode()
-    def detect(self, image: Image.Image, min_face: float | None = None) -> list[Face]:
-        """Every face in ``image`` (RGB), largest first. ``min_face`` (px) defaults to what a budget of
-        :data:`PYRAMID_PIXELS` for the first pyramid level allows, and never below :data:`MIN_FACE_PX`."""
-        image = image.convert("RGB")
+    def detect_batch(
+        self,
+        images: Sequence[Image.Image],
+        min_face: float | None = None,
+        *,
+        limits: DetectionLimits = DEFAULT_LIMITS,
+        wanted: Wanted | None = None,
+    ) -> list[list[Face] | None]:
+        """The faces of each image, as :meth:`detect` finds them alone; the images' stages share forwards (PNet's
+        for equal-sized images, RNet's and ONet's for all). ``wanted(i)`` is asked for every image still in work
+        before each pyramid level and each later stage: an image no longer wanted is dropped there (its result is
+        None) and the rest go on; its work stops at that point."""
+        images = [image.convert("RGB") for image in images]
+        results: list[list[Face] | None] = [None] * len(images)
+
+        def still(indices: Iterable[int]) -> list[int]:
+            return [i for i in indices if wanted is None or wanted(i)]
+
+        def settle(boxes: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            """The images still wanted that still have boxes; those without have no face."""
+            for i in still(boxes):
+                if not len(boxes[i]):
+                    results[i] = []
+            return {i: boxes[i] for i in still(boxes) if len(boxes[i])}
+
+        boxes = settle(self.propose(images, still(range(len(images))), min_face, limits, still))
+        boxes = settle(self.refine(images, boxes, limits))
+        finals = settle(self.output(images, boxes, limits))
+        if finals:
+            for i, faces in self.verified(images, finals).items():
+                results[i] = faces
+        return results
+
+    # ---- the stages: each maps image index -> its boxes ---------------------------------------------------------
+    def propose(
+        self,
+        images: list[Image.Image],
+        indices: list[int],
+        min_face: float | None,
+        limits: DetectionLimits,
+        still: Callable[[Iterable[int]], list[int]],
+    ) -> dict[int, torch.Tensor]:
+        """Stage 1: PNet over each image's pyramid -> (N, 4) squared proposals. Levels are made with PIL's box filter
+        (area averaging, like MTCNN's), from the photo or, below half its scale, from an earlier level: much cheaper
+        than from the photo every time."""
         device = self.device
-        width, height = image.size
+        candidates: dict[int, list[torch.Tensor]] = {i: [] for i in indices}
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i in indices:
+            by_size.setdefault(images[i].size, []).append(i)
+        for (width, height), members in by_size.items():
+            scales = self.pyramid_scales(width, height, min_face)
+            if not scales:
+                continue
+            first = math.ceil(width * scales[0]) * math.ceil(height * scales[0])
+            per_forward = max(1, PNET_BATCH_PIXELS // first)
+            for start in range(0, len(members), per_forward):
+                group = members[start : start + per_forward]
+                sources = {i: (images[i], 1.0) for i in group}
+                for scale in scales:
+                    group = still(group)  # the request's deadline and client, between pyramid levels
+                    if not group:
+                        break
+                    size = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
+                    levels = []
+                    for i in group:
+                        source, source_scale = sources[i]
+                        level = source.resize(size, Image.Resampling.BOX)
+                        if source_scale / scale > 2:
+                            sources[i] = (level, scale)
+                        levels.append(image_tensor(level))
+                    offsets, probabilities = self.pnet(torch.cat(levels).to(device))
+                    for k, i in enumerate(group):
+                        found = self.proposals(offsets[k], probabilities[k], scale).cpu()  # boxes stay on the CPU
+                        if len(found):
+                            found = found[best(found[:, 4], limits.level_proposals)]
+                            candidates[i].append(found[nms(found[:, :4], found[:, 4], 0.5)])
+        proposals = {}
+        for i, parts in candidates.items():
+            if not parts:
+                proposals[i] = torch.zeros(0, 4)
+                continue
+            found = torch.cat(parts)
+            found = found[best(found[:, 4], limits.proposals)]
+            found = found[nms(found[:, :4], found[:, 4], 0.7)]
+            proposals[i] = squared(regressed(found[:, :4], found[:, 5:9]))
+        return proposals
 
-        # Stage 1: PNet over the pyramid. Levels are made with PIL's box filter (area averaging, like MTCNN's), from
-        # the photo or, below half its scale, from an earlier level: much cheaper than from the photo every time.
-        candidates = []
-        source, source_scale = image, 1.0
-        for scale in self.pyramid_scales(width, height, min_face):
-            size = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
-            level = source.resize(size, Image.Resampling.BOX)
-            if source_scale / scale > 2:
-                source, source_scale = level, scale
-            offsets, probabilities = self.pnet(image_tensor(level).to(device))
-            found = self.proposals(offsets[0], probabilities[0], scale).cpu()  # boxes are kept on the CPU
-            if len(found):
-                candidates.append(found[nms(found[:, :4], found[:, 4], 0.5)])
-        if not candidates:
-            return []
-        boxes = torch.cat(candidates)
-        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        boxes = squared(regressed(boxes[:, :4], boxes[:, 5:9]))
+    def refine(
+        self, images: list[Image.Image], boxes: dict[int, torch.Tensor], limits: DetectionLimits
+    ) -> dict[int, torch.Tensor]:
+        """Stage 2: RNet on 24x24 crops rejects most proposals and refines the rest -> (N, 4) squared boxes."""
+        refined = {}
+        for i, (offsets, probabilities) in self.run_net(self.rnet, 24, images, boxes).items():
+            passed = probabilities > THRESHOLDS[1]
+            kept, offsets, scores = boxes[i][passed], offsets[passed], probabilities[passed]
+            top = best(scores, limits.refined)
+            kept, offsets, scores = kept[top], offsets[top], scores[top]
+            picked = nms(kept, scores, 0.7)
+            refined[i] = squared(regressed(kept[picked], offsets[picked]))
+        return refined
 
-        # Stage 2: RNet on 24x24 crops rejects most proposals and refines the rest.
-        offsets, probabilities = (t.float().cpu() for t in self.rnet(crops(image, boxes, 24).to(device)))
-        passed = probabilities > THRESHOLDS[1]
-        boxes, offsets, scores = boxes[passed], offsets[passed], probabilities[passed]
-        if not len(boxes):
-            return []
-        picked = nms(boxes, scores, 0.7)
-        boxes = squared(regressed(boxes[picked], offsets[picked]))
+    def output(
+        self, images: list[Image.Image], boxes: dict[int, torch.Tensor], limits: DetectionLimits
+    ) -> dict[int, torch.Tensor]:
+        """Stage 3: ONet on 48x48 crops -> the final boxes with their scores, (N, 5), the ``limits.faces`` largest
+        (only they are read further)."""
+        finals = {}
+        for i, (offsets, _, probabilities) in self.run_net(self.onet, 48, images, boxes).items():
+            passed = probabilities > THRESHOLDS[2]
+            kept, offsets, scores = boxes[i][passed], offsets[passed], probabilities[passed]
+            kept = regressed(kept, offsets)
+            picked = nms(kept, scores, 0.7, mode="min")
+            kept, scores = kept[picked], scores[picked]
+            sizes = (kept[:, 2:4] - kept[:, :2]).max(dim=1).values
+            largest = sizes.argsort(descending=True)[: limits.faces]
+            finals[i] = torch.cat([kept[largest], scores[largest, None]], dim=1)
+        return finals
 
-        # Stage 3: ONet on 48x48 crops gives the final boxes, then the five landmarks from them.
-        offsets, _, probabilities = (t.float().cpu() for t in self.onet(crops(image, boxes, 48).to(device)))
-        passed = probabilities > THRESHOLDS[2]
-        boxes, offsets, scores = boxes[passed], offsets[passed], probabilities[passed]
-        if not len(boxes):
-            return []
-        boxes = regressed(boxes, offsets)
-        picked = nms(boxes, scores, 0.7, mode="min")
-        boxes, scores = boxes[picked], scores[picked]
-        landmarks = self.landmarks(image, boxes)
-        faces = [
-            Face(
-                box=tuple(round(v, 2) for v in box),
-                score=round(float(score), 4),
-                landmarks=tuple((round(x, 2), round(y, 2)) for x, y in points),
-            )
-            for box, score, points in zip(boxes.tolist(), scores.tolist(), landmarks.tolist())
+    def verified(self, images: list[Image.Image], finals: dict[int, torch.Tensor]) -> dict[int, list[Face]]:
+        """Stage 4: the landmarks of the final faces (:meth:`landmarks`), and only the faces ONet confirms."""
+        readings = self.landmarks([images[i] for i in finals], [finals[i][:, :4] for i in finals])
+        faces = {}
+        for i, (points, confidence) in zip(finals, readings):
+            keep = confidence >= VERIFY_THRESHOLD
+            found = [
+                Face(
+                    box=tuple(round(v, 2) for v in row[:4]),
+                    score=round(float(row[4]), 4),
+                    landmarks=tuple((round(x, 2), round(y, 2)) for x, y in face_points),
+                )
+                for row, face_points in zip(finals[i][keep].tolist(), points[keep].tolist())
+            ]
+            faces[i] = sorted(found, key=lambda face: face.size, reverse=True)
+        return faces
+
+    def run_net(
+        self, net: nn.Module, size: int, images: list[Image.Image], boxes: dict[int, torch.Tensor]
+    ) -> dict[int, tuple[torch.Tensor, ...]]:
+        """``net``'s outputs (float, on the CPU) for the ``size``-px crops of every image's boxes, in forwards of at
+        most :data:`NET_CHUNK` crops whichever images they come from (crops are made per forward: memory stays
+        bounded however many boxes and images there are)."""
+        pieces = [
+            (i, start, min(start + NET_CHUNK, len(b)))
+            for i, b in boxes.items()
+            for start in range(0, len(b), NET_CHUNK)
         ]
-        return sorted(faces, key=lambda face: face.size, reverse=True)
+        outputs: dict[int, list[tuple[torch.Tensor, ...]]] = {i: [] for i in boxes}
+        batch: list[tuple[int, int, int]] = []
 
-    def landmarks(self, image: Image.Image, boxes: torch.Tensor) -> torch.Tensor:
-        """(N, 5, 2) landmarks of the faces in ``boxes`` (final, regressed boxes), in two readings of ONet, each of a
-        crop and its mirror image (the two averaged):
+        def flush() -> None:
+            patches = torch.cat([crops(images[i], boxes[i][start:stop], size) for i, start, stop in batch])
+            results = [t.float().cpu() for t in net(patches.to(self.device))]
+            offset = 0
+            for i, start, stop in batch:
+                outputs[i].append(tuple(t[offset : offset + stop - start] for t in results))
+                offset += stop - start
+            batch.clear()
+
+        for piece in pieces:
+            if batch and sum(stop - start for _, start, stop in batch) + piece[2] - piece[1] > NET_CHUNK:
+                flush()
+            batch.append(piece)
+        if batch:
+            flush()
+        return {i: tuple(torch.cat(parts) for parts in zip(*outputs[i])) for i in boxes if outputs[i]}
+
+    def landmarks(
+        self, images: list[Image.Image], boxes: list[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For each image, the (N, 5, 2) landmarks of the faces in its ``boxes`` (final, regressed boxes) and ONet's
+        (N,) mean face probability over its readings of them. Two readings, each of a crop and its mirror image
+        (the two averaged):
 
         1. from the squared box, as MTCNN reads them;
         2. from the face warped upright to CelebA's frame by those points (:mod:`app.models.align`), through the box
@@ -288,27 +468,48 @@ class FaceDetector:
            reading sees every face the same way up and scale, whatever the photo's tilt and framing, which makes the
            alignment of a rotated or rescaled face match its upright frame's (see ``python -m training alignment``).
         """
-        boxes = squared(boxes)
-        size = (boxes[:, 2:4] - boxes[:, :2])[:, None]
-        points = self.read_points(crops(image, boxes, 48)) * size + boxes[:, None, :2]
+        squares = [squared(b) for b in boxes]
+        first = self.read_points([crops(image, square, 48) for image, square in zip(images, squares)])
+        readings = []
+        for image, square, (fractions, confidence) in zip(images, squares, first):
+            size = (square[:, 2:4] - square[:, :2])[:, None]
+            points = fractions * size + square[:, None, :2]
+            readings.append((image, points, confidence))
         left, top, side = CANONICAL_BOX
         for _ in range(REFINEMENTS):
-            matrices = [frame_to_image(face.tolist()) for face in points.double()]
-            patches = torch.cat([image_tensor(warp_square(image, m, CANONICAL_BOX, 48)) for m in matrices])
-            frame_points = self.read_points(patches).double() * side + torch.tensor([left, top]).double()
-            points = torch.stack([q @ m[:, :2].T + m[:, 2] for q, m in zip(frame_points, matrices)]).float()
-        return points
+            matrices = [[frame_to_image(face.tolist()) for face in points.double()] for _, points, _ in readings]
+            patches = [
+                torch.cat([image_tensor(warp_square(image, m, CANONICAL_BOX, 48)) for m in image_matrices])
+                for (image, _, _), image_matrices in zip(readings, matrices)
+            ]
+            again = self.read_points(patches)
+            updated = []
+            for (image, _, confidence), image_matrices, (fractions, upright) in zip(readings, matrices, again):
+                frame_points = fractions.double() * side + torch.tensor([left, top]).double()
+                points = torch.stack([q @ m[:, :2].T + m[:, 2] for q, m in zip(frame_points, image_matrices)]).float()
+                updated.append((image, points, (confidence + upright) / 2))
+            readings = updated
+        return [(points, confidence) for _, points, confidence in readings]
 
-    def read_points(self, patches: torch.Tensor) -> torch.Tensor:
-        """ONet's five points for (N, 3, 48, 48) crops, as fractions of the crop: the mean of its readings of each
-        crop and of its mirror image (un-mirrored), which cancels the net's left-right bias."""
-        patches = patches.to(self.device)
-        _, points, _ = self.onet(torch.cat([patches, patches.flip(3)]))
-        points = torch.stack([points[:, :5], points[:, 5:]], dim=2).float().cpu()
-        count = len(patches)
-        direct, mirrored = points[:count], points[count:][:, MIRRORED_ORDER]
-        mirrored[:, :, 0] = 1 - mirrored[:, :, 0]
-        return (direct + mirrored) / 2
+    def read_points(self, patches: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """ONet's five points for each (N, 3, 48, 48) crop tensor, as fractions of the crop, and its face
+        probability: the means of its readings of each crop and of its mirror image (the points un-mirrored), which
+        cancels the net's left-right bias. One forward per :data:`NET_CHUNK` crops, whichever tensors they are in."""
+        counts = [len(p) for p in patches]
+        together = torch.cat(patches)
+        points_parts, probability_parts = [], []
+        for start in range(0, len(together), NET_CHUNK // 2):
+            chunk = together[start : start + NET_CHUNK // 2].to(self.device)
+            _, points, probabilities = self.onet(torch.cat([chunk, chunk.flip(3)]))
+            points = torch.stack([points[:, :5], points[:, 5:]], dim=2).float().cpu()
+            count = len(chunk)
+            direct, mirrored = points[:count], points[count:][:, MIRRORED_ORDER]
+            mirrored[:, :, 0] = 1 - mirrored[:, :, 0]
+            points_parts.append((direct + mirrored) / 2)
+            probabilities = probabilities.float().cpu()
+            probability_parts.append((probabilities[:count] + probabilities[count:]) / 2)
+        points, probabilities = torch.cat(points_parts), torch.cat(probability_parts)
+        return list(zip(points.split(counts), probabilities.split(counts)))
 
     @staticmethod
     def proposals(offsets: torch.Tensor, probabilities: torch.Tensor, scale: float) -> torch.Tensor:

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,7 +30,6 @@ from app.models.pipelines import Pipeline, Prepared
 from app.models.pipelines.base import Tensors, implausible_images
 
 logger = logging.getLogger("facegen.batcher")
-T = TypeVar("T")
 
 
 class ServiceUnavailable(RuntimeError):
@@ -313,20 +309,6 @@ class Batcher:
     async def submit(self, name: str, prepared: Prepared, timeout_s: float) -> Tensors:
         """The outputs of ``prepared`` (rows in the same order), computed in some batch."""
         return await self.queues[name].submit(prepared, timeout_s)
-
-    async def call(self, function: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
-        """``function(*args)`` run on the forward thread, between two batches: for model work that is not a family's
-        batch (face detection on uploads) and must not fight the models for the cores. 503 if it has not finished
-        within ``timeout_s`` (a call still queued then is dropped)."""
-        if self.closing:
-            raise ServiceUnavailable("the server is shutting down", retry_after_s=1)
-        future = asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(function, *args))
-        try:
-            return await asyncio.wait_for(future, timeout_s)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(
-                f"not answered within {timeout_s:g} s (the server is busy)", retry_after_s=1
-            ) from None
 
     async def forward(self, queue: ModelQueue, operation: str, inputs: Tensors) -> Tensors:
         loop = asyncio.get_running_loop()

@@ -1,5 +1,5 @@
 """``align`` on every upload route: auto (detect, align the largest face, report it; 422 without a face) and none
-(today's centre crop); several faces, a tiny face's warning, detection on the batcher's forward thread, and outputs
+(today's centre crop); several faces, a tiny face's warning, detection on its own thread, and outputs
 that are NaN, infinite or diverged refused with a 422 instead of being returned as images."""
 
 from __future__ import annotations
@@ -151,18 +151,18 @@ def test_a_tiny_face_is_aligned_with_a_warning(client, face_bytes):
     assert "px across" in report["warning"] and "blurred" in report["warning"]
 
 
-def test_detection_runs_on_the_batchers_forward_thread(client, photo, monkeypatch):
-    threads = []
-    detect = FaceDetector.detect
+def test_detection_runs_on_its_own_thread_in_one_batch(client, photo, monkeypatch):
+    calls = []
+    detect_batch = FaceDetector.detect_batch
 
-    def spy(self, image, min_face=None):
-        threads.append(threading.current_thread().name)
-        return detect(self, image, min_face)
+    def spy(self, images, *args, **kwargs):
+        calls.append((threading.current_thread().name, len(images)))
+        return detect_batch(self, images, *args, **kwargs)
 
-    monkeypatch.setattr(FaceDetector, "detect", spy)
+    monkeypatch.setattr(FaceDetector, "detect_batch", spy)
     files = [("images", ("a.jpg", photo, "image/jpeg")), ("images", ("b.jpg", photo, "image/jpeg"))]
     assert client.post("/classify", files=files).status_code == 200
-    assert len(threads) >= 2 and all(name.startswith("facegen-forward") for name in threads), threads
+    assert calls == [("facegen-detect_0", 2)], "both uploads in one batch, on the detection thread"
 
 
 def test_an_unknown_align_value_is_a_422(client, photo):
