@@ -10,7 +10,8 @@
   always served so that a liveness probe does not restart a server that is only busy. (Uvicorn's own
   ``limit_concurrency`` answers plain text, without Retry-After, and refuses ``/health`` too.)
 * **Requests the parser refuses** (a Content-Length that is not a number, a malformed request line or header, a
-  header block or URL too long) get a JSON 400 instead of uvicorn's plain text.
+  header block or URL too long) get a JSON 400 instead of uvicorn's plain text. A request line and headers over
+  :data:`MAX_HEADER_BYTES` get 431: h11 refuses them past that size itself, httptools would buffer them without end.
 
 Every answer written here carries the security headers of :mod:`app.security`.
 """
@@ -28,6 +29,8 @@ from app.security import CONTENT_SECURITY_POLICY, SECURITY_HEADERS
 
 logger = logging.getLogger("facegen.http")
 
+MAX_HEADER_BYTES = 16 * 1024  # h11's own limit (uvicorn's h11_max_incomplete_event_size), nginx's is 4 x 8 KiB
+LINGER_S = 2.0  # after a refusal, what the client still sends is read and dropped this long (see _refuse)
 RETRY_AFTER_S = 1  # connections over the cap clear within FACEGEN_KEEP_ALIVE_S; a second is a fair first wait
 ALWAYS_SERVED = frozenset({("GET", "/health"), ("HEAD", "/health")})
 HEADERS = [(b"content-security-policy", CONTENT_SECURITY_POLICY.encode()), *SECURITY_HEADERS]
@@ -99,6 +102,8 @@ class BoundedHTTPMixin:
     # ...and the mixin these
     _header_timer: asyncio.TimerHandle | None
     _partial_request: bool
+    _header_bytes: int
+    _lingering: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -108,7 +113,7 @@ class BoundedHTTPMixin:
     def _arm_idle_timer(self) -> None:
         """Waiting for a request: idle until its first byte, then its headers have until the header timeout."""
         self._cancel_header_timer()
-        self._partial_request = False
+        self._partial_request, self._header_bytes = False, 0
         self._header_timer = self.loop.call_later(min(self.keep_alive_s, self.header_timeout_s), self._idle_timeout)
 
     def _cancel_header_timer(self) -> None:
@@ -136,17 +141,40 @@ class BoundedHTTPMixin:
         if self.transport.is_closing() or not self._waiting_for_headers():
             return  # a request is in progress: its body has its own timeout, the app its own deadline
         detail = f"request headers not received within {self.header_timeout_s:g} s (FACEGEN_HEADER_TIMEOUT_S)"
-        self.transport.write(json_answer(408, "Request Timeout", detail))
-        self.transport.close()
+        self._refuse(json_answer(408, "Request Timeout", detail))
+
+    def _refuse(self, answer: bytes) -> None:
+        """Answer and close without losing the answer: closing a socket with unread input resets the connection, and
+        the reset can discard the answer before the client reads it (a 1 MiB header refused after 16 KiB). So the
+        answer is followed by a half-close, and the rest of the request is read and dropped until the client closes
+        too, or for LINGER_S."""
+        if self.transport.is_closing() or self._lingering:
+            return
+        self._lingering = True
+        self._cancel_header_timer()
+        self.transport.write(answer)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._arm_idle_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self._waiting_for_headers():
+        if self._lingering:
+            return  # refused: the rest of the request is dropped
+        waiting = self._waiting_for_headers()
+        if waiting:
             self._partial_request = True
+            self._header_bytes += len(data)
         super().data_received(data)  # type: ignore[misc]
+        # Still waiting after this chunk: all of it was request line and headers (a body only follows complete ones).
+        if waiting and self._waiting_for_headers() and self._header_bytes > MAX_HEADER_BYTES:
+            detail = f"the request line and headers are over {MAX_HEADER_BYTES // 1024} KiB"
+            self._refuse(json_answer(431, "Request Header Fields Too Large", detail))
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
@@ -158,8 +186,7 @@ class BoundedHTTPMixin:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(json_answer(400, "Bad Request", PARSER_ERROR))
-        self.transport.close()
+        self._refuse(json_answer(400, "Bad Request", PARSER_ERROR))
 
 
 def bounded_protocol(

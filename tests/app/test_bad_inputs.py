@@ -287,9 +287,7 @@ CASES = [
     Case("underscore strength", "/glow/manipulate", 422, "ASCII digits", **face(attribute="Smiling", strengths="0_5")),
     Case("underscore steps", "/glow/manipulate", 422, "plain integer", **face(attribute="Smiling", steps="1_0")),
     Case("arabic digit steps", "/glow/manipulate", 422, "plain integer", **face(attribute="Smiling", steps="١٠")),
-    Case(
-        "underscore number", "/glow/manipulate", 422, "plain number", **face(attribute="Smiling", max_strength="0_5")
-    ),
+    Case("underscore number", "/glow/manipulate", 422, "plain number", **face(attribute="Smiling", max_strength="0_5")),
     Case("empty strengths", "/glow/manipulate", 422, "strengths is empty", **face(attribute="Smiling", strengths="")),
     Case("empty steps", "/glow/manipulate", 422, "steps is empty", **face(attribute="Smiling", steps="")),
     Case("malformed strengths", "/glow/manipulate", 422, "strengths", **face(attribute="Smiling", strengths="a,b")),
