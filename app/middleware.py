@@ -229,8 +229,12 @@ class HeadAsGet:
                 scope["route"] = inner["route"]  # for the metrics outside
 
 
+DECODED_PIXELS = "facegen.decoded_pixels"  # scope key: what the request's uploads decoded to (DecodeBudgets)
+
+
 class DecodeBudgets:
-    """Gives each request its own decoded-pixel budget for uploads (:func:`app.imaging.request_budget`)."""
+    """Gives each request its own decoded-pixel budget for uploads (:func:`app.imaging.request_budget`), and notes in
+    the scope what it spent (for :class:`ReturnMemory`)."""
 
     def __init__(self, app: ASGIApp, limits: DecodeLimits):
         self.app, self.limits = app, limits
@@ -238,33 +242,36 @@ class DecodeBudgets:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        with request_budget(self.limits):
-            await self.app(scope, receive, send)
+        with request_budget(self.limits) as budget:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                scope[DECODED_PIXELS] = budget.used
 
 
 class ReturnMemory:
-    """Once the last request of a burst of large ones (bodies of ``min_bytes`` or more: uploads) has been answered,
-    gives the heap's free pages back to the system on a worker thread (:func:`app.memory.trim_heap`)."""
+    """When no request is in progress any more and the requests since the last trim decoded ``min_pixels`` or more
+    (a burst of large uploads: their pixels, tensors and bodies were freed, but the C heap keeps the pages), gives
+    the heap's free pages back to the system on a worker thread (:func:`app.memory.trim_heap`). Requests that decode
+    little (a face of 178x218 is 39k pixels) trim rarely: the trim walks the whole heap."""
 
-    def __init__(self, app: ASGIApp, min_bytes: int = 1024 * 1024, trim: Callable[[], object] = trim_heap):
-        self.app, self.min_bytes, self.trim = app, min_bytes, trim
-        self.active = 0
+    def __init__(self, app: ASGIApp, min_pixels: int = 8_000_000, trim: Callable[[], object] = trim_heap):
+        self.app, self.min_pixels, self.trim = app, min_pixels, trim
+        self.active, self.decoded = 0, 0
         self.trimming: asyncio.Future | None = None
 
-    def is_large(self, scope: Scope) -> bool:
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length", b"0")
-        return b"transfer-encoding" in headers or (length.isdigit() and int(length) >= self.min_bytes)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.is_large(scope):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         self.active += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.active -= 1
-            if self.active == 0 and (self.trimming is None or self.trimming.done()):
+            self.decoded += scope.get(DECODED_PIXELS, 0)
+            idle = self.trimming is None or self.trimming.done()
+            if self.active == 0 and self.decoded >= self.min_pixels and idle:
+                self.decoded = 0
                 self.trimming = asyncio.get_running_loop().run_in_executor(None, self.trim)
 
 
