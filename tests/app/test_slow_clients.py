@@ -153,7 +153,8 @@ def test_requests_the_parser_refuses_get_a_json_4xx(server, request_bytes):
             pass  # answered and closed before the rest was sent: the answer is still there to read
         data, _ = read_until_closed(sock)
     status, headers, body = json_answer(data)
-    assert status in (400, 431) and body["detail"] and headers["connection"] == "close"
+    # httptools refuses them all with 400 or 431; h11 answers the HTTP/2 preface's first line 404, then its rest 400
+    assert 400 <= status < 500 and body["detail"] and headers["connection"] == "close"
 
 
 def test_a_body_shorter_than_its_content_length_gets_408(server):
