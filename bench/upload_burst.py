@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 from PIL import Image
 
 from bench.server import REPO_ROOT, free_port, read_memory
@@ -30,10 +29,9 @@ def smooth_png(megapixels: float) -> bytes:
     """A gradient: it compresses to a small file but decodes to width x height x 3 bytes."""
     width = int((megapixels * 1e6 * 4 / 3) ** 0.5)
     height = int(megapixels * 1e6 / width)
-    row = np.linspace(0, 255, width, dtype=np.uint8)
-    pixels = np.broadcast_to(row[None, :, None], (height, width, 3))
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=9)
+    image.save(buffer, format="PNG", compress_level=9)
     return buffer.getvalue()
 
 
