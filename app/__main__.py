@@ -5,22 +5,24 @@ lifespan's shutdown (the batcher answers what is still queued), then re-raises t
 installed before it started. Ours turns that into exit status 0, so an orchestrator sees a clean stop rather than a
 process killed by a signal.
 
-Slow clients are bounded here, at the server: request headers must arrive within ``FACEGEN_HEADER_TIMEOUT_S``
-(:mod:`app.protocol`), and past ``FACEGEN_MAX_CONNECTIONS`` open connections or requests uvicorn answers 503
-(``limit_concurrency``). Stalled bodies are the app's to refuse (``FACEGEN_BODY_TIMEOUT_S``).
+Connections are bounded here, at the server (:mod:`app.protocol`): idle ones close after ``FACEGEN_KEEP_ALIVE_S``,
+request headers must arrive within ``FACEGEN_HEADER_TIMEOUT_S``, and past ``FACEGEN_MAX_CONNECTIONS`` open
+connections or requests the answer is a JSON 503 with Retry-After (``/health`` excepted). Slow bodies are the app's
+to refuse (``FACEGEN_BODY_TIMEOUT_S``, ``FACEGEN_BODY_DEADLINE_S``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import os
 import signal
 import sys
 
 import uvicorn
 
-from app.protocol import protocol_with_header_timeout
+from app.protocol import bounded_protocol
 from app.settings import Settings
 
 
@@ -61,8 +63,12 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
-        http=protocol_with_header_timeout(settings.header_timeout_s),
-        limit_concurrency=settings.max_connections,
+        http=bounded_protocol(
+            keep_alive_s=settings.keep_alive_s,
+            header_timeout_s=settings.header_timeout_s,
+            max_connections=settings.max_connections,
+        ),
+        timeout_keep_alive=math.ceil(settings.keep_alive_s),  # a backstop: the protocol closes idle ones itself
     )
 
 

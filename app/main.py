@@ -16,7 +16,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,7 +27,17 @@ from app.api.checks import request_checks
 from app.api.deps import ClientDisconnected
 from app.api.routes import generate
 from app.imaging import DecodeLimits
-from app.middleware import APIKeyGuard, DecodeBudgets, HeadAsGet, Metrics, RequestBodyGuard, ServerErrors
+from app.middleware import (
+    APIKeyGuard,
+    DecodeBudgets,
+    HeadAsGet,
+    JSONCORSMiddleware,
+    Metrics,
+    RequestBodyGuard,
+    ReturnMemory,
+    SecurityHeaders,
+    ServerErrors,
+)
 from app.models.attributes import InvalidRequest
 from app.models.checkpoint import CheckpointError
 from app.services.batcher import Batcher, BatcherMetrics, ForwardFailed, ServiceUnavailable
@@ -39,11 +48,17 @@ from app.settings import Settings, get_settings
 logger = logging.getLogger("facegen")
 
 
+MAX_ECHO = 100  # characters of a client's string an error echoes back
+
+
 def json_safe(value: Any) -> Any:
     """A validation error's echoed input with non-finite numbers (JSON's NaN/Infinity literals, which Python's parser
-    accepts) written as strings: strict JSON cannot carry them, and the error must still be answered."""
+    accepts) written as strings: strict JSON cannot carry them, and the error must still be answered. Long strings
+    are cut: an error must not send a client's megabyte back to it."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str) and len(value) > MAX_ECHO:
+        return f"{value[:MAX_ECHO]}... ({len(value)} characters)"
     if isinstance(value, dict):
         return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -65,6 +80,19 @@ def body_error_message(cause: BaseException | None) -> str:
     if cause is not None:
         return f"the request body cannot be parsed ({type(cause).__name__}: {cause})"
     return "the request body cannot be parsed"
+
+
+def explain_error(error: dict) -> dict:
+    """FastAPI's error, reworded where it says nothing a client can act on."""
+    if error.get("type") == "value_error" and "Expected UploadFile" in error.get("msg", ""):
+        field = error["loc"][1] if len(error.get("loc", ())) > 1 else "the file"
+        return {
+            "loc": error["loc"],
+            "msg": f"{field}: this part has no filename, so it is a text field, not a file: send it as a file "
+            f'(Content-Disposition: form-data; name="{field}"; filename="face.jpg"; curl -F {field}=@face.jpg)',
+            "type": "value_error",
+        }  # its input, the whole part, is not echoed
+    return error
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -110,6 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         dependencies=[Depends(request_checks)],
+        # No trailing-slash redirects: Starlette builds their Location from the Host header, which the client writes.
+        redirect_slashes=False,
         description="Deep generative models of 64x64 faces. Weights trained on CelebA: non-commercial research use.",
         generate_unique_id_function=representations.operation_id,
     )
@@ -143,7 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": json_safe(jsonable_encoder(error.errors()))}, status_code=422)
+        errors = [explain_error(item) for item in error.errors()]
+        return JSONResponse({"detail": json_safe(jsonable_encoder(errors))}, status_code=422)
 
     @app.exception_handler(ServiceUnavailable)
     async def on_unavailable(request: Request, error: ServiceUnavailable) -> JSONResponse:
@@ -179,13 +210,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(DecodeBudgets, limits=limits)
     app.add_middleware(representations.BinaryAccept)
+    app.add_middleware(ReturnMemory)
     app.add_middleware(HeadAsGet)
-    app.add_middleware(RequestBodyGuard, max_mb=settings.max_upload_mb, read_timeout_s=settings.body_timeout_s)
+    app.add_middleware(
+        RequestBodyGuard,
+        max_mb=settings.max_upload_mb,
+        read_timeout_s=settings.body_timeout_s,
+        deadline_s=settings.body_deadline_s,
+    )
     app.add_middleware(APIKeyGuard, api_key=settings.api_key)
     app.add_middleware(ServerErrors)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JSONCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "HEAD", "POST"],
             allow_headers=["X-API-Key", "Content-Type"],
@@ -200,6 +237,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             max_age=600,
         )
+    docs_pages = {url for url in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if url}
+    app.add_middleware(SecurityHeaders, page_paths=docs_pages)
     app.add_middleware(Metrics, registry=registry)
     return app
 

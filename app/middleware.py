@@ -1,9 +1,10 @@
-"""Pure ASGI middleware: request-body guard (size cap, read timeout, content encoding), optional API key, HEAD on GET
-routes, the upload decoding budget, JSON 500s, Prometheus metrics.
+"""Pure ASGI middleware: request-body guard (size cap, timeouts, content encoding, cut-off multipart), optional API
+key, HEAD on GET routes, the upload decoding budget, JSON 500s, security headers, JSON CORS refusals, Prometheus
+metrics.
 
-Order, outermost first (``create_app``): Metrics (counts every answer, refusals included), CORS (answers preflights
-before the key check and puts its headers on every answer, errors too), ServerErrors, APIKeyGuard, RequestBodyGuard,
-HeadAsGet, DecodeBudgets, then the app.
+Order, outermost first (``create_app``): Metrics (counts every answer, refusals included), SecurityHeaders (on every
+answer), CORS (answers preflights before the key check and puts its headers on every answer, errors too),
+ServerErrors, APIKeyGuard, RequestBodyGuard, HeadAsGet, DecodeBudgets, then the app.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.imaging import DecodeLimits, request_budget
+from app.memory import trim_heap
+from app.security import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, page_policy
 
 logger = logging.getLogger("facegen.http")
 
@@ -46,15 +53,30 @@ class BodyRefused(Exception):
         self.status, self.message = status, message
 
 
+def multipart_close_delimiter(content_type: bytes) -> bytes | None:
+    """``--boundary--``, the line that ends a multipart body, from its Content-Type (None: not multipart)."""
+    media, _, options = content_type.decode("latin-1").partition(";")
+    if media.strip().lower() != "multipart/form-data":
+        return None
+    for option in options.split(";"):
+        name, _, value = option.strip().partition("=")
+        if name.strip().lower() == "boundary" and value.strip():
+            return b"--" + value.strip().strip('"').encode("latin-1") + b"--"
+    return None  # no boundary: the multipart parser refuses it with its own 400
+
+
 class RequestBodyGuard:
     """Refuses a body before anything parses it: 413 when it is over ``max_mb`` (at once from Content-Length, or as
     soon as a chunked body passes the cap), 415 for a Content-Encoding other than identity (nothing here inflates
-    bodies: a gzip body is bytes no parser understands), and 408 when the client stops sending it for
-    ``read_timeout_s`` (a body shorter than its Content-Length would otherwise hold the request forever)."""
+    bodies: a gzip body is bytes no parser understands), 408 when the client stops sending it for ``read_timeout_s``
+    (a body shorter than its Content-Length would otherwise hold the request forever) or has not finished it
+    ``deadline_s`` after the request began (one byte every few seconds would otherwise hold it just as long), and 400
+    for a multipart body that ends without its closing boundary (it was cut short: the parser would take the parts
+    it saw as the whole request)."""
 
-    def __init__(self, app: ASGIApp, max_mb: float, read_timeout_s: float = 30.0):
+    def __init__(self, app: ASGIApp, max_mb: float, read_timeout_s: float = 30.0, deadline_s: float = 120.0):
         self.app, self.max_mb, self.max_bytes = app, max_mb, int(max_mb * 1024 * 1024)
-        self.read_timeout_s = read_timeout_s
+        self.read_timeout_s, self.deadline_s = read_timeout_s, deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,29 +97,50 @@ class RequestBodyGuard:
                 415,
                 {"detail": f"Content-Encoding {encoding!r} is not supported: send the request body uncompressed"},
             )
-        received, complete = 0, False
+        closing = multipart_close_delimiter(headers.get(b"content-type", b""))
+        deadline = time.monotonic() + self.deadline_s
+        received, complete, closed, tail = 0, False, False, b""
         refused: BodyRefused | None = None
         answered = False
 
         async def guarded_receive() -> Message:
-            nonlocal received, complete, refused
+            nonlocal received, complete, closed, tail, refused
             if complete:  # after the body, the next message is the disconnect: wait for it as long as it takes
                 return await receive()
+            left_s = deadline - time.monotonic()
             try:
-                incoming = await asyncio.wait_for(receive(), self.read_timeout_s)
+                incoming = await asyncio.wait_for(receive(), max(0.0, min(self.read_timeout_s, left_s)))
             except asyncio.TimeoutError:
-                refused = BodyRefused(
-                    408,
-                    f"the request body stalled: nothing received for {self.read_timeout_s:g} s "
-                    f"(FACEGEN_BODY_TIMEOUT_S; {received} bytes had arrived)",
-                )
+                if left_s <= self.read_timeout_s:
+                    message = (
+                        f"the request body was not complete within {self.deadline_s:g} s "
+                        f"(FACEGEN_BODY_DEADLINE_S; {received} bytes had arrived)"
+                    )
+                else:
+                    message = (
+                        f"the request body stalled: nothing received for {self.read_timeout_s:g} s "
+                        f"(FACEGEN_BODY_TIMEOUT_S; {received} bytes had arrived)"
+                    )
+                refused = BodyRefused(408, message)
                 raise refused from None
             if incoming["type"] == "http.request":
-                received += len(incoming.get("body", b""))
+                chunk = incoming.get("body", b"")
+                received += len(chunk)
                 complete = not incoming.get("more_body", False)
                 if received > self.max_bytes:
                     refused = BodyRefused(413, too_large)
                     raise refused
+                if closing is not None and not closed:
+                    window = tail + chunk  # the delimiter may straddle two chunks
+                    closed = closing in window
+                    tail = window[-len(closing) :]
+                    if complete and not closed:
+                        refused = BodyRefused(
+                            400,
+                            "the multipart body ends without its closing boundary "
+                            f"({closing.decode('latin-1')}): it was cut short",
+                        )
+                        raise refused
             else:
                 complete = True
             return incoming
@@ -130,20 +173,28 @@ class APIKeyGuard:
     own requests to the API carry the key its user types in."""
 
     # /static/ is served by StaticFiles, which refuses paths that leave its folder (../): no API route is behind it.
-    OPEN_PATHS, OPEN_PREFIXES = {"/health", "/"}, ("/static/",)
+    # The API docs and their schema hold no data either; open, /docs can send the key (its "Authorize" button).
+    OPEN_PATHS = {"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    OPEN_PREFIXES = ("/static/",)
 
     def __init__(self, app: ASGIApp, api_key: str | None):
         self.app, self.api_key = app, api_key.encode() if api_key else None
 
-    def is_open(self, path: str) -> bool:
-        return path in self.OPEN_PATHS or path.startswith(self.OPEN_PREFIXES)
+    @classmethod
+    def is_open(cls, path: str) -> bool:
+        return path in cls.OPEN_PATHS or path.startswith(cls.OPEN_PREFIXES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.api_key is not None and not self.is_open(scope["path"]):
-            headers = dict(scope.get("headers") or [])
-            given = headers.get(b"x-api-key")
+            headers = scope.get("headers") or []
+            for header, name in ((b"x-api-key", "X-API-Key"), (b"authorization", "Authorization")):
+                count = sum(key == header for key, _ in headers)
+                if count > 1:  # servers and proxies disagree on which one counts: ambiguous, as repeated JSON keys
+                    return await send_json(send, 400, {"detail": f"{name} given {count} times: send it once"})
+            found = dict(headers)
+            given = found.get(b"x-api-key")
             if given is None:
-                scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+                scheme, _, token = found.get(b"authorization", b"").partition(b" ")
                 given = token.strip() if scheme.lower() == b"bearer" else b""
             if not hmac.compare_digest(given, self.api_key):
                 return await send_json(
@@ -178,8 +229,12 @@ class HeadAsGet:
                 scope["route"] = inner["route"]  # for the metrics outside
 
 
+DECODED_PIXELS = "facegen.decoded_pixels"  # scope key: what the request's uploads decoded to (DecodeBudgets)
+
+
 class DecodeBudgets:
-    """Gives each request its own decoded-pixel budget for uploads (:func:`app.imaging.request_budget`)."""
+    """Gives each request its own decoded-pixel budget for uploads (:func:`app.imaging.request_budget`), and notes in
+    the scope what it spent (for :class:`ReturnMemory`)."""
 
     def __init__(self, app: ASGIApp, limits: DecodeLimits):
         self.app, self.limits = app, limits
@@ -187,8 +242,37 @@ class DecodeBudgets:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        with request_budget(self.limits):
+        with request_budget(self.limits) as budget:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                scope[DECODED_PIXELS] = budget.used
+
+
+class ReturnMemory:
+    """When no request is in progress any more and the requests since the last trim decoded ``min_pixels`` or more
+    (a burst of large uploads: their pixels, tensors and bodies were freed, but the C heap keeps the pages), gives
+    the heap's free pages back to the system on a worker thread (:func:`app.memory.trim_heap`). Requests that decode
+    little (a face of 178x218 is 39k pixels) trim rarely: the trim walks the whole heap."""
+
+    def __init__(self, app: ASGIApp, min_pixels: int = 8_000_000, trim: Callable[[], object] = trim_heap):
+        self.app, self.min_pixels, self.trim = app, min_pixels, trim
+        self.active, self.decoded = 0, 0
+        self.trimming: asyncio.Future | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.active += 1
+        try:
             await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self.decoded += scope.get(DECODED_PIXELS, 0)
+            idle = self.trimming is None or self.trimming.done()
+            if self.active == 0 and self.decoded >= self.min_pixels and idle:
+                self.decoded = 0
+                self.trimming = asyncio.get_running_loop().run_in_executor(None, self.trim)
 
 
 class ServerErrors:
@@ -215,6 +299,70 @@ class ServerErrors:
             if started:
                 raise  # too late for an answer: let the server drop the connection
             await send_json(send, 500, {"detail": "internal server error; see the server log"})
+
+
+class SecurityHeaders:
+    """Puts :mod:`app.security`'s headers on every answer. The pages at ``page_paths`` (the API docs, built by the
+    server from its settings) get a policy that also trusts the inline scripts and asset URLs of their own HTML, which
+    is read from the answer before it is sent (a few kilobytes)."""
+
+    def __init__(self, app: ASGIApp, page_paths: set[str]):
+        self.app, self.page_paths = app, page_paths
+        self.base = [(b"content-security-policy", CONTENT_SECURITY_POLICY.encode()), *SECURITY_HEADERS]
+
+    def headers_for(self, message: Message, policy: str | None = None) -> Message:
+        ours = {name for name, _ in self.base}
+        kept = [(name, value) for name, value in message.get("headers", []) if name.lower() not in ours]
+        added = [(b"content-security-policy", policy.encode())] + self.base[1:] if policy else self.base
+        return {**message, "headers": kept + added}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] not in self.page_paths:
+
+            async def secured_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message = self.headers_for(message)
+                await send(message)
+
+            return await self.app(scope, receive, secured_send)
+        start: Message | None = None
+        body = b""
+
+        async def page_send(message: Message) -> None:
+            nonlocal start, body
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                return await send(message)
+            body += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            html = Headers(raw=start["headers"]).get("content-type", "").startswith("text/html")
+            policy = page_policy(body.decode("utf-8", "replace")) if html else None
+            await send(self.headers_for(start, policy))
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, page_send)
+
+
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, whose refused preflights answer JSON saying what was refused (Starlette's own
+    answer is the plain text "Disallowed CORS origin, method, headers")."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        detail = (
+            f"CORS preflight refused: {refused} not allowed (origins: FACEGEN_CORS_ORIGINS; methods: "
+            f"{', '.join(sorted(self.allow_methods))}; headers: {', '.join(sorted(self.allow_headers))})"
+        )
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return JSONResponse({"detail": detail}, status_code=response.status_code, headers=headers)
 
 
 # Label values come only from fixed sets, whatever a client sends: a made-up method is "other", a path no route

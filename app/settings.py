@@ -79,14 +79,28 @@ class Settings(BaseSettings):
         description="a connection that has not sent a request's complete headers within this "
         "gets 408 and is closed (python -m app)",
     )
+    keep_alive_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="a connection idle this long (nothing sent since it opened or since its last answer) is closed "
+        "(python -m app)",
+    )
     body_timeout_s: float = Field(
         30.0, gt=0, le=600, description="a request body that stalls this long between two reads gets 408"
+    )
+    body_deadline_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="a request body not complete this long after its headers arrived gets 408, however steadily it "
+        "trickles in",
     )
     max_connections: int = Field(
         512,
         ge=1,
-        description="open connections and requests in progress beyond which uvicorn answers 503 "
-        "(python -m app: --limit-concurrency)",
+        description="open connections and requests in progress beyond which requests get 503 with Retry-After, "
+        "GET /health excepted (python -m app)",
     )
 
     @field_validator("required", "cors_origins", mode="before")

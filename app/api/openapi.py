@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.api.representations import declare_binary_answers
+from app.middleware import APIKeyGuard
 from app.models.pipelines import CAPABILITIES, families_with
 from app.settings import Settings
 
@@ -59,7 +60,7 @@ def error_responses(path: str, operation: dict, settings: Settings) -> dict[str,
             )
         )
         responses["415"] = error(
-            "a Content-Encoding (e.g. gzip) the server does not inflate"
+            "a Content-Type the operation does not take; a Content-Encoding (e.g. gzip) the server does not inflate"
             + ("; an upload that is not a JPEG, PNG or WebP image" if uploads else "")
         )
     if "{" in path:
@@ -161,6 +162,23 @@ def exact_integer_bounds(node: Any) -> None:
             exact_integer_bounds(value)
 
 
+API_KEY_SCHEME = "APIKey"
+
+
+def declare_api_key(schema: dict[str, Any], settings: Settings) -> None:
+    """With ``FACEGEN_API_KEY`` set, the ``X-API-Key`` header as a security scheme that every guarded operation
+    requires: generated clients then take the key, and ``/docs`` offers "Authorize" and sends it."""
+    if not settings.api_key:
+        return
+    schema.setdefault("components", {})["securitySchemes"] = {
+        API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    }
+    for path, operations in schema["paths"].items():
+        if not APIKeyGuard.is_open(path):
+            for operation in operations.values():
+                operation["security"] = [{API_KEY_SCHEME: []}]
+
+
 def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     app.openapi_schema = None
     schema = copy.deepcopy(FastAPI.openapi(app))  # FastAPI's own, from the routes' models
@@ -178,6 +196,7 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 add_model_facts(body, path, pipeline, settings, is_form)
     declare_binary_answers(schema)
     exact_integer_bounds(schema)
+    declare_api_key(schema, settings)
     return schema
 
 

@@ -48,7 +48,7 @@ class Case:
     method: str = "POST"
     json: object = None
     content: bytes | None = None
-    headers: dict = field(default_factory=dict)
+    headers: dict | list = field(default_factory=dict)
     files: list | None = None
     data: dict | None = None
     settings: dict = field(default_factory=dict)
@@ -88,10 +88,15 @@ CASES = [
     Case(
         "wrong content type",
         "/generate/vae",
-        422,
-        "valid dictionary",
+        415,
+        "Content-Type: application/json (Content-Type 'text/plain')",
         **raw('{"n": 1}', **{"content-type": "text/plain"}),
     ),
+    Case("json without content type", "/generate/dcgan", 415, "(no Content-Type)", content=b'{"n": 1}'),
+    Case("json to an upload route", "/classify", 415, "Content-Type: multipart/form-data", json={"n": 1}),
+    Case("utf-16 json", "/generate/dcgan", 400, "UTF-16, not UTF-8", **raw('{"n": 1}'.encode("utf-16"))),
+    Case("utf-32 json", "/generate/vae", 400, "UTF-32", **raw('{"n": 1}'.encode("utf-32"))),
+    Case("long string echoed", "/generate/vae", 422, "(100000 characters)", json={"n": "x" * 100_000}),
     Case("empty body", "/generate/vae", 422, "Field required", **raw(b"")),
     Case("string for int", "/generate/vae", 422, "valid integer", json={"n": "3"}),
     Case("fraction for int", "/generate/vae", 422, "valid integer", json={"n": 2.5}),
@@ -168,6 +173,32 @@ CASES = [
     Case("wrong method", "/generate/vae", 405, "Method Not Allowed", method="GET"),
     Case("made-up method", "/health", 405, "Method Not Allowed", method="BREW"),
     Case("missing api key", "/models", 401, "X-API-Key", method="GET", settings={"api_key": "s3cret-key"}),
+    Case(
+        "duplicated api key",
+        "/models",
+        400,
+        "X-API-Key given 2 times",
+        method="GET",
+        headers=[("x-api-key", "s3cret-key"), ("x-api-key", "s3cret-key")],
+        settings={"api_key": "s3cret-key"},
+    ),
+    Case(  # no redirect to a Location built from the Host header
+        "trailing slash",
+        "/generate/dcgan/",
+        404,
+        "Not Found",
+        json={"n": 1},
+        headers={"host": "evil.test"},
+    ),
+    Case(
+        "refused cors preflight",
+        "/generate/vae",
+        400,
+        "CORS preflight refused: origin not allowed",
+        method="OPTIONS",
+        headers={"origin": "http://evil.test", "access-control-request-method": "POST"},
+        settings={"cors_origins": ["http://ok.test"]},
+    ),
     # ---- uploads -------------------------------------------------------------------------------------------------
     Case("missing upload", "/vae/reconstruct", 422, "Field required", data={"format": "json"}),
     Case(
@@ -228,6 +259,35 @@ CASES = [
         headers={"content-type": "multipart/form-data"},  # no boundary
     ),
     Case("bad form format", "/vae/reconstruct", 422, "'png' or 'json'", **upload(FACE, format="bmp")),
+    Case(
+        "multipart without closing boundary",
+        "/classify",
+        400,
+        "ends without its closing boundary (--xx--)",
+        content=b'--xx\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n\r\n' + FACE,
+        headers={"content-type": "multipart/form-data; boundary=xx"},
+    ),
+    Case("repeated form field", "/classify", 422, "'align' appears 2 times", **upload(FACE, align=["none", "auto"])),
+    Case(
+        "repeated file field",
+        "/glow/manipulate",
+        422,
+        "'face' appears 2 times",
+        files=[("face", ("a.jpg", FACE, "image/jpeg")), ("face", ("b.jpg", FACE, "image/jpeg"))],
+        data={"attribute": "Smiling"},
+    ),
+    Case(
+        "file part without filename",
+        "/classify",
+        422,
+        "this part has no filename",
+        files=[("images", (None, b"x" * 200_000, "image/jpeg"))],
+    ),
+    Case("arabic digit strength", "/glow/manipulate", 422, "ASCII digits", **face(attribute="Smiling", strengths="١")),
+    Case("underscore strength", "/glow/manipulate", 422, "ASCII digits", **face(attribute="Smiling", strengths="0_5")),
+    Case("underscore steps", "/glow/manipulate", 422, "plain integer", **face(attribute="Smiling", steps="1_0")),
+    Case("arabic digit steps", "/glow/manipulate", 422, "plain integer", **face(attribute="Smiling", steps="١٠")),
+    Case("underscore number", "/glow/manipulate", 422, "plain number", **face(attribute="Smiling", max_strength="0_5")),
     Case("empty strengths", "/glow/manipulate", 422, "strengths is empty", **face(attribute="Smiling", strengths="")),
     Case("empty steps", "/glow/manipulate", 422, "steps is empty", **face(attribute="Smiling", steps="")),
     Case("malformed strengths", "/glow/manipulate", 422, "strengths", **face(attribute="Smiling", strengths="a,b")),
@@ -302,6 +362,9 @@ def test_bad_input_is_a_4xx_naming_the_problem(clients, case):
     response = client.request(case.method, case.path, **kwargs)
     assert response.status_code == case.status, response.text[:500]
     assert case.says in response.text, response.text[:500]
-    if response.headers.get("content-type", "").startswith("application/json"):
-        assert response.json()["detail"], "the body says what is wrong"
+    assert response.headers["content-type"] == "application/json", "every refusal is JSON"
+    assert response.json()["detail"], "the body says what is wrong"
+    assert len(response.content) < 4096, "nothing large is echoed back"
+    assert "location" not in response.headers
+    assert response.headers["x-content-type-options"] == "nosniff" and "content-security-policy" in response.headers
     assert client.get("/health").status_code == 200, "the server survives"

@@ -205,3 +205,18 @@ def test_phone_width_labels_and_keyboard(page, server):
     page.keyboard.press("Enter")
     assert wait_outcome(page, "#samples").startswith("Done")
     assert_decoded(page, "#samples .result img", 1)
+
+
+def test_the_page_runs_under_its_content_security_policy(page, server, console):
+    """The page works with the policy enforced (open_page waits for its module scripts to have run), and the policy
+    is really enforced: an injected inline script does not run."""
+    response = page.goto(server)
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-frame-options"] == "DENY"
+    open_page(page, server)
+    console.expect("Content Security Policy")
+    try:
+        page.add_script_tag(content="window.injected = true")
+    except Exception:  # noqa: BLE001 - Playwright may report the blocked script; either way it must not run
+        pass
+    assert page.evaluate("window.injected === undefined")

@@ -9,6 +9,7 @@ interpolation and strength 0 of a manipulation show.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -264,6 +265,10 @@ def parse_strengths(text: str) -> list[float]:
     bad = [value for value in values if not abs(value) <= MAX_STRENGTH]  # also catches nan and inf
     if bad:
         raise field_error("strengths", f"each strength must be between {-MAX_STRENGTH} and {MAX_STRENGTH}; got {bad}")
+    if not re.fullmatch(STRENGTHS_PATTERN, text, re.ASCII):  # float() also reads other scripts' digits, 1_0, 1e0
+        raise field_error(
+            "strengths", f"strengths are plain decimals in ASCII digits, e.g. -1,-0.5,0,0.5,1; got {text!r}"
+        )
     return values
 
 
