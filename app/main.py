@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "HEAD", "POST"],
             allow_headers=["X-API-Key", "Content-Type"],
-            expose_headers=["X-Seed", "X-Attributes", "X-Strengths", "Retry-After"],
+            expose_headers=["X-Seed", "X-Attributes", "X-Warning", "X-Strengths", "Retry-After"],
             max_age=600,
         )
     app.add_middleware(Metrics, registry=registry)
