@@ -15,6 +15,7 @@ vector used is reported back either way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import torch
@@ -141,27 +142,33 @@ class JointAttributes:
 
     def draw(self, requested: dict[str, bool], n: int, generator: torch.Generator) -> AttributeDraw:
         check_attribute_names(list(requested), self.names)
-        columns = [self.names.index(name) for name in requested]
-        wanted = torch.tensor([bool(value) for value in requested.values()], dtype=torch.bool)
-        differing = (self.labels[:, columns] != wanted).sum(1)  # (faces,) requested values a face lacks
+        columns = torch.tensor([self.names.index(name) for name in requested], dtype=torch.long)
+        wanted = torch.tensor([float(value) for value in requested.values()])
+        # (faces,) how many requested values each face lacks: sum of x + w - 2xw over the requested columns, as one
+        # product (a request naming all 40 attributes is a few milliseconds over CelebA's training faces)
+        differing = (self.numeric.index_select(1, columns) @ (1 - 2 * wanted) + wanted.sum()).round().long()
         pool = torch.nonzero(differing == 0).flatten()
         warning = None
         if len(pool) < MIN_MATCHES:
             # The smallest distance that reaches MIN_MATCHES faces: every face at most that far is in the pool.
-            reach = int(differing.sort().values[min(MIN_MATCHES, len(differing)) - 1])
+            found = len(pool)
+            reach = int(differing.kthvalue(min(MIN_MATCHES, len(differing))).values)
             pool = torch.nonzero(differing <= reach).flatten()
             asked = ", ".join(f"{name}={str(value).lower()}" for name, value in requested.items())
-            found = len(torch.nonzero(differing == 0))
             warning = (
                 f"{found} of the {len(self.labels)} training faces have {asked} (fewer than {MIN_MATCHES}): "
                 f"the other attributes were drawn from the {len(pool)} faces that differ from it on at most "
                 f"{reach} requested attribute(s), and the requested values kept"
             )
         picks = pool[torch.randint(len(pool), (n,), generator=generator)]
-        vectors = self.labels[picks].float()
-        if columns:
-            vectors[:, columns] = wanted.float()
+        vectors = self.numeric[picks]
+        vectors[:, columns] = wanted
         return AttributeDraw(vectors, warning)
+
+    @cached_property
+    def numeric(self) -> torch.Tensor:
+        """The label vectors as 0/1 floats, converted once."""
+        return self.labels.float()
 
 
 def attribute_source(names: list[str], extras: dict[str, torch.Tensor]) -> AttributeSource:

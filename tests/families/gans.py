@@ -8,7 +8,7 @@ import torch
 
 from app.models import build_model
 from app.models.acgan import ACGANGenerator
-from app.models.attributes import FREQUENCIES_KEY
+from app.models.attributes import FREQUENCIES_KEY, LABEL_VECTORS_KEY, pack_label_vectors
 from app.models.infogan import InfoGANGenerator
 from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
 
@@ -30,6 +30,22 @@ def tiny_infogan() -> InfoGANGenerator:
 
 def write_acgan_weights(directory: Path) -> Path:
     write_tiny_checkpoint(directory, "acgan", attributes=ACGAN_NAMES, extras={FREQUENCIES_KEY: ACGAN_FREQUENCIES})
+    return directory
+
+
+def joint_labels() -> torch.Tensor:
+    """(200, 3) label vectors over ACGAN_NAMES with strong correlations: the 60 men all smile and none is blond;
+    the 140 women never smile and half are blond. No face is a blond man."""
+    men = torch.tensor([[1.0, 1.0, 0.0]]).expand(60, -1)
+    women = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]).repeat(70, 1)
+    return torch.cat([men, women])
+
+
+def write_joint_acgan_weights(directory: Path) -> Path:
+    """A tiny ACGAN checkpoint that carries :func:`joint_labels` as its training faces' label vectors."""
+    labels = joint_labels()
+    extras = {FREQUENCIES_KEY: labels.mean(0), LABEL_VECTORS_KEY: pack_label_vectors(labels)}
+    write_tiny_checkpoint(directory, "acgan", attributes=ACGAN_NAMES, extras=extras)
     return directory
 
 
