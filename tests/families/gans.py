@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import comb
 from pathlib import Path
 
 import torch
@@ -31,6 +32,19 @@ def tiny_infogan() -> InfoGANGenerator:
 def write_acgan_weights(directory: Path) -> Path:
     write_tiny_checkpoint(directory, "acgan", attributes=ACGAN_NAMES, extras={FREQUENCIES_KEY: ACGAN_FREQUENCIES})
     return directory
+
+
+def binomial_bounds(p: float, n: int, level: float = 0.99) -> tuple[int, int]:
+    """The central ``level`` interval of Binomial(n, p) counts, exactly (no normal approximation: p is near 0)."""
+    cdf, low, high, tail = 0.0, None, n, (1 - level) / 2
+    for k in range(n + 1):
+        cdf += comb(n, k) * p**k * (1 - p) ** (n - k)
+        if low is None and cdf > tail:
+            low = k
+        if cdf >= 1 - tail:
+            high = k
+            break
+    return int(low or 0), high
 
 
 def joint_labels() -> torch.Tensor:

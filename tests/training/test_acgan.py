@@ -309,9 +309,18 @@ def test_evaluate_command_with_a_tiny_classifier(tiny_celeba, tmp_path, weights_
             device="cpu",
             threads=1,
             cache_dir=tmp_path / "packs",
+            single_attribute_samples=4,
         )
     )
     metrics = json.loads((out / "metrics.json").read_text())
+    # what users send: each attribute requested alone, on and off, beside real label vectors and the judge's accuracy
+    assert metrics["single_attribute_samples"] == 4 and metrics["open_attributes"] == "independent"
+    assert set(metrics["single_attribute_per_attribute"]) == set(NAMES)
+    for row in metrics["single_attribute_per_attribute"].values():
+        assert 0 <= row["requested_alone"] <= 1 and len(row["requested_alone_off_on"]) == 2
+        assert set(row) >= {"real_label_vectors", "classifier_balanced_accuracy", "relative"}
+    drawn = metrics["male_open_attribute_draws"]
+    assert drawn["requested"] == {"Male": True} and drawn["draws"] == 1000
     assert 0 <= metrics["classifier_agreement"] <= 1 and set(metrics["classifier_agreement_per_attribute"]) == set(
         NAMES
     )

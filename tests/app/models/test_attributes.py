@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from math import comb
 
 import pytest
 import torch
@@ -23,22 +22,15 @@ from app.models.attributes import (
 from app.models.checkpoint import CheckpointError, load_checkpoint
 from app.models.pipelines import build_pipeline
 from app.models.sampling import seeded_generator
-from tests.families.gans import ACGAN_NAMES, joint_labels, write_acgan_weights, write_joint_acgan_weights
+from tests.families.gans import (
+    ACGAN_NAMES,
+    binomial_bounds,
+    joint_labels,
+    write_acgan_weights,
+    write_joint_acgan_weights,
+)
 
 torch.set_num_threads(1)
-
-
-def binomial_bounds(p: float, n: int, level: float = 0.99) -> tuple[int, int]:
-    """The central ``level`` interval of Binomial(n, p) counts, exactly (no normal approximation: p is near 0)."""
-    cdf, low, high, tail = 0.0, None, n, (1 - level) / 2
-    for k in range(n + 1):
-        cdf += comb(n, k) * p**k * (1 - p) ** (n - k)
-        if low is None and cdf > tail:
-            low = k
-        if cdf >= 1 - tail:
-            high = k
-            break
-    return int(low or 0), high
 
 
 def test_label_vectors_pack_to_bits_and_back():
