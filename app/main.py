@@ -229,6 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=[
                 "X-Seed",
                 "X-Attributes",
+                "X-Warning",
                 "X-Strengths",
                 "X-Applied-Strengths",
                 "X-Frame-Status",

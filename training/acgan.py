@@ -8,8 +8,9 @@ the multi-label analogue of the paper's class cross-entropy: averaged over attri
 weighed 1/13 as much as realism and the shipped G obeyed Smiling in only 39% of on/off pairs.
 ``--attribute-weights`` scales single attributes' terms, so that one attribute can win where a request contradicts
 the data's correlations (Smiling off with High_Cheekbones and Mouth_Slightly_Open on). D takes
-``--d-steps`` updates per G update (course report 1: twice). The checkpoint stores the trained attribute set and
-each attribute's training-set frequency, from which the service draws the attributes a request leaves open.
+``--d-steps`` updates per G update (course report 1: twice). The checkpoint stores the trained attribute set, each
+attribute's training-set frequency, and the training faces' label vectors (packed bits), from which the service
+draws the attributes a request leaves open jointly (:mod:`app.models.attributes`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from app.models.acgan import DEFAULT_ATTRIBUTES, ACGANConfig, ACGANDiscriminator, ACGANGenerator, toggle_pairs
-from app.models.attributes import FREQUENCIES_KEY
+from app.models.attributes import FREQUENCIES_KEY, LABEL_VECTORS_KEY, pack_label_vectors
 from app.models.sampling import draw_noise
 
 from .gan import GANRecipe, add_gan_arguments, bce_real_fake, train_gan
@@ -124,6 +125,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
     names = choose_attributes(args.attributes, attribute_names)
     columns = torch.tensor([attribute_names.index(name) for name in names])
     frequencies = labels[:, columns].float().mean(0)
+    label_vectors = pack_label_vectors(labels[:, columns])
     config = ACGANConfig(
         attributes=names,
         latent_dim=args.latent_dim,
@@ -216,7 +218,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
         preview_rows=8,
         d_steps=args.d_steps,
         attributes=list(names),
-        extras=lambda: {FREQUENCIES_KEY: frequencies},
+        extras=lambda: {FREQUENCIES_KEY: frequencies, LABEL_VECTORS_KEY: label_vectors},
         summary_columns=["acc_real", "acc_fake", "acc_cls_real", "acc_cls_fake"],
     )
 

@@ -105,6 +105,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1000,
         help="generated images per FID figure (FID grows as counts shrink: compare equal counts)",
     )
+    parser.add_argument(
+        "--single-attribute-samples",
+        type=int,
+        default=200,
+        help="acgan: images per attribute and value (on, off) requested with that attribute alone, and as many "
+        "given real faces' label vectors with it (0 = not measured); 200 for the model card",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")

@@ -12,6 +12,10 @@ The feature-disentangling two are judged by the project's attribute classifier (
   and on in the "on" image, at the service's default toggle strength and, for comparison, at each of
   ``TOGGLE_STRENGTHS`` (1 is the condition as trained). The toggled attribute is Smiling when trained, else the first.
   With ``--fid``, also the FID of samples and of toggle pairs (as trained and as served) against the split's faces.
+  What users send is measured too (:mod:`.attribute_requests`): requests that fix a single attribute, every one on and
+  off (``--single-attribute-samples`` each), beside the same model given real faces' whole label vectors with that
+  value and the classifier's balanced accuracy; and how often a ``Male: true`` request's open attributes turn on
+  lipstick and heavy make-up, beside the rate among the split's men.
 - **infogan**: Q's accuracy at recovering the codes of fresh samples (Q is saved in the checkpoint's extras), and,
   per code, how much each classifier attribute's mean probability moves as the code walks through its categories
   (max minus min over categories of the probability averaged over noise vectors); the top attributes per code are
@@ -31,13 +35,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, ACGANGenerator, emphasis
-from app.models.attributes import FREQUENCIES_KEY
+from app.models.attributes import AttributeSource, attribute_source
 from app.models.checkpoint import Checkpoint, load_checkpoint
 from app.models.infogan import InfoGANDiscriminator, InfoGANGenerator, draw_codes, recognizer_from_extras, sweep_inputs
 from app.models.pipelines import build_pipeline
 from app.models.pipelines.acgan import draw_inputs
 from app.models.sampling import draw_noise, seeded_generator
 
+from .attribute_requests import (
+    MALE_WATCHED,
+    balanced_accuracy,
+    conditional_draw_rates,
+    single_attribute_agreement,
+)
 from .common import save_grid
 from .data import load_labels
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
@@ -140,14 +150,14 @@ def evaluate_dcgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
 
 
 def draw_toggle_pairs(
-    generator: ACGANGenerator, frequencies: torch.Tensor | None, pairs: int, index: int, rng: torch.Generator
+    generator: ACGANGenerator, source: AttributeSource, pairs: int, index: int, rng: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``pairs`` off/on pairs of attribute ``index``, drawn by the service's own ACGAN draw
     (:func:`app.models.pipelines.acgan.draw_inputs`). Returns the other attributes (pairs, A), then the
     (2 * pairs) noise and attribute inputs."""
     names = list(generator.attribute_names)
-    noise, vectors, others = draw_inputs(generator.latent_shape, names, frequencies, pairs, rng, toggle=names[index])
-    return others, noise, vectors
+    noise, vectors, drawn = draw_inputs(generator.latent_shape, names, source, pairs, rng, toggle=names[index])
+    return drawn.vectors, noise, vectors
 
 
 @torch.inference_mode()
@@ -155,7 +165,7 @@ def acgan_scores(
     generator: ACGANGenerator,
     judge: AttributeJudge,
     conditions: torch.Tensor,
-    frequencies: torch.Tensor | None,
+    source: AttributeSource,
     *,
     toggle: str,
     pairs: int = TOGGLE_PAIRS,
@@ -183,7 +193,7 @@ def acgan_scores(
     agree = ((probabilities > 0.5).float() == conditions.cpu()).float()
 
     index = names.index(toggle)
-    others, pair_noise, pair_attributes = draw_toggle_pairs(generator, frequencies, pairs, index, rng)
+    others, pair_noise, pair_attributes = draw_toggle_pairs(generator, source, pairs, index, rng)
 
     def pair_success(level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per pair: success, P(attribute) of the off image, of the on image."""
@@ -303,7 +313,7 @@ def acgan_fid(
     fid: FrechetInception,
     real: torch.Tensor,
     conditions: torch.Tensor,
-    frequencies: torch.Tensor | None,
+    source: AttributeSource,
     *,
     toggle: str,
     count: int,
@@ -324,7 +334,7 @@ def acgan_fid(
         return batched(lambda z, a: generator.generate(z.to(device), a.to(device), multipliers), noise, attributes)
 
     samples = generated(draw_noise(generator.latent_shape, count, rng), chosen)
-    _, pair_noise, pair_attributes = draw_toggle_pairs(generator, frequencies, pairs, index, rng)
+    _, pair_noise, pair_attributes = draw_toggle_pairs(generator, source, pairs, index, rng)
     return {
         "fid_samples": round(fid.distance(reference, samples), 2),
         "fid_toggle_pairs_by_strength": {
@@ -361,9 +371,8 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
     labels = data_labels[:, label_columns]
     picks = torch.randint(len(labels), (ACGAN_SAMPLES,), generator=seeded_generator(args.seed))
     toggle = "Smiling" if "Smiling" in names else names[0]
-    metrics, images = acgan_scores(
-        generator, judge, labels[picks], checkpoint.extras.get(FREQUENCIES_KEY), toggle=toggle, seed=args.seed
-    )
+    source = attribute_source(names, checkpoint.extras)
+    metrics, images = acgan_scores(generator, judge, labels[picks], source, toggle=toggle, seed=args.seed)
 
     real = load_eval_split(checkpoint, args)
     real_images = real.batch(torch.arange(len(real)))[0]
@@ -374,6 +383,26 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
     }
     metrics["classifier"] = judge.source
     metrics["evaluated_split"] = args.split
+    metrics["open_attributes"] = "joint" if source.joint else "independent"
+    pipeline = build_pipeline(checkpoint)
+    if "Male" in names:
+        metrics["male_open_attribute_draws"] = conditional_draw_rates(
+            pipeline, {"Male": True}, MALE_WATCHED, labels, seed=args.seed
+        )
+    samples = getattr(args, "single_attribute_samples", 0)
+    if samples:
+        columns = judge.columns(names)
+        probabilities = batched(lambda x: judge.probabilities(x.to(device_of(generator)))[:, columns], real_images)
+        metrics.update(
+            single_attribute_agreement(
+                pipeline,
+                lambda x: judge.probabilities(x.to(device_of(generator)))[:, columns],
+                labels,
+                balanced_accuracy(probabilities, real.attributes[:, label_columns]),
+                samples=samples,
+                seed=args.seed,
+            )
+        )
     if fid is not None:
         metrics.update(
             acgan_fid(
@@ -381,7 +410,7 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
                 fid,
                 real_images,
                 labels[picks],
-                checkpoint.extras.get(FREQUENCIES_KEY),
+                source,
                 toggle=toggle,
                 count=args.fid_samples,
                 seed=args.seed,

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from app.models.attributes import FREQUENCIES_KEY
+from app.models.attributes import FREQUENCIES_KEY, LABEL_VECTORS_KEY, pack_label_vectors
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.glow import COVARIANCE_KEY, DIRECTIONS_KEY, Glow, GlowConfig
 
@@ -328,7 +328,13 @@ def train(args: argparse.Namespace) -> None:
                     "init_images": args.init_images,
                     **({"init_from": started_from} if started_from else {}),
                 },
-                extras={DIRECTIONS_KEY: directions, FREQUENCIES_KEY: frequencies, COVARIANCE_KEY: covariance},
+                extras={
+                    DIRECTIONS_KEY: directions,
+                    FREQUENCIES_KEY: frequencies,
+                    COVARIANCE_KEY: covariance,
+                    # the service draws the attributes a request leaves open jointly from these
+                    LABEL_VECTORS_KEY: pack_label_vectors(train_split.attributes),
+                },
                 dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
             )
         save_run_state(out_dir, world.rank, RunPosition(epoch, step, time.time() - started), state)

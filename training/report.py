@@ -90,7 +90,9 @@ def metrics_table(found: list[tuple[Path, dict[str, Any]]]) -> str:
 
 def attribute_table(found: list[tuple[Path, dict[str, Any]]]) -> str:
     """Per conditioned attribute of each ACGAN checkpoint: how often the classifier agrees with the requested value
-    on samples, and with the true labels on real faces (its own ceiling)."""
+    on samples, and with the true labels on real faces (its own ceiling); where measured, requests that fix that
+    attribute alone, beside the model given real faces' label vectors with it and the classifier's balanced
+    accuracy."""
     blocks = []
     for path, metadata in found:
         metrics = metadata.get("metrics", {})
@@ -98,14 +100,28 @@ def attribute_table(found: list[tuple[Path, dict[str, Any]]]) -> str:
         if metadata["family"] != "acgan" or not samples:
             continue
         real = metrics.get("classifier_agreement_real_per_attribute", {})
+        # requests that fix one attribute (what users send), when the evaluator measured them
+        single = metrics.get("single_attribute_per_attribute", {})
+        extra_header = (
+            " requested alone (on/off mean) | given real faces' label vectors | relative | classifier's balanced "
+            "accuracy (real) |"
+            if single
+            else ""
+        )
         lines = [
-            f"| `{path.name}`: attribute | classifier agrees with the request (samples) | with the labels (real) |",
-            "|---|---|---|",
+            f"| `{path.name}`: attribute | classifier agrees with the request (samples) | with the labels (real) |"
+            + extra_header,
+            "|---|---|---|" + ("---|---|---|---|" if single else ""),
         ]
-        lines += [f"| {name} | {show(value)} | {show(real.get(name))} |" for name, value in samples.items()]
+        for name, value in samples.items():
+            row = single.get(name, {})
+            columns = ("requested_alone", "real_label_vectors", "relative", "classifier_balanced_accuracy")
+            extra = "".join(f" {show(row.get(key))} |" for key in columns) if single else ""
+            lines.append(f"| {name} | {show(value)} | {show(real.get(name))} |{extra}")
+        mean_extra = f" **{show(metrics.get('single_attribute_agreement'))}** | | | |" if single else ""
         lines.append(
             f"| **mean** | **{show(metrics.get('classifier_agreement'))}** | "
-            f"**{show(metrics.get('classifier_agreement_real'))}** |"
+            f"**{show(metrics.get('classifier_agreement_real'))}** |{mean_extra}"
         )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) or "(no ACGAN checkpoint with per-attribute figures)"

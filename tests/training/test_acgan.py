@@ -15,7 +15,7 @@ from torch import nn
 from app.models.acgan import (
     DEFAULT_TOGGLE_STRENGTH,
 )
-from app.models.attributes import FREQUENCIES_KEY
+from app.models.attributes import FREQUENCIES_KEY, LABEL_VECTORS_KEY, IndependentAttributes, unpack_label_vectors
 from app.models.checkpoint import load_checkpoint
 from app.models.sampling import seeded_generator
 from tests.conftest import TINY_CONFIGS, cli, flags, write_tiny_checkpoint
@@ -73,6 +73,10 @@ def test_training_smoke_run_is_served(tiny_celeba, tmp_path, monkeypatch, make_c
     rows = [line.split() for line in lines[2:] if line.split() and line.split()[0] in train]
     expected = [sum(row[1 + names.index(name)] == "1" for row in rows) / len(rows) for name in ("Male", "Smiling")]
     assert checkpoint.extras[FREQUENCIES_KEY].tolist() == pytest.approx(expected)
+    # ... and so are the label vectors the service draws open attributes from, one per training face.
+    stored = unpack_label_vectors(checkpoint.extras[LABEL_VECTORS_KEY], 2)
+    wanted = sorted((row[1 + names.index("Male")] == "1", row[1 + names.index("Smiling")] == "1") for row in rows)
+    assert sorted(tuple(vector) for vector in stored.tolist()) == wanted
     assert {"train_acc_cls_real", "train_acc_cls_fake", "train_acc_real", "train_acc_fake"} <= set(checkpoint.metrics)
 
     header = (tmp_path / "run" / "losses.csv").read_text().splitlines()[0].split(",")
@@ -210,7 +214,13 @@ def test_acgan_scores_agreement_and_toggle_success(sign, expected):
     judge = AttributeJudge(PixelReader(2, sign), ["Male", "Smiling"], image_size=8)
     conditions = torch.randint(0, 2, (40, 2), generator=seeded_generator(0)).float()
     metrics, images = acgan_scores(
-        AttributeWriter(names), judge, conditions, torch.tensor([0.3, 0.5]), toggle="Smiling", pairs=12, batch_size=7
+        AttributeWriter(names),
+        judge,
+        conditions,
+        IndependentAttributes(names, torch.tensor([0.3, 0.5])),
+        toggle="Smiling",
+        pairs=12,
+        batch_size=7,
     )
     assert metrics["classifier_agreement"] == expected and metrics["toggle_success"] == expected
     assert metrics["classifier_agreement_per_attribute"] == {"Male": expected, "Smiling": expected}
@@ -240,10 +250,13 @@ class TimidSmiles(AttributeWriter):
         return images
 
 
+HALF = IndependentAttributes(["Male", "Smiling"], torch.tensor([0.5, 0.5]))
+
+
 def test_toggle_success_is_reported_at_the_default_strength_and_each_compared_one():
     judge = AttributeJudge(PixelReader(2), ["Male", "Smiling"], image_size=8)
     metrics, _ = acgan_scores(
-        TimidSmiles(["Male", "Smiling"]), judge, torch.zeros(4, 2), torch.tensor([0.5, 0.5]), toggle="Smiling", pairs=10
+        TimidSmiles(["Male", "Smiling"]), judge, torch.zeros(4, 2), HALF, toggle="Smiling", pairs=10
     )
     assert metrics["toggle_success_by_strength"] == {"1": 0.0, "1.25": 0.0, "1.5": 1.0, "2": 1.0}
     assert metrics["toggle_strength"] == DEFAULT_TOGGLE_STRENGTH == 1.5 and metrics["toggle_success"] == 1.0
@@ -251,7 +264,7 @@ def test_toggle_success_is_reported_at_the_default_strength_and_each_compared_on
         TimidSmiles(["Male", "Smiling"]),
         judge,
         torch.zeros(4, 2),
-        torch.tensor([0.5, 0.5]),
+        HALF,
         toggle="Smiling",
         pairs=10,
         strength=1.0,
@@ -265,7 +278,7 @@ def test_toggle_success_is_split_by_each_other_attribute():
         MaleSuppressesSmiles(["Male", "Smiling"]),
         judge,
         torch.zeros(4, 2),
-        torch.tensor([0.5, 0.5]),
+        HALF,
         toggle="Smiling",
         pairs=40,
     )
@@ -278,7 +291,7 @@ def test_acgan_scores_need_the_classifier_to_know_the_attributes():
 
     judge = AttributeJudge(PixelReader(1), ["Male"], image_size=8)
     with pytest.raises(EvaluationError, match="does not judge.*Smiling"):
-        acgan_scores(AttributeWriter(["Male", "Smiling"]), judge, torch.zeros(2, 2), None, toggle="Smiling", pairs=2)
+        acgan_scores(AttributeWriter(["Male", "Smiling"]), judge, torch.zeros(2, 2), HALF, toggle="Smiling", pairs=2)
 
 
 def test_evaluate_command_with_a_tiny_classifier(tiny_celeba, tmp_path, weights_dir, monkeypatch):
@@ -296,9 +309,18 @@ def test_evaluate_command_with_a_tiny_classifier(tiny_celeba, tmp_path, weights_
             device="cpu",
             threads=1,
             cache_dir=tmp_path / "packs",
+            single_attribute_samples=4,
         )
     )
     metrics = json.loads((out / "metrics.json").read_text())
+    # what users send: each attribute requested alone, on and off, beside real label vectors and the judge's accuracy
+    assert metrics["single_attribute_samples"] == 4 and metrics["open_attributes"] == "independent"
+    assert set(metrics["single_attribute_per_attribute"]) == set(NAMES)
+    for row in metrics["single_attribute_per_attribute"].values():
+        assert 0 <= row["requested_alone"] <= 1 and len(row["requested_alone_off_on"]) == 2
+        assert set(row) >= {"real_label_vectors", "classifier_balanced_accuracy", "relative"}
+    drawn = metrics["male_open_attribute_draws"]
+    assert drawn["requested"] == {"Male": True} and drawn["draws"] == 1000
     assert 0 <= metrics["classifier_agreement"] <= 1 and set(metrics["classifier_agreement_per_attribute"]) == set(
         NAMES
     )

@@ -73,3 +73,34 @@ def test_a_glows_manipulation_calibration_is_a_table_in_its_card(tmp_path):
     assert "| Smiling | all | 2.5 | 0.92 | 0.9 | 0.01 |" in cards
     dumped = next(line for line in cards.splitlines() if "`manipulation_calibration`" in line)
     assert '"faces": 100' in dumped and "per_attribute" not in dumped
+
+
+def test_single_attribute_requests_join_the_acgan_attribute_table_when_measured(tmp_path):
+    from training.report import ATTRIBUTES_END, ATTRIBUTES_START
+
+    weights = tmp_path / "weights"
+    single = {
+        name: {
+            "requested_alone": alone,
+            "real_label_vectors": real,
+            "relative": round(alone / real, 4),
+            "classifier_balanced_accuracy": accuracy,
+        }
+        for name, alone, real, accuracy in (("Smiling", 0.96, 0.98, 0.84), ("Male", 0.97, 0.98, 0.98))
+    }
+    metrics = {
+        "classifier_agreement": 0.9,
+        "classifier_agreement_per_attribute": {"Smiling": 0.95, "Male": 0.85},
+        "classifier_agreement_real": 0.88,
+        "classifier_agreement_real_per_attribute": {"Smiling": 0.9, "Male": 0.86},
+        "single_attribute_agreement": 0.965,
+        "single_attribute_per_attribute": single,
+    }
+    write_tiny_checkpoint(weights, "acgan", metrics=metrics)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n\n{ATTRIBUTES_START}\nold\n{ATTRIBUTES_END}\n")
+    main(["report", "--weights", str(weights), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "requested alone (on/off mean) | given real faces' label vectors | relative |" in text
+    assert "| Smiling | 0.95 | 0.9 | 0.96 | 0.98 | 0.9796 | 0.84 |" in text
+    assert "| **mean** | **0.9** | **0.88** | **0.965** | | | |" in text

@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from app.models.attributes import LABEL_VECTORS_KEY, attribute_source, unpack_label_vectors
 from app.models.checkpoint import load_checkpoint
 from app.models.preprocess import pil_to_unit_range, preprocess
 from tests.conftest import ATTRIBUTE_NAMES
+from tests.families.gans import binomial_bounds
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 SHIPPED = sorted(WEIGHTS.glob("*.safetensors"))
@@ -23,9 +25,12 @@ SHIPPED_FAMILIES = {path.stem for path in SHIPPED}
 # independently from its frequency (as the service draws open ones; combinations real faces rarely show), against
 # README's 0.924 on the validation split's real label vectors. Smiling toggle 0.98 here at the service's default
 # strength 1.5, 0.86 at strength 1 (README: 0.972 and 0.832 over 500 pairs), InfoGAN Q accuracy 0.55 (README).
+# Since the pairs' other attributes are drawn jointly (from real faces, not conditioned on Smiling), about half of
+# the pairs carry a smiler's High_Cheekbones and Mouth_Slightly_Open, which the "off" row must overcome: 200 pairs of
+# this test measured 0.93 at 1.5 and 0.69 at strength 1 (independent draws: 0.97 and 0.83).
 ACGAN_MIN_AGREEMENT = 0.8
 ACGAN_MIN_TOGGLE_SUCCESS = 0.9  # at the service's default toggle strength 1.5
-ACGAN_MIN_TOGGLE_SUCCESS_AS_TRAINED = 0.75  # at strength 1
+ACGAN_MIN_TOGGLE_SUCCESS_AS_TRAINED = 0.6  # at strength 1
 INFOGAN_MIN_Q_ACCURACY = 0.4
 # Glow, one attribute requested (README, 200 samples each: 0.975-1.0 for Smiling, Male, Eyeglasses and Young)
 GLOW_MIN_CONDITION_OBEYED = 0.8
@@ -109,11 +114,31 @@ def test_shipped_acgan_obeys_attributes_and_the_smiling_toggle():
     judge = load_judge(WEIGHTS / "classifier.safetensors", torch.device("cpu"))
     frequencies = acgan.extras["attribute_frequencies"]
     conditions = (torch.rand((200, len(frequencies)), generator=torch.Generator().manual_seed(1)) < frequencies).float()
-    metrics, _ = acgan_scores(acgan.model.eval(), judge, conditions, frequencies, toggle="Smiling", pairs=200, seed=1)
+    source = attribute_source(acgan.attributes, acgan.extras)
+    metrics, _ = acgan_scores(acgan.model.eval(), judge, conditions, source, toggle="Smiling", pairs=200, seed=1)
     assert metrics["classifier_agreement"] > ACGAN_MIN_AGREEMENT, metrics
     assert metrics["toggle_success"] > ACGAN_MIN_TOGGLE_SUCCESS, metrics
     assert metrics["toggle_success_by_strength"]["1"] > ACGAN_MIN_TOGGLE_SUCCESS_AS_TRAINED, metrics
     assert metrics["toggle_probability_on"] - metrics["toggle_probability_off"] > 0.5, metrics
+
+
+@pytest.mark.skipif("acgan" not in SHIPPED_FAMILIES, reason="needs the shipped acgan")
+def test_shipped_acgan_draws_a_mans_open_attributes_as_celebas_men_have_them():
+    """1,000 ``Male: true`` draws turn on lipstick and heavy make-up at the rate among the men of the training faces'
+    label vectors the checkpoint carries (CelebA: under 2 %; independent draws gave about half of them lipstick),
+    within a binomial 99 % interval."""
+    from app.models.pipelines import build_pipeline
+
+    acgan = build_pipeline(load_checkpoint(WEIGHTS / "acgan.safetensors"))
+    assert acgan.attribute_source.joint, "the shipped acgan carries its training faces' label vectors"
+    labels = unpack_label_vectors(acgan.checkpoint.extras[LABEL_VECTORS_KEY], len(acgan.attributes))
+    assert len(labels) == acgan.checkpoint.training["train_images"]
+    names, men = acgan.attributes, labels[:, acgan.attributes.index("Male")]
+    drawn = acgan.prepare_samples(1000, 2026, {"Male": True}).report["attributes"]
+    for attribute in ("Wearing_Lipstick", "Heavy_Makeup"):
+        rate = labels[men, names.index(attribute)].float().mean().item()
+        low, high = binomial_bounds(rate, 1000)
+        assert rate < 0.02 and low <= int(drawn[:, names.index(attribute)].sum()) <= high, attribute
 
 
 @pytest.mark.skipif(not {"glow", "classifier"} <= SHIPPED_FAMILIES, reason="needs the shipped glow and classifier")

@@ -1,8 +1,11 @@
 """``POST /generate/acgan``: faces with requested CelebA attributes, and on/off pairs of one attribute.
 
-Attributes a request leaves open are drawn per image from the training-set frequencies stored in the checkpoint,
-with the request's seed (noise first, then attributes, both from one seeded CPU generator), so the same request
-gives the same bytes. The full attribute vector of every image is reported back.
+Attributes a request leaves open are drawn per image, with the request's seed (noise first, then attributes, both
+from one seeded CPU generator, so the same request gives the same bytes), from the label vector of a training face
+that has every requested value: CelebA's joint distribution given the request, so ``{"Male": true}`` asks for
+lipstick as rarely as CelebA's men wear it. A combination fewer than 20 training faces have is served from the
+nearest faces, with a ``warning`` (``X-Warning`` on a PNG). The full attribute vector of every image is reported
+back.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ class ACGANRequest(StrictModel):
     )
     attributes: dict[str, bool] = Field(
         default_factory=dict,
-        description="attribute name -> on/off; the model's other attributes are "
-        "drawn from their training-set frequencies",
+        description="attribute name -> on/off; the model's other attributes are drawn, per image, from the "
+        "label vector of a training face with every requested value (CelebA's joint distribution given the "
+        "request); a combination fewer than 20 training faces have is drawn from the nearest faces and says so "
+        "in `warning`",
     )
     toggle: str | None = Field(
         None,
         description="attribute shown off (row 1) and on (row 2) for the same noise "
-        "and other attributes; overrides its value in `attributes`",
+        "and other attributes (drawn given `attributes` without the toggled one); overrides its value in "
+        "`attributes`",
     )
     # Not a declared default: a generated client sends every declared default, and strength without toggle is refused.
     strength: float | None = Field(
@@ -67,6 +73,11 @@ class ACGANResponse(ImagesResponse):
     attributes: list[dict[str, bool]] = Field(description="per image, in order, the full attribute vector used")
     toggle: str | None = None
     strength: float | None = Field(None, description="the toggled attribute's strength (only with `toggle`)")
+    warning: str | None = Field(
+        None,
+        description="set when fewer than 20 training faces have the requested combination: the open attributes "
+        "then come from the nearest faces (the requested values are kept); PNG responses carry it as X-Warning",
+    )
 
 
 @router.post(
@@ -76,7 +87,8 @@ class ACGANResponse(ImagesResponse):
         200: {
             "content": {"image/png": {}},
             "model": ACGANResponse,
-            "description": "a PNG grid (X-Seed and X-Attributes headers) or JSON",
+            "description": "a PNG grid (X-Seed and X-Attributes headers, X-Warning for a combination few "
+            "training faces have) or JSON",
         }
     },
 )
@@ -93,7 +105,7 @@ async def generate_acgan(
     prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.toggle, strength)
     (images,) = await infer("acgan", prepared)
 
-    names, vectors = pipeline.attributes, prepared.report["attributes"]
+    names, vectors, warning = pipeline.attributes, prepared.report["attributes"], prepared.report["warning"]
     return await image_output(
         images,
         format=request.format,
@@ -106,6 +118,7 @@ async def generate_acgan(
             attributes=attribute_report(vectors, names),
             toggle=request.toggle,
             strength=strength if request.toggle else None,
+            warning=warning,
         ),
-        png_headers={"X-Attributes": attribute_header(vectors, names)},
+        png_headers={"X-Attributes": attribute_header(vectors, names), **({"X-Warning": warning} if warning else {})},
     )

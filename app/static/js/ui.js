@@ -348,7 +348,7 @@ export function attributeChooser(fieldset, names, idPrefix) {
   const reset = el("button", { type: "button", class: "link", text: "all random" });
   reset.addEventListener("click", () => selects.forEach((select) => (select.value = "")));
   fieldset.setAttribute("name", "attributes");
-  fieldset.querySelector(".hint").replaceChildren(`${names.length} attributes; those left random are drawn per image from their frequency in CelebA (`, reset, ").");
+  fieldset.querySelector(".hint").replaceChildren(`${names.length} attributes; those left random are taken per image from a CelebA training face with the chosen values (`, reset, ").");
   fieldset.querySelector(".field-error").before(grid);
   return () => Object.fromEntries(selects.filter((select) => select.value).map((select) => [select.dataset.attribute, select.value === "true"]));
 }

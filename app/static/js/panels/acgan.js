@@ -26,7 +26,9 @@ export function initAcgan(panel) {
       const response = await job.send({ method: "POST", path: "/generate/acgan", json: body, output: "acgan.json" });
       seed.report(response.headers.get("X-Seed"));
       const answer = await response.json();
-      showResult(panel, answer.toggle ? pairs(answer) : singles(answer));
+      // a combination few training faces have: the open attributes came from the nearest ones, and the page says so
+      const warning = answer.warning ? el("p", { class: "note", role: "status", text: answer.warning }) : null;
+      showResult(panel, ...(warning ? [warning] : []), answer.toggle ? pairs(answer) : singles(answer));
     });
   });
 

@@ -21,7 +21,7 @@ from app.models.checkpoint import load_checkpoint
 from app.models.sampling import draw_noise, seeded_generator
 from tests.families.gans import ACGAN_FREQUENCIES as FREQUENCIES
 from tests.families.gans import ACGAN_NAMES as NAMES
-from tests.families.gans import SIDE, write_acgan_weights
+from tests.families.gans import SIDE, write_acgan_weights, write_joint_acgan_weights
 from tests.families.gans import post_acgan as post
 from tests.families.gans import tiny_acgan as tiny_generator
 
@@ -182,3 +182,60 @@ def test_n_limits_are_reported(acgan_client):
     detail = post(acgan_client, n=33, toggle="Smiling").json()["detail"][0]
     assert detail["loc"] == ["body", "n"] and "between 1 and 32" in detail["msg"]
     assert post(acgan_client, n=32, toggle="Smiling").status_code == 200
+
+
+# --- open attributes drawn jointly (a checkpoint with label vectors) -----------------------------------------------
+
+
+@pytest.fixture
+def joint_client(make_client, tmp_path):
+    return make_client(weights_dir=write_joint_acgan_weights(tmp_path / "joint"), device="cpu")
+
+
+def test_open_attributes_follow_the_training_faces_given_the_request(joint_client):
+    body = post(joint_client, n=16, seed=1, attributes={"Male": True}, format="json").json()
+    assert body["warning"] is None
+    # every man of the tiny checkpoint's label vectors smiles and none is blond
+    assert body["attributes"] == [{"Smiling": True, "Male": True, "Blond_Hair": False}] * 16
+    women = post(joint_client, n=16, seed=1, attributes={"Male": False}, format="json").json()["attributes"]
+    assert not any(vector["Smiling"] for vector in women) and 0 < sum(v["Blond_Hair"] for v in women) < 16
+
+
+def test_a_combination_no_training_face_has_is_served_with_a_warning(joint_client):
+    request = {"n": 6, "seed": 4, "attributes": {"Male": True, "Blond_Hair": True}}
+    body = post(joint_client, **request, format="json")
+    assert body.status_code == 200
+    warning = body.json()["warning"]
+    assert warning.startswith("0 of the 200 training faces have Male=true, Blond_Hair=true")
+    assert all(vector["Male"] and vector["Blond_Hair"] for vector in body.json()["attributes"])
+    png = post(joint_client, **request)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.headers["x-warning"] == warning
+    assert "x-warning" not in post(joint_client, n=2, seed=4, attributes={"Male": True}).headers
+
+
+def test_joint_draws_give_the_same_bytes_for_the_same_seed(joint_client):
+    first = post(joint_client, n=8, seed=9, attributes={"Blond_Hair": False})
+    assert first.content == post(joint_client, n=8, seed=9, attributes={"Blond_Hair": False}).content
+    assert (
+        first.headers["x-attributes"]
+        == post(joint_client, n=8, seed=9, attributes={"Blond_Hair": False}).headers["x-attributes"]
+    )
+    assert first.content != post(joint_client, n=8, seed=10, attributes={"Blond_Hair": False}).content
+    as_json = post(joint_client, n=8, seed=9, attributes={"Blond_Hair": False}, format="json").json()
+    assert as_json == post(joint_client, n=8, seed=9, attributes={"Blond_Hair": False}, format="json").json()
+
+
+def test_a_toggle_pair_shares_one_draw_not_conditioned_on_the_toggled_attribute(joint_client):
+    """In the tiny labels every smiler is a man: were the draw conditioned on Smiling (on or off), the pairs' Male
+    would follow it. Conditioned on Blond_Hair=false only, both men and women come, and each pair's two rows share
+    every attribute but Smiling."""
+    body = post(
+        joint_client, n=16, seed=2, toggle="Smiling", attributes={"Smiling": True, "Blond_Hair": False}, format="json"
+    ).json()
+    off, on = body["attributes"][:16], body["attributes"][16:]
+    assert body["warning"] is None
+    for before, after in zip(off, on):
+        assert before["Smiling"] is False and after["Smiling"] is True
+        assert before["Male"] == after["Male"] and before["Blond_Hair"] is after["Blond_Hair"] is False
+    assert 0 < sum(vector["Male"] for vector in off) < 16
