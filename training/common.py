@@ -18,7 +18,7 @@ import torch
 from torchvision.utils import save_image
 
 from app.models.preprocess import PreprocessSpec
-from app.services.model_store import resolve_device  # noqa: F401  (one definition, shared with the service)
+from app.services import device as devices
 
 from .distributed import World, get_world, init_world, rank_seed
 from .plots import plot_smoothed, saved_figure
@@ -62,6 +62,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_
     parser.add_argument(
         "--channels-last", action="store_true", help="channels_last memory format for modules and batches (CUDA)"
     )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``'s device, checked as the service checks FACEGEN_DEVICE; a device that cannot be used ends the run
+    with the reason (no GPU visible, a driver too old, cuda:N beyond the host's GPUs, a misspelt name)."""
+    try:
+        return devices.resolve_device(name, setting="--device")
+    except devices.DeviceError as error:
+        raise SystemExit(str(error)) from None
 
 
 def setup(args: argparse.Namespace) -> torch.device:

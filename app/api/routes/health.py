@@ -10,9 +10,19 @@ from app.api.deps import SettingsDep, StoreDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
-    """Liveness: the process answers."""
+def device_fault(request: Request) -> str | None:
+    """Why the device is unusable (set by the batcher after a sticky CUDA error), or None."""
+    batcher = getattr(request.app.state, "batcher", None)
+    return batcher.fault if batcher is not None else None
+
+
+@router.get("/health", response_model=None)
+async def health(request: Request) -> JSONResponse | dict[str, str]:
+    """Liveness: the process answers, and its device still works (503 after an unrecoverable device error such as an
+    illegal memory access: only a restart recovers, so the orchestrator should make one)."""
+    fault = device_fault(request)
+    if fault is not None:
+        return JSONResponse({"status": "unhealthy", "detail": f"the device failed: {fault}"}, status_code=503)
     return {"status": "ok"}
 
 
@@ -29,9 +39,12 @@ async def ready(request: Request, store: StoreDep, settings: SettingsDep) -> JSO
         "weights_verified": store.verification,
     }
     failed = settings.require_all and store.failures
-    if missing or failed or not store.models or not request.app.state.warm:
+    fault = device_fault(request)
+    if missing or failed or fault or not store.models or not request.app.state.warm:
         body["status"] = "not ready"
-        if not request.app.state.warm:
+        if fault:
+            body["detail"] = f"the device failed: {fault}"
+        elif not request.app.state.warm:
             body["detail"] = "warming up"
         elif failed:
             body["detail"] = (
