@@ -20,7 +20,7 @@ from torchvision.utils import save_image
 from app.models.preprocess import PreprocessSpec
 from app.services import device as devices
 
-from .distributed import World, get_world, init_world, rank_seed
+from .distributed import World, get_world, init_world, rank_seed, wrap
 from .plots import plot_smoothed, saved_figure
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -113,11 +113,26 @@ def grad_scaler(args: argparse.Namespace, device: torch.device) -> torch.amp.Gra
 
 def prepare_module(module: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
     """channels_last (in place) when asked; returns the module to *call*: compiled under ``--compile``. Save and
-    sample the module given, not the compiled wrapper (its state-dict names carry a prefix)."""
+    sample the module given, not the compiled wrapper (its state-dict names carry a prefix).
+
+    Given a module already in DistributedDataParallel, channels_last comes too late (DDP laid its gradient buckets
+    out for the old strides): :func:`prepare_for_training` does the three steps in the right order."""
     if args.channels_last:
         module.to(memory_format=torch.channels_last)
     # torch.compile of a Module returns an OptimizedModule (a Module); its stubs declare only the callable
     return torch.compile(module) if args.compile else module  # type: ignore[return-value]
+
+
+def prepare_for_training(
+    module: torch.nn.Module, world: World, device: torch.device, args: argparse.Namespace
+) -> torch.nn.Module:
+    """The module to *call* in the loop: channels_last first (when asked), then DistributedDataParallel (several
+    processes), then ``torch.compile`` (``--compile``). DDP sizes its gradient buckets from the parameters' strides
+    when it wraps: converting afterwards costs a copy per bucket every step and a stride-mismatch warning."""
+    if args.channels_last:
+        module.to(memory_format=torch.channels_last)
+    wrapped = wrap(module, world, device)
+    return torch.compile(wrapped) if args.compile else wrapped  # type: ignore[return-value]
 
 
 def to_batch(images: torch.Tensor, args: argparse.Namespace, device: torch.device) -> torch.Tensor:
