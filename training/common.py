@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import os
 import platform
 import random
 import subprocess
@@ -60,6 +61,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the modules that train (CUDA mostly)")
     parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic CUDA kernels (slower): a resumed run then repeats the uninterrupted one step for step on "
+        "CUDA too; without it only on the CPU (cuDNN's autotuned and atomic-add kernels vary run to run)",
+    )
+    parser.add_argument(
         "--channels-last", action="store_true", help="channels_last memory format for modules and batches (CUDA)"
     )
 
@@ -85,11 +92,25 @@ def setup(args: argparse.Namespace) -> torch.device:
     world, device = init_world(resolve_device(args.device))
     random.seed(args.seed)
     torch.manual_seed(args.seed)
+    if getattr(args, "deterministic", False):
+        deterministic_kernels(device)
     if args.precision == "fp16" and device.type != "cuda":
         raise SystemExit("--precision fp16 needs CUDA (use bf16 on a CPU)")
     if world.distributed and args.resume and not args.run_dir:
         raise SystemExit("--resume with several processes needs --run-dir")
     return device
+
+
+def deterministic_kernels(device: torch.device) -> None:
+    """Only kernels that give the same bits every run, on CUDA (the CPU's already do): no cuDNN autotuning, cuDNN's
+    deterministic algorithms, torch's deterministic implementations (an op without one raises, naming itself), and
+    the cuBLAS workspace setting those need. It must be set before the first cuBLAS call, which is why it is here."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
 
 
 def seed_rank(args: argparse.Namespace) -> World:

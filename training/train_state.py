@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NotRequired, TypedDict
+from typing import TypedDict
 
 import torch
 from safetensors import safe_open
@@ -27,15 +27,18 @@ class RunPosition:
     seconds: float  # training time so far
 
 
-class TrainState(TypedDict):
-    """What a trainer hands :func:`save_train_state` and :func:`load_train_state` (as ``**state``)."""
-
+class _TrainStateRequired(TypedDict):
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     generators: dict[str, torch.Generator]
+
+
+class TrainState(_TrainStateRequired, total=False):
+    """What a trainer hands :func:`save_train_state` and :func:`load_train_state` (as ``**state``)."""
+
     # fp16's loss scales: without them a resumed run restarts at the initial scale (2**16) and skips steps to find
     # its scale again. Optional: states written before they were saved still load (the scalers start afresh).
-    scalers: NotRequired[dict[str, torch.amp.GradScaler]]
+    scalers: dict[str, torch.amp.GradScaler]
 
 
 def _scaler_tensors(name: str, scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor]:

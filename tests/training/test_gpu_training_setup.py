@@ -92,3 +92,31 @@ def test_train_gpu_fails_loudly_when_a_recipe_errors_or_no_gpu_is_visible(tmp_pa
     assert len((tmp_path / "calls").read_text().splitlines()) == 6, "the other recipes still ran"
     none = run_train_gpu(tmp_path, gpus=0)
     assert none.returncode == 1 and "no CUDA GPU is visible" in none.stderr
+
+
+@pytest.fixture
+def kernel_flags():
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    saved_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+    torch.use_deterministic_algorithms(saved[2])
+    if saved_env is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved_env
+
+
+def test_deterministic_kernels_on_cuda_only(kernel_flags, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.backends.cudnn.benchmark = True
+    common.deterministic_kernels(torch.device("cpu"))
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    common.deterministic_kernels(torch.device("cuda", 0))
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
