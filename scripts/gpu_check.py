@@ -151,6 +151,14 @@ def route_requests() -> dict[str, dict[str, Any]]:
     }
 
 
+def route_family(path: str) -> str:
+    """The family a POST route serves: /generate/<family>, /<family>/<operation>, /classify (the classifier)."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "classify":
+        return "classifier"
+    return parts[1] if parts[0] == "generate" else parts[0]
+
+
 def client_for(weights: Path, device: str, **settings: Any) -> Any:
     from fastapi.testclient import TestClient
 
@@ -170,6 +178,10 @@ def check_service(context: dict[str, Any]) -> dict[str, Any]:
     paths = sorted(path for path, item in client.app.openapi()["paths"].items() if "post" in item and "{" not in path)
     requests, routes = route_requests(), {}
     for path in paths:
+        family = route_family(path)
+        if family not in context["store"].models:
+            routes[path] = {"ok": True, "skipped": f"no {family} checkpoint in this run's weights"}
+            continue
         if path not in requests:
             routes[path] = {"ok": False, "detail": "no request for this route in scripts/gpu_check.py"}
             continue
@@ -238,7 +250,7 @@ def check_glow_round_trip(context: dict[str, Any]) -> dict[str, Any]:
 
     checkpoint = context["store"].get("glow")
     if checkpoint is None:
-        return {"ok": False, "detail": "no glow checkpoint loaded"}
+        return {"ok": True, "skipped": "no glow checkpoint in this run's weights"}
     images = []
     for path in FACES:
         with Image.open(path) as image:
@@ -261,6 +273,8 @@ def check_glow_round_trip(context: dict[str, Any]) -> dict[str, Any]:
 
 def check_detector(context: dict[str, Any]) -> dict[str, Any]:
     client, sizes = context["client"], {}
+    if context["store"].get("classifier") is None:
+        return {"ok": True, "skipped": "no classifier checkpoint in this run's weights (the route that detects)"}
     for width, height in DETECTOR_SIZES:
         photo = jpeg_bytes(PHOTO, (width, height))
         latencies, statuses = [], []
@@ -278,23 +292,32 @@ def check_detector(context: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_out_of_memory(context: dict[str, Any]) -> dict[str, Any]:
-    device = context["device"]
+    """Capped to the models plus 512 MiB: 8 concurrent requests of 32 images (batched together, then split on
+    failure) and one of 1,024 (too big alone: 503). Nothing may answer 500, and the service must stay healthy."""
+    device, client = context["device"], context["client"]
+    families = sampling_pipelines(context["store"])
+    family = "glow" if "glow" in families else next(iter(families))
+    body = {"seed": 1} if family == "infogan" else {"n": 32, "seed": 1}
+    big_body = {"rows": 16, "seed": 1} if family == "infogan" else {"n": 1024, "seed": 1}
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(device).total_memory
     cap = torch.cuda.memory_allocated(device) + 512 * 2**20
     torch.cuda.set_per_process_memory_fraction(cap / total, device)
     try:
-        client = context["client"]
-        big = client.post("/generate/glow", json={"n": 1024, "seed": 1, "temperature": 0.3})
-        several = [client.post("/generate/vae", json={"n": 1024, "seed": s}).status_code for s in range(2)]
+        with ThreadPoolExecutor(8) as pool:
+            batch = list(
+                pool.map(lambda s: client.post(f"/generate/{family}", json={**body, "seed": s}).status_code, range(8))
+            )
+        big = client.post(f"/generate/{family}", json=big_body)
         health = client.get("/health").status_code
-        small = client.post("/generate/glow", json={"n": 1, "seed": 2}).status_code
+        small = client.post(f"/generate/{family}", json={"seed": 2}).status_code
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
         torch.cuda.empty_cache()
-    statuses = [big.status_code, *several]
+    statuses = [*batch, big.status_code]
     return {
+        "family": family,
         "cap_mib": round(cap / 2**20),
         "statuses": statuses,
         "big_detail": big.text[:200] if big.status_code != 200 else "",
@@ -517,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device("cuda")
     context: dict[str, Any] = {"device": device}
     # max_n 1024: the out-of-memory section asks for more images than a client usually may
-    context["client"] = client_for(args.weights, "cuda", max_n=1024)
+    # Checkpoints moved out for this call (scripts/gpu_stage.sh) are missing, not failed: the families present count.
+    present = [path.stem for path in sorted(args.weights.glob("*.safetensors"))]
+    context["client"] = client_for(args.weights, "cuda", max_n=1024, require_all=False, required=present)
     context["store"] = context["client"].app.state.store
     context["cpu_store"] = ModelStore.from_directory(args.weights, torch.device("cpu"))
     report = {
