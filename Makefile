@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # installed by `make test` when run as root, otherwise those tests skip and say how to install them.
 SYSTEM_PACKAGES ?= nginx chromium
 
-.PHONY: install install-dev system-packages serve test bench lock lint typecheck clean train-gpu
+.PHONY: install install-dev system-packages serve test bench lock lint typecheck clean train-gpu gpu-wheels gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ lock: install-dev  ## rewrite requirements/service.lock (exact versions and hash
 
 train-gpu: install-dev  ## train every recipe on this host's GPU(s), TRAIN_GPU_SECONDS (default 120) each, from the packed faces
 	bash scripts/train_gpu.sh
+
+gpu-wheels:  ## download the service's packages as Python 3.12 wheels into .gpu-wheels/, for an offline GPU host
+	PYTHON=$(PYTHON) bash scripts/gpu_wheels.sh
+
+gpu-check:  ## the GPU acceptance check (README: GPU): installs .gpu-wheels/ offline if present; report gpu_check.json
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

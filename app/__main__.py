@@ -21,8 +21,10 @@ import signal
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from app.protocol import bounded_protocol
+from app.services.device import DeviceError, resolve_device
 from app.settings import Settings
 
 
@@ -49,7 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+        resolve_device(settings.device)  # a device that cannot be used stops here, with the reason and no traceback
+    except (ValidationError, DeviceError) as error:
+        parser.exit(2, f"facegen: cannot start: {error}\n")
     if "MALLOC_ARENA_MAX" not in os.environ:
         limit_malloc_arenas()
     # oneDNN keeps the kernels it builds for every input shape it meets, up to 1,024 by default. Requests of any

@@ -41,8 +41,9 @@ from app.middleware import (
 from app.models.attributes import InvalidRequest
 from app.models.checkpoint import CheckpointError
 from app.services.batcher import Batcher, BatcherMetrics, ForwardFailed, ServiceUnavailable
+from app.services.device import DeviceError, configure_for_serving, resolve_device
 from app.services.faces import DetectionFailed, FaceService
-from app.services.model_store import ModelStore, resolve_device
+from app.services.model_store import ModelStore
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("facegen")
@@ -104,9 +105,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        device = resolve_device(settings.device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input shapes per batch size: let cuDNN pick its kernels
+        try:
+            device = resolve_device(settings.device)
+        except DeviceError as error:
+            logger.critical("cannot start: %s", error)
+            raise DeviceError(str(error)) from None  # the reason, not torch's traceback, ends the start-up
+        configure_for_serving(device)
         app.state.warm = False
         store = ModelStore.from_directory(
             settings.weights_dir, device, settings.precision, verify=settings.verify_weights

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.services.device import check_device_name
+
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
@@ -111,9 +113,7 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def known_device(cls, value: str) -> str:
-        if value != "auto" and value != "cpu" and value != "mps" and not value.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
-        return value
+        return check_device_name(value)
 
     def batch_size_for(self, device_type: str) -> int:
         if self.max_batch is not None:

@@ -24,7 +24,7 @@ from .common import (
     add_common_arguments,
     autocast,
     grad_scaler,
-    prepare_module,
+    prepare_for_training,
     preprocess_spec,
     run_dir,
     seed_rank,
@@ -34,7 +34,7 @@ from .common import (
     training_metadata,
 )
 from .data import PackedSplit, load_split
-from .distributed import barrier, check_batch, mean_scalars, shard, wrap
+from .distributed import barrier, check_batch, mean_scalars, shard
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
 from .train_state import (
@@ -172,7 +172,7 @@ def train(args: argparse.Namespace) -> None:
     model = AttributeClassifier(config).to(device)
     world = seed_rank(args)
     check_batch(args.batch_size, world)
-    model_call = prepare_module(wrap(model, world, device), args)
+    model_call = prepare_for_training(model, world, device, args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scaler = grad_scaler(args, device)
     total_steps = args.epochs * (len(train_split) // args.batch_size)
@@ -195,6 +195,7 @@ def train(args: argparse.Namespace) -> None:
         "modules": {"model": model},
         "optimizers": {"optimizer": optimizer},
         "generators": {"order": order, "flips": flips, "greys": greys, **rng_streams(device)},
+        "scalers": {"scaler": scaler},
     }
     barrier(world)
     position = load_run_state(out_dir, world.rank, state) if args.resume else RunPosition(0, 0, 0.0)

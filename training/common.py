@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import os
 import platform
 import random
 import subprocess
@@ -18,9 +19,9 @@ import torch
 from torchvision.utils import save_image
 
 from app.models.preprocess import PreprocessSpec
-from app.services.model_store import resolve_device  # noqa: F401  (one definition, shared with the service)
+from app.services import device as devices
 
-from .distributed import World, get_world, init_world, rank_seed
+from .distributed import World, get_world, init_world, rank_seed, wrap
 from .plots import plot_smoothed, saved_figure
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,8 +61,23 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the modules that train (CUDA mostly)")
     parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic CUDA kernels (slower): a resumed run then repeats the uninterrupted one step for step on "
+        "CUDA too; without it only on the CPU (cuDNN's autotuned and atomic-add kernels vary run to run)",
+    )
+    parser.add_argument(
         "--channels-last", action="store_true", help="channels_last memory format for modules and batches (CUDA)"
     )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``'s device, checked as the service checks FACEGEN_DEVICE; a device that cannot be used ends the run
+    with the reason (no GPU visible, a driver too old, cuda:N beyond the host's GPUs, a misspelt name)."""
+    try:
+        return devices.resolve_device(name, setting="--device")
+    except devices.DeviceError as error:
+        raise SystemExit(str(error)) from None
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -76,11 +92,25 @@ def setup(args: argparse.Namespace) -> torch.device:
     world, device = init_world(resolve_device(args.device))
     random.seed(args.seed)
     torch.manual_seed(args.seed)
+    if getattr(args, "deterministic", False):
+        deterministic_kernels(device)
     if args.precision == "fp16" and device.type != "cuda":
         raise SystemExit("--precision fp16 needs CUDA (use bf16 on a CPU)")
     if world.distributed and args.resume and not args.run_dir:
         raise SystemExit("--resume with several processes needs --run-dir")
     return device
+
+
+def deterministic_kernels(device: torch.device) -> None:
+    """Only kernels that give the same bits every run, on CUDA (the CPU's already do): no cuDNN autotuning, cuDNN's
+    deterministic algorithms, torch's deterministic implementations (an op without one raises, naming itself), and
+    the cuBLAS workspace setting those need. It must be set before the first cuBLAS call, which is why it is here."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
 
 
 def seed_rank(args: argparse.Namespace) -> World:
@@ -104,11 +134,26 @@ def grad_scaler(args: argparse.Namespace, device: torch.device) -> torch.amp.Gra
 
 def prepare_module(module: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
     """channels_last (in place) when asked; returns the module to *call*: compiled under ``--compile``. Save and
-    sample the module given, not the compiled wrapper (its state-dict names carry a prefix)."""
+    sample the module given, not the compiled wrapper (its state-dict names carry a prefix).
+
+    Given a module already in DistributedDataParallel, channels_last comes too late (DDP laid its gradient buckets
+    out for the old strides): :func:`prepare_for_training` does the three steps in the right order."""
     if args.channels_last:
         module.to(memory_format=torch.channels_last)
     # torch.compile of a Module returns an OptimizedModule (a Module); its stubs declare only the callable
     return torch.compile(module) if args.compile else module  # type: ignore[return-value]
+
+
+def prepare_for_training(
+    module: torch.nn.Module, world: World, device: torch.device, args: argparse.Namespace
+) -> torch.nn.Module:
+    """The module to *call* in the loop: channels_last first (when asked), then DistributedDataParallel (several
+    processes), then ``torch.compile`` (``--compile``). DDP sizes its gradient buckets from the parameters' strides
+    when it wraps: converting afterwards costs a copy per bucket every step and a stride-mismatch warning."""
+    if args.channels_last:
+        module.to(memory_format=torch.channels_last)
+    wrapped = wrap(module, world, device)
+    return torch.compile(wrapped) if args.compile else wrapped  # type: ignore[return-value]
 
 
 def to_batch(images: torch.Tensor, args: argparse.Namespace, device: torch.device) -> torch.Tensor:

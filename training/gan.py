@@ -25,7 +25,7 @@ from .common import (
     add_common_arguments,
     autocast,
     grad_scaler,
-    prepare_module,
+    prepare_for_training,
     preprocess_spec,
     run_dir,
     save_grid,
@@ -36,7 +36,7 @@ from .common import (
     training_metadata,
 )
 from .data import load_split
-from .distributed import World, barrier, check_batch, mean_scalars, no_sync, shard, wrap
+from .distributed import World, barrier, check_batch, mean_scalars, no_sync, shard
 from .registry import register_trainer
 from .train_state import RunPosition, TrainState, load_train_state, save_train_state
 
@@ -140,8 +140,8 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
     # A moving average of G smooths the GAN's oscillation; it is what gets shipped (Karras et al., progressive GAN).
     shipped = copy.deepcopy(generator).eval().requires_grad_(False) if args.ema > 0 else generator
     # The modules called in the loop: DDP-wrapped (several processes), compiled (--compile); saved: the plain ones.
-    g_call = prepare_module(wrap(generator, world, device), args)
-    d_call = prepare_module(wrap(discriminator, world, device), args)
+    g_call = prepare_for_training(generator, world, device, args)
+    d_call = prepare_for_training(discriminator, world, device, args)
     betas = (args.beta1, 0.999)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
@@ -153,6 +153,7 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
         "modules": {"generator": generator, "discriminator": discriminator, "shipped": shipped},
         "optimizers": {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
         "generators": {"order": order, "noise": noise_generator, **recipe.generators},
+        "scalers": {"scaler_g": scaler_g, "scaler_d": scaler_d},
     }
     barrier(world)  # rank 0 made the run folder
     position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)

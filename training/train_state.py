@@ -27,12 +27,38 @@ class RunPosition:
     seconds: float  # training time so far
 
 
-class TrainState(TypedDict):
-    """What a trainer hands :func:`save_train_state` and :func:`load_train_state` (as ``**state``)."""
-
+class _TrainStateRequired(TypedDict):
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     generators: dict[str, torch.Generator]
+
+
+class TrainState(_TrainStateRequired, total=False):
+    """What a trainer hands :func:`save_train_state` and :func:`load_train_state` (as ``**state``)."""
+
+    # fp16's loss scales: without them a resumed run restarts at the initial scale (2**16) and skips steps to find
+    # its scale again. Optional: states written before they were saved still load (the scalers start afresh).
+    scalers: dict[str, torch.amp.GradScaler]
+
+
+def _scaler_tensors(name: str, scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor]:
+    if not scaler.is_enabled():
+        return {}
+    state = scaler.state_dict()
+    return {
+        f"scaler.{name}.scale": torch.tensor(float(state["scale"]), dtype=torch.float64),
+        f"scaler.{name}.growth_tracker": torch.tensor(int(state["_growth_tracker"]), dtype=torch.int64),
+    }
+
+
+def _load_scaler(name: str, scaler: torch.amp.GradScaler, tensors: dict[str, torch.Tensor]) -> None:
+    key = f"scaler.{name}.scale"
+    if not scaler.is_enabled() or key not in tensors:
+        return  # fp32/bf16, or a state from before the scales were saved
+    state = scaler.state_dict()
+    state["scale"] = float(tensors[key])
+    state["_growth_tracker"] = int(tensors[f"scaler.{name}.growth_tracker"])
+    scaler.load_state_dict(state)
 
 
 def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -59,6 +85,7 @@ def save_train_state(
     modules: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
     generators: dict[str, torch.Generator],
+    scalers: dict[str, torch.amp.GradScaler] | None = None,
 ) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
@@ -69,6 +96,8 @@ def save_train_state(
         tensors.update({key: value.cpu().contiguous() for key, value in _optimizer_tensors(name, optimizer).items()})
     for name, generator in generators.items():
         tensors[f"rng.{name}"] = generator.get_state()
+    for name, scaler in (scalers or {}).items():
+        tensors.update(_scaler_tensors(name, scaler))
     # atomic: a run killed mid-write keeps the previous epoch's state
     return write_safetensors(
         directory / STATE_FILE,
@@ -144,6 +173,7 @@ def load_train_state(
     modules: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
     generators: dict[str, torch.Generator],
+    scalers: dict[str, torch.amp.GradScaler] | None = None,
 ) -> RunPosition:
     """Restore ``modules``, ``optimizers`` and ``generators`` in place (strictly) and say where the run stopped."""
     path = directory / STATE_FILE
@@ -163,4 +193,6 @@ def load_train_state(
         _load_optimizer(name, optimizer, tensors)
     for name, generator in generators.items():
         generator.set_state(tensors[f"rng.{name}"])
+    for name, scaler in (scalers or {}).items():
+        _load_scaler(name, scaler, tensors)
     return RunPosition(int(metadata["epoch"]), int(metadata["step"]), float(metadata["seconds"]))

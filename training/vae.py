@@ -17,7 +17,7 @@ from .common import (
     add_common_arguments,
     autocast,
     grad_scaler,
-    prepare_module,
+    prepare_for_training,
     preprocess_spec,
     resolve_device,
     run_dir,
@@ -29,7 +29,7 @@ from .common import (
     training_metadata,
 )
 from .data import PackedSplit, load_split
-from .distributed import barrier, check_batch, mean_scalars, shard, wrap
+from .distributed import barrier, check_batch, mean_scalars, shard
 from .registry import register_trainer
 from .train_state import (
     RunPosition,
@@ -129,7 +129,7 @@ def train(args: argparse.Namespace) -> None:
     model = VAE(config).to(device)
     world = seed_rank(args)
     check_batch(args.batch_size, world)
-    model_call = prepare_module(wrap(model, world, device), args)
+    model_call = prepare_for_training(model, world, device, args)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scaler = grad_scaler(args, device)
     total_steps = args.epochs * (len(train_split) // args.batch_size)
@@ -142,6 +142,7 @@ def train(args: argparse.Namespace) -> None:
         "modules": {"model": model},
         "optimizers": {"optimizer": optimizer},
         "generators": {"order": order, **rng_streams(device)},
+        "scalers": {"scaler": scaler},
     }
     barrier(world)
     position = load_run_state(out_dir, world.rank, state) if args.resume else RunPosition(0, 0, 0.0)

@@ -8,6 +8,7 @@ model in :mod:`app.models.glow` assembles these into the multi-scale flow.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,9 @@ class ActNorm(nn.Module):
     """Per-channel affine ``y = (x + bias) * exp(log_scale)``, initialised from the first batch it sees in training
     mode so that the output has zero mean and unit variance per channel.
 
-    ``initialized`` is a buffer, so it is saved with the weights: a loaded model never re-initialises.
+    ``initialized`` is a buffer, so it is saved with the weights: a loaded model never re-initialises. Reading it is a
+    device-to-host sync (and a graph break under ``torch.compile``), so a training forward reads it only until it has
+    seen it true: ``_known_initialized`` remembers that on the Python side, and loading a state dict resets it.
     """
 
     initialized: torch.Tensor  # buffer (register_buffer), declared for the type checker
@@ -50,6 +53,7 @@ class ActNorm(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.eps = eps
+        self._known_initialized = False
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
@@ -58,10 +62,17 @@ class ActNorm(nn.Module):
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
+        self._known_initialized = True
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # the loaded buffer decides, at the next training forward
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and not bool(self.initialized):
-            self.initialize(x)
+        if self.training and not self._known_initialized:
+            if not bool(self.initialized):
+                self.initialize(x)
+            self._known_initialized = True
         y = (x + self.bias) * torch.exp(self.log_scale)
         logdet = self.log_scale.sum() * (x.shape[2] * x.shape[3])
         return y, logdet.expand(x.shape[0])
@@ -95,6 +106,7 @@ class InvConv1x1(nn.Module):
         self.lower = nn.Parameter(lower * self.lower_mask)
         self.upper = nn.Parameter(torch.triu(upper, 1))
         self.log_s = nn.Parameter(torch.log(torch.abs(diagonal)))
+        self._inverse_cache: tuple[tuple, tuple, torch.Tensor] | None = None  # see inverse()
 
     def weight(self) -> torch.Tensor:
         lower = self.lower * self.lower_mask + self.eye
@@ -107,9 +119,29 @@ class InvConv1x1(nn.Module):
         return F.conv2d(x, weight[:, :, None, None]), logdet.expand(x.shape[0])
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
-        # Inverted in float64: a 48x48 inverse is cheap, and float32 round-off here is what breaks invertibility.
-        inverse = torch.linalg.inv(self.weight().double()).to(y.dtype)
-        return F.conv2d(y, inverse[:, :, None, None])
+        return F.conv2d(y, self.inverse(y.dtype)[:, :, None, None])
+
+    def inverse(self, dtype: torch.dtype) -> torch.Tensor:
+        """``weight()``'s inverse, inverted in float64 (float32 round-off here is what breaks invertibility).
+
+        Serving (eval mode, no gradients) reuses the last one while the weights are unchanged, rather than inverting
+        on every call; anything that changes them (an optimiser step, ``load_state_dict``, ``.to()``) changes the
+        tensors' versions, storage or device, and so the key."""
+        tensors = (self.lower, self.upper, self.log_s, self.sign_s, self.permutation)
+        # Inference tensors carry no version counter: weights made under inference_mode are never cached.
+        if self.training or torch.is_grad_enabled() or any(t.is_inference() for t in tensors):
+            self._inverse_cache = None
+            return torch.linalg.inv(self.weight().double()).to(dtype)
+        state = (dtype, *((t.device, t.data_ptr(), t._version) for t in tensors))
+        cached = self._inverse_cache
+        # The tensors themselves are held and compared by identity, so that a freed one's address cannot come back
+        # as a match.
+        if cached is None or cached[1] != state or any(a is not b for a, b in zip(cached[0], tensors)):
+            # A plain tensor even under inference_mode, so that a later call outside it may use it too.
+            with torch.inference_mode(False), torch.no_grad():
+                cached = (tensors, state, torch.linalg.inv(self.weight().double()).to(dtype))
+            self._inverse_cache = cached
+        return cached[2]
 
 
 class ZeroConv2d(nn.Module):

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.models.pipelines import Pipeline, Prepared
 from app.models.pipelines.base import Tensors, implausible_images
+from app.services.device import is_device_fault, is_out_of_memory
 
 logger = logging.getLogger("facegen.batcher")
 
@@ -54,10 +55,6 @@ class DoesNotFit(ServiceUnavailable):
 
 class ForwardFailed(RuntimeError):
     """The forward of the batch this request was in raised; answered 500."""
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError)
 
 
 @dataclass(eq=False)
@@ -126,6 +123,8 @@ class ModelQueue:
         batcher, loop = self.batcher, asyncio.get_running_loop()
         if batcher.closing:
             raise ServiceUnavailable("the server is shutting down", retry_after_s=1)
+        if batcher.fault is not None:
+            raise ServiceUnavailable(f"{self.name}: the device failed; the server must restart")
         rows = prepared.rows
         if self.queued_rows and self.queued_rows + rows > batcher.max_queue:
             batcher.metrics.shed.labels(self.name, "queue_full").inc()
@@ -230,29 +229,21 @@ class ModelQueue:
         for job in jobs:
             self.batcher.metrics.queue_wait.labels(self.name).observe(started - job.arrived)
         inputs = tuple(torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*(job.inputs for job in jobs)))
+        out_of_memory = False
         try:
             outputs = await self.batcher.forward(self, jobs[0].operation, inputs)
+        except asyncio.CancelledError:
+            raise
         except BaseException as error:  # noqa: BLE001 - every failure is answered, none kills the worker
-            if is_out_of_memory(error):
-                return await self.split_after_oom(jobs)
-            if isinstance(error, asyncio.CancelledError):
-                raise
-            sizes = [job.rows for job in jobs]
-            logger.error(
-                "forward of %s/%s failed for a batch of %d requests (rows %s): %r",
-                self.name,
-                jobs[0].operation,
-                len(jobs),
-                sizes,
-                error,
-            )
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(
-                        ForwardFailed(
-                            f"{self.name}: the model failed on this batch ({type(error).__name__}); see the server log"
-                        )
-                    )
+            # Only a verdict leaves this block: the error's traceback holds the failed forward's tensors (activations
+            # on the GPU), which must be freed before the cache is emptied and the halves are retried.
+            out_of_memory = is_out_of_memory(error)
+            if not out_of_memory:
+                self.fail(jobs, error)
+                return
+        if out_of_memory:
+            del inputs
+            await self.split_after_oom(jobs)
             return
         offset = 0
         for job in jobs:
@@ -260,9 +251,37 @@ class ModelQueue:
                 job.future.set_result(tuple(output[offset : offset + job.rows] for output in outputs))
             offset += job.rows
 
+    def fail(self, jobs: list[Job], error: BaseException) -> None:
+        """Answer every job of a batch whose forward raised ``error`` (not out of memory): 500, or 503 once the device
+        is broken (the batcher then reports unhealthy until the process restarts)."""
+        sizes = [job.rows for job in jobs]
+        logger.error(
+            "forward of %s/%s failed for a batch of %d requests (rows %s): %r",
+            self.name,
+            jobs[0].operation,
+            len(jobs),
+            sizes,
+            error,
+        )
+        if is_device_fault(error):
+            self.batcher.device_failed(f"{type(error).__name__}: {error}")
+        for job in jobs:
+            if job.future.done():
+                continue
+            if self.batcher.fault is not None:
+                job.future.set_exception(ServiceUnavailable(f"{self.name}: the device failed; the server must restart"))
+            else:
+                job.future.set_exception(
+                    ForwardFailed(
+                        f"{self.name}: the model failed on this batch ({type(error).__name__}); see the server log"
+                    )
+                )
+
     async def split_after_oom(self, jobs: list[Job]) -> None:
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            # On the forward thread, after any forward in flight: the freed blocks go back to the driver only once no
+            # kernel still uses them.
+            await asyncio.get_running_loop().run_in_executor(self.batcher.executor, torch.cuda.empty_cache)
         if len(jobs) == 1:
             self.batcher.metrics.shed.labels(self.name, "out_of_memory").inc()
             if not jobs[0].future.done():
@@ -299,8 +318,16 @@ class Batcher:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="facegen-forward")
         self.queues: dict[str, ModelQueue] = {}
         self.closing = False
+        # Why the device is unusable (a sticky CUDA error such as an illegal address): /health and /ready answer 503
+        # from then on, so the orchestrator restarts the process; None while healthy.
+        self.fault: str | None = None
         for name, pipeline in pipelines.items():
             self.queues[name] = ModelQueue(name, pipeline, self)
+
+    def device_failed(self, reason: str) -> None:
+        if self.fault is None:
+            logger.critical("the device failed, every forward will fail until the process restarts: %s", reason)
+            self.fault = reason
 
     def start(self) -> None:
         for queue in self.queues.values():

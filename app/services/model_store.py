@@ -13,14 +13,9 @@ import torch
 from app.manifest import MANIFEST, WRITE_COMMAND, ManifestError, read_manifest
 from app.models.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from app.models.pipelines import Pipeline, build_pipeline
+from app.services.device import resolve_device  # noqa: F401  (its old home; training imports it from here)
 
 logger = logging.getLogger("facegen.models")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass

@@ -12,7 +12,8 @@ router = APIRouter(tags=["health"])
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "unhealthy"]
+    detail: str | None = Field(None, description="why unhealthy")
 
 
 class Readiness(BaseModel):
@@ -24,9 +25,24 @@ class Readiness(BaseModel):
     detail: str | None = Field(None, description="why not ready, when no file or family says it")
 
 
-@router.get("/health")
-async def health() -> Health:
-    """Liveness: the process answers."""
+def device_fault(request: Request) -> str | None:
+    """Why the device is unusable (set by the batcher after a sticky CUDA error), or None."""
+    batcher = getattr(request.app.state, "batcher", None)
+    return batcher.fault if batcher is not None else None
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    response_model_exclude_none=True,
+    responses={503: {"model": Health, "description": "the device failed: only a restart recovers"}},
+)
+async def health(request: Request) -> JSONResponse | Health:
+    """Liveness: the process answers, and its device still works (503 after an unrecoverable device error such as an
+    illegal memory access: only a restart recovers, so the orchestrator should make one)."""
+    fault = device_fault(request)
+    if fault is not None:
+        return JSONResponse({"status": "unhealthy", "detail": f"the device failed: {fault}"}, status_code=503)
     return Health(status="ok")
 
 
@@ -42,14 +58,17 @@ async def ready(request: Request, store: StoreDep, settings: SettingsDep) -> JSO
     missing or failed. Files are named, never their server paths."""
     missing = store.missing(settings.required)
     failed = settings.require_all and store.failures
+    fault = device_fault(request)
     detail = None
-    if not request.app.state.warm:
+    if fault:
+        detail = f"the device failed: {fault}"
+    elif not request.app.state.warm:
         detail = "warming up"
     elif failed:
         detail = f"{len(store.failures)} checkpoint(s) failed to load (FACEGEN_REQUIRE_ALL=false serves the others)"
     elif not store.models and not missing:
         detail = "no models are loaded"
-    not_ready = bool(missing or failed or not store.models or not request.app.state.warm)
+    not_ready = bool(missing or failed or fault or not store.models or not request.app.state.warm)
     body = Readiness(
         loaded=sorted(store.models),
         missing=missing,
