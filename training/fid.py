@@ -55,6 +55,41 @@ class FrechetInception:
                 self.helper.update_eval_stat(images[start : start + FEATURE_BATCH].cpu(), data_range=(-1, 1))
         return self.helper.finish_eval_stat()
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 2048) Inception pool features of ``images`` in [-1, 1], as :meth:`statistics` sees them."""
+        parts = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            for start in range(0, len(images), FEATURE_BATCH):
+                batch = images[start : start + FEATURE_BATCH].cpu()
+                parts.append(
+                    torch.from_numpy(
+                        np.asarray(
+                            self.helper.extract_feats(
+                                batch,
+                                data_range=(-1, 1),
+                                resize_hw=self.helper.resize_hw,
+                                resample_mode=self.helper.resample_mode,
+                                quant=True,
+                            )
+                        )
+                    )
+                )
+        return torch.cat(parts).double()
+
+    @staticmethod
+    def statistics_of(features: torch.Tensor) -> dict[str, Any]:
+        """Mean and covariance of pool features (what :meth:`statistics` computes from images)."""
+        array = features.numpy()
+        return {"mu": array.mean(axis=0), "sigma": np.cov(array, rowvar=False)}
+
+    def distance_between(self, reference: dict[str, Any], statistics: dict[str, Any]) -> float:
+        """The Fréchet distance between two sets of statistics."""
+        self.helper.ref_stat_dict, self.helper.eval_stat_dict = reference, statistics
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(self.helper.compute_fid_score())
+
     def distance(self, reference: dict[str, Any], images: torch.Tensor) -> float:
         """FID of ``images`` against the statistics of a reference set."""
         self.helper.ref_stat_dict = reference

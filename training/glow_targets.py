@@ -1,0 +1,125 @@
+"""``python -m training glow-targets CHECKPOINT --data D --out DIR``: the Glow figures that the FID of samples and
+the evaluator's rates do not give, each measured as a user meets it.
+
+- **diversity**: mean pairwise cosine distance of the FID Inception's pool features over samples drawn at the
+  served temperature, divided by the same over the split's real faces (1: as varied as real faces).
+- **interpolation**: disjoint pairs of the split's faces; the FID of the latent path's midpoint frames against the
+  faces used in no pair, divided by the FID of the pixel cross-fade (the average of the two faces) of the same pairs
+  against the same faces. Under 1: the path passes through faces rather than double exposures.
+- **manipulation guard**: every face of the sample moved by -1 and +1 along each of MANIPULATED through the
+  pipeline's guarded manipulation (the service's path): the share of frames served at the requested strength,
+  served at a reduced one, and refused (a grey tile), and the share of requests with any frame refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.models.checkpoint import load_checkpoint
+from app.models.pipelines import build_pipeline
+from app.models.pipelines.glow import GlowPipeline
+
+from .common import resolve_device, save_grid
+from .data import load_split
+from .evaluate_gans import batched
+from .evaluate_glow import MANIPULATED
+from .fid import FrechetInception, pipeline_samples
+from .registry import register_trainer
+
+
+def mean_pairwise_cosine_distance(features: torch.Tensor) -> float:
+    unit = torch.nn.functional.normalize(features.double(), dim=1)
+    similarity = unit @ unit.T
+    n = len(unit)
+    return float(1 - (similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1)))
+
+
+def manipulation_guard(pipeline: GlowPipeline, faces: torch.Tensor) -> dict[str, Any]:
+    latents = batched(lambda x: pipeline.run("encode", (x,))[0], faces)
+
+    async def decode(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, unusable = pipeline.run("decode", (batch,))
+        return images.cpu(), unusable.cpu()
+
+    statuses: dict[str, list[str]] = {}
+    requests_refused: dict[str, float] = {}
+    for attribute in [name for name in MANIPULATED if name in pipeline.attributes]:
+        per_request = [asyncio.run(pipeline.manipulate(z, attribute, [-1.0, 1.0], decode)).statuses() for z in latents]
+        statuses[attribute] = [status for request in per_request for status in request]
+        requests_refused[attribute] = sum("refused" in request for request in per_request) / len(per_request)
+    every = [status for values in statuses.values() for status in values]
+    return {
+        "manipulation_frames": len(every),
+        "manipulation_frames_ok": round(every.count("ok") / len(every), 4),
+        "manipulation_frames_reduced": round(every.count("reduced") / len(every), 4),
+        "manipulation_frames_refused": round(every.count("refused") / len(every), 4),
+        "manipulation_requests_with_a_refused_frame": {k: round(v, 4) for k, v in requests_refused.items()},
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a glow checkpoint")
+    parser.add_argument("--data", required=True, help="the CelebA folder or faces archive")
+    parser.add_argument("--out", type=Path, required=True, help="folder for targets.json and the figures")
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--samples", type=int, default=1000, help="samples for the diversity figure")
+    parser.add_argument("--pairs", type=int, default=200, help="disjoint face pairs for the interpolation figure")
+    parser.add_argument("--faces", type=int, default=200, help="faces manipulated for the guard figures")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--device", default="cpu")
+
+
+@register_trainer("glow-targets", add_arguments)
+@torch.inference_mode()
+def run(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint, device)
+    pipeline = build_pipeline(checkpoint)
+    if not isinstance(pipeline, GlowPipeline):
+        raise SystemExit(f"glow-targets: {args.checkpoint} is a {checkpoint.family} checkpoint, not glow")
+    split = load_split(args.data, args.split, checkpoint.preprocess)
+    if 2 * args.pairs >= len(split):
+        raise SystemExit(f"glow-targets: {args.pairs} disjoint pairs need more than {2 * args.pairs} faces")
+    args.out.mkdir(parents=True, exist_ok=True)
+    fid = FrechetInception(device)
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))
+    real = split.batch(order)[0]
+    real_features = fid.features(real)
+    samples = pipeline_samples(pipeline, args.samples, args.seed)
+    targets: dict[str, Any] = {"checkpoint": str(args.checkpoint), "split": args.split}
+    sample_diversity = mean_pairwise_cosine_distance(fid.features(samples))
+    real_diversity = mean_pairwise_cosine_distance(real_features)
+    targets |= {
+        "diversity_samples": round(sample_diversity, 4),
+        "diversity_real": round(real_diversity, 4),
+        "diversity_ratio": round(sample_diversity / real_diversity, 4),
+        "diversity_sample_count": len(samples),
+    }
+
+    first, second = real[: args.pairs], real[args.pairs : 2 * args.pairs]
+    reference = fid.statistics_of(real_features[2 * args.pairs :])
+    latents = batched(lambda x: pipeline.run("encode", (x,))[0], torch.cat([first, second]))
+    midpoints = batched(lambda z: pipeline.run("decode", (z,))[0], (latents[: args.pairs] + latents[args.pairs :]) / 2)
+    crossfades = (first + second) / 2
+    latent_fid = fid.distance_between(reference, fid.statistics_of(fid.features(midpoints)))
+    pixel_fid = fid.distance_between(reference, fid.statistics_of(fid.features(crossfades)))
+    targets |= {
+        "interpolation_midpoint_fid": round(latent_fid, 2),
+        "interpolation_crossfade_fid": round(pixel_fid, 2),
+        "interpolation_fid_ratio": round(latent_fid / pixel_fid, 4),
+        "interpolation_pairs": args.pairs,
+        "interpolation_reference_faces": len(split) - 2 * args.pairs,
+    }
+    save_grid(torch.cat([first[:8], midpoints[:8].cpu(), crossfades[:8], second[:8]]), args.out / "midpoints.png", 8)
+    targets |= manipulation_guard(pipeline, real[: args.faces])
+    (args.out / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
+    print(json.dumps(targets, indent=2))
