@@ -233,6 +233,7 @@ class Metrics:
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self._children: dict[tuple[str, str, str | None], tuple] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -251,5 +252,17 @@ class Metrics:
         finally:
             # The route template (not the raw path) keeps label cardinality bounded.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(method, route, status_class(status)).inc()
-            self.latency.labels(method, route).observe(time.perf_counter() - started)
+            self.children(method, route, status_class(status))[0].inc()
+            self.children(method, route, None)[1].observe(time.perf_counter() - started)
+
+    def children(self, method: str, route: str, status: str | None) -> tuple:
+        """The counter and histogram children of these labels, looked up once (``labels()`` takes a lock and
+        hashes its arguments on every call; the label sets are bounded, so is this cache)."""
+        key = (method, route, status)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = (
+                self.requests.labels(method, route, status) if status is not None else None,
+                self.latency.labels(method, route),
+            )
+        return found
