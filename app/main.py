@@ -28,7 +28,15 @@ from app.api.checks import request_checks
 from app.api.deps import ClientDisconnected
 from app.api.routes import generate
 from app.imaging import DecodeLimits
-from app.middleware import APIKeyGuard, DecodeBudgets, HeadAsGet, Metrics, RequestBodyGuard, ServerErrors
+from app.middleware import (
+    APIKeyGuard,
+    DecodeBudgets,
+    FastAnswers,
+    HeadAsGet,
+    Metrics,
+    RequestBodyGuard,
+    ServerErrors,
+)
 from app.models.attributes import InvalidRequest
 from app.models.checkpoint import CheckpointError
 from app.services.batcher import Batcher, BatcherMetrics, ForwardFailed, ServiceUnavailable
@@ -166,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(DecodeBudgets, limits=limits)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestBodyGuard, max_mb=settings.max_upload_mb, read_timeout_s=settings.body_timeout_s)
+    app.add_middleware(FastAnswers)
     app.add_middleware(APIKeyGuard, api_key=settings.api_key)
     app.add_middleware(ServerErrors)
     if settings.cors_origins:

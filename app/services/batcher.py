@@ -153,12 +153,7 @@ class ModelQueue:
             raise ServiceUnavailable("the server is shutting down", retry_after_s=1)
         rows = prepared.rows
         if self.queued_rows and self.queued_rows + rows > batcher.max_queue:
-            self.shed_queue_full.inc()
-            raise Overloaded(
-                f"{self.name}: {self.queued_rows} images are already waiting (FACEGEN_MAX_QUEUE="
-                f"{batcher.max_queue}); try again shortly",
-                retry_after_s=self.retry_after_s(rows),
-            )
+            raise Overloaded(self.overloaded_message(), retry_after_s=self.retry_after_s(rows))
         loop = asyncio.get_running_loop()
         now = loop.time()
         job = Job(prepared.operation, prepared.inputs, rows, now, now + timeout_s, loop.create_future())
@@ -195,6 +190,14 @@ class ModelQueue:
             return await job.future
         finally:
             self.finish(job)
+
+    def overloaded_message(self) -> str:
+        """What a request refused for a full queue is told (counted here: every refusal says it once)."""
+        self.shed_queue_full.inc()
+        return (
+            f"{self.name}: {self.queued_rows} images are already waiting (FACEGEN_MAX_QUEUE={self.batcher.max_queue}); "
+            "try again shortly"
+        )
 
     def retry_after_s(self, rows: int) -> int:
         rate = self.rows_per_s or 1.0
