@@ -113,6 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         dependencies=[Depends(request_checks)],
+        # /docs and /redoc are app.api.routes.docs: served from shipped files, not from a CDN
+        docs_url=None,
+        redoc_url=None,
         description="Deep generative models of 64x64 faces. Weights trained on CelebA: non-commercial research use.",
     )
     app.state.settings = settings

@@ -129,8 +129,9 @@ class APIKeyGuard:
     with them). The page (``/`` and ``/static/``) holds no data, and a browser cannot send a header when it opens a
     URL; the page's own requests to the API carry the key its user types in."""
 
-    # /static/ is served by StaticFiles, which refuses paths that leave its folder (../): no API route is behind it.
-    OPEN_PATHS, OPEN_PREFIXES = {"/health", "/"}, ("/static/",)
+    # /static/ and /docs-assets/ (Swagger UI's and ReDoc's files) are served by StaticFiles, which refuses paths that
+    # leave its folder (../): no API route is behind them.
+    OPEN_PATHS, OPEN_PREFIXES = {"/health", "/"}, ("/static/", "/docs-assets/")
 
     def __init__(self, app: ASGIApp, api_key: str | None):
         self.app, self.api_key = app, api_key.encode() if api_key else None
