@@ -30,6 +30,7 @@ from app.imaging import DecodeLimits
 from app.middleware import (
     APIKeyGuard,
     DecodeBudgets,
+    FastAnswers,
     HeadAsGet,
     JSONCORSMiddleware,
     Metrics,
@@ -144,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(request_checks)],
         # No trailing-slash redirects: Starlette builds their Location from the Host header, which the client writes.
         redirect_slashes=False,
+        # /docs and /redoc are app.api.routes.docs: served from shipped files, not from a CDN
+        docs_url=None,
+        redoc_url=None,
         description="Deep generative models of 64x64 faces. Weights trained on CelebA: non-commercial research use.",
         generate_unique_id_function=representations.operation_id,
     )
@@ -222,6 +226,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         read_timeout_s=settings.body_timeout_s,
         deadline_s=settings.body_deadline_s,
     )
+    app.add_middleware(FastAnswers)
     app.add_middleware(APIKeyGuard, api_key=settings.api_key)
     app.add_middleware(ServerErrors)
     if settings.cors_origins:

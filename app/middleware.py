@@ -4,7 +4,8 @@ metrics.
 
 Order, outermost first (``create_app``): Metrics (counts every answer, refusals included), SecurityHeaders (on every
 answer), CORS (answers preflights before the key check and puts its headers on every answer, errors too),
-ServerErrors, APIKeyGuard, RequestBodyGuard, HeadAsGet, DecodeBudgets, then the app.
+ServerErrors, APIKeyGuard, FastAnswers (/health, and refusals of a full queue, before anything parses),
+RequestBodyGuard, HeadAsGet, DecodeBudgets, then the app.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.datastructures import Headers
@@ -172,10 +174,11 @@ class APIKeyGuard:
     page (``/`` and ``/static/``) holds no data, and a browser cannot send a header when it opens a URL; the page's
     own requests to the API carry the key its user types in."""
 
-    # /static/ is served by StaticFiles, which refuses paths that leave its folder (../): no API route is behind it.
-    # The API docs and their schema hold no data either; open, /docs can send the key (its "Authorize" button).
-    OPEN_PATHS = {"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-    OPEN_PREFIXES = ("/static/",)
+    # /static/ and /docs-assets/ (Swagger UI's and ReDoc's files) are served by StaticFiles, which refuses paths that
+    # leave its folder (../): no API route is behind them. The API docs and their schema hold no data either; open,
+    # /docs can send the key (its "Authorize" button).
+    OPEN_PATHS = {"/health", "/", "/docs", "/redoc", "/openapi.json"}
+    OPEN_PREFIXES = ("/static/", "/docs-assets/")
 
     def __init__(self, app: ASGIApp, api_key: str | None):
         self.app, self.api_key = app, api_key.encode() if api_key else None
@@ -387,6 +390,7 @@ class Metrics:
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self._children: dict[tuple[str, str, str | None], tuple] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -405,5 +409,97 @@ class Metrics:
         finally:
             # The route template (not the raw path) keeps label cardinality bounded.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(method, route, status_class(status)).inc()
-            self.latency.labels(method, route).observe(time.perf_counter() - started)
+            self.children(method, route, status_class(status))[0].inc()
+            self.children(method, route, None)[1].observe(time.perf_counter() - started)
+
+    def children(self, method: str, route: str, status: str | None) -> tuple:
+        """The counter and histogram children of these labels, looked up once (``labels()`` takes a lock and
+        hashes its arguments on every call; the label sets are bounded, so is this cache)."""
+        key = (method, route, status)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = (
+                self.requests.labels(method, route, status) if status is not None else None,
+                self.latency.labels(method, route),
+            )
+        return found
+
+
+@dataclass(frozen=True)
+class RouteLabel:
+    """What :class:`Metrics` reads off ``scope["route"]`` (the route template), for answers given before routing."""
+
+    path: str
+
+
+class FastAnswers:
+    """Two answers given before the framework parses anything, because under overload every request the event loop
+    spends less on is time it has for the others:
+
+    * ``GET``/``HEAD /health`` (liveness) answers ``{"status":"ok"}`` at once: it must stay fast precisely when the
+      server is busiest, and it needs no dependency, validation or routing.
+    * ``POST /generate/<family>`` while that model's queue is already full (``FACEGEN_MAX_QUEUE`` images waiting)
+      answers the batcher's own 503 with Retry-After without parsing or validating the body: any request would be
+      refused then, whatever it asks. (A malformed request gets that 503 rather than its 422 while the queue is full.)
+
+    Inside the API-key guard (a refused client learns nothing of the queue) and outside the body guard; the route is
+    recorded for the metrics outside as if the framework had matched it."""
+
+    HEALTH_BODY = b'{"status":"ok"}'
+    DRAIN_LIMIT = 64 * 1024  # a full queue's refusal reads a body this small to keep the connection; larger: closes it
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    @staticmethod
+    def route(scope: Scope, path: str) -> RouteLabel:
+        return RouteLabel(path)  # only answered for /health and /generate/<a loaded family>: both route templates
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope["path"], scope["method"]
+        if path == "/health" and method in ("GET", "HEAD"):
+            scope["route"] = self.route(scope, path)
+            body = self.HEALTH_BODY
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body if method == "GET" else b""})
+            return None
+        if method == "POST" and path.startswith("/generate/"):
+            refusal = self.queue_full(scope, path[len("/generate/") :])
+            if refusal is not None:
+                scope["route"] = self.route(scope, path)
+                message, retry_after = refusal
+                extra = [(b"retry-after", str(retry_after).encode())]
+                if not await self.drain(scope, receive):
+                    extra.append((b"connection", b"close"))
+                return await send_json(send, 503, {"detail": message}, extra)
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    def queue_full(scope: Scope, family: str) -> tuple[str, int] | None:
+        batcher = getattr(getattr(scope.get("app"), "state", None), "batcher", None)
+        if batcher is None:
+            return None
+        queue = batcher.queues.get(family)
+        if queue is None or queue.queued_rows < batcher.max_queue:
+            return None
+        return queue.overloaded_message(), queue.retry_after_s(1)
+
+    async def drain(self, scope: Scope, receive: Receive) -> bool:
+        """Read a small request body to its end (so the connection can serve the client's next request); False
+        when it is larger than :attr:`DRAIN_LIMIT` or unannounced and chunked past it."""
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.DRAIN_LIMIT):
+            return False
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            received += len(message.get("body", b""))
+            if received > self.DRAIN_LIMIT:
+                return False
+            if not message.get("more_body", False):
+                return True

@@ -65,7 +65,8 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         le=1000,
-        description="how long a forward waits for more requests to join its batch, from the first one's arrival",
+        description="while another forward is in flight, how long a batch may wait for more requests to join it, from "
+        "its first one's arrival (an idle device starts a forward at once)",
     )
     max_queue: int = Field(1024, ge=1, description="images that may wait per model; beyond, 503 with Retry-After")
     precision: Literal["float32", "bfloat16", "float16"] = Field(

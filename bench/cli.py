@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import itertools
 import json
@@ -236,6 +237,7 @@ def empty_results(args: argparse.Namespace) -> dict[str, Any]:
         "raw": [],
         "peer": {"status": "skipped", "reason": "not run"},
         "overload": {"status": "skipped", "reason": "not run"},
+        "server_environment": None,
         "comparisons": {},
         "checks": [],
     }
@@ -245,7 +247,13 @@ def empty_results(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def measure_server(
-    url: str, mode: str, args: argparse.Namespace, results: dict[str, Any], upload: Upload | None, with_ratio: bool
+    url: str,
+    mode: str,
+    args: argparse.Namespace,
+    results: dict[str, Any],
+    upload: Upload | None,
+    with_ratio: bool,
+    pid: int | None = None,
 ) -> None:
     """Every scenario at every concurrency (rows appended to results["e2e"] with ``mode``), and with ``with_ratio``
     the n=64 requests of each sampling scenario (results["ratio"]). The first server measured decides the scenarios
@@ -267,9 +275,10 @@ async def measure_server(
                 logger.warning("skipping scenario %s: %s", name, why)
         scenarios = [find_scenario(s["name"]) for s in results["scenarios"]]
         seeds = itertools.count(1)
+        cpu = functools.partial(server.cpu_seconds, pid) if pid else None
         for scenario in scenarios:
             for concurrency in args.concurrency:
-                row = await e2e.run_cell(client, scenario, concurrency, args.seconds, args.warmup, upload, seeds)
+                row = await e2e.run_cell(client, scenario, concurrency, args.seconds, args.warmup, upload, seeds, cpu)
                 results["e2e"].append({"mode": mode, **row})
         if with_ratio and args.ratio_requests:
             for scenario in scenarios:
@@ -323,8 +332,9 @@ def url_server_pid(args: argparse.Namespace) -> int | None:
 def measure_servers(args: argparse.Namespace, results: dict[str, Any], upload: Upload | None) -> None:
     if not args.startup:
         url = args.url.rstrip("/")
-        asyncio.run(measure_server(url, URL_MODE, args, results, upload, with_ratio=True))
-        results["servers"][URL_MODE] = server_info(url_server_pid(args), None, None, url)
+        pid = url_server_pid(args)
+        asyncio.run(measure_server(url, URL_MODE, args, results, upload, with_ratio=True, pid=pid))
+        results["servers"][URL_MODE] = server_info(pid, None, None, url)
         return
     # The ratio is measured in the batching-on server (or the first, if "on" is not among the modes).
     ratio_mode = report.ON if report.ON in args.modes else args.modes[0]
@@ -333,7 +343,9 @@ def measure_servers(args: argparse.Namespace, results: dict[str, Any], upload: U
         with server.StartedServer(args.weights, args.threads, env=MODE_SETTINGS[mode], device=args.device) as started:
             startup = started.wait_ready(api_key=args.api_key)
             logger.info("server (batching %s) ready in %.1f s at %s", mode, startup, started.url)
-            asyncio.run(measure_server(started.url, mode, args, results, upload, with_ratio=mode == ratio_mode))
+            asyncio.run(
+                measure_server(started.url, mode, args, results, upload, with_ratio=mode == ratio_mode, pid=started.pid)
+            )
             results["servers"][mode] = server_info(started.pid, startup, started.settings, started.url)
 
 
@@ -370,14 +382,17 @@ def peer_unavailable(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def measure_peer_load(url: str, scenario: Scenario, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def measure_peer_load(
+    url: str, scenario: Scenario, args: argparse.Namespace, pid: int | None = None
+) -> list[dict[str, Any]]:
     rows = []
+    cpu = functools.partial(server.cpu_seconds, pid) if pid else None
     async with e2e.make_client(url, None, max(args.peer_concurrency), args.client_timeout) as client:
         seeds = itertools.count(1)
         if args.peer_warmup > 0:
             await e2e.closed_loop(client, scenario, max(args.peer_concurrency), args.peer_warmup, None, seeds)
         for concurrency in args.peer_concurrency:
-            row = await e2e.run_cell(client, scenario, concurrency, args.seconds, args.warmup, None, seeds)
+            row = await e2e.run_cell(client, scenario, concurrency, args.seconds, args.warmup, None, seeds, cpu)
             rows.append({"mode": report.PEER_MODE, **row})
     return rows
 
@@ -420,7 +435,7 @@ def measure_peer(args: argparse.Namespace, results: dict[str, Any]) -> dict[str,
         logger.warning("peer did not start: %s", error)
         return {"status": "skipped", "reason": f"the peer did not start: {str(error)[:500]}"}
     try:
-        info["e2e"] = asyncio.run(measure_peer_load(f"http://127.0.0.1:{port}", scenario, args))
+        info["e2e"] = asyncio.run(measure_peer_load(f"http://127.0.0.1:{port}", scenario, args, process.pid))
     finally:
         stop_peer(process)
     return info
@@ -477,6 +492,10 @@ def measure_overload(args: argparse.Namespace, results: dict[str, Any], upload: 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results = empty_results(args)
+    # The servers run with this Python: it must be the production install (the service's own dependencies, with
+    # uvicorn[standard]'s uvloop and httptools), not whatever the benchmark happens to run in.
+    results["server_environment"] = server.server_environment(sys.executable)
+    logger.info("server environment: %s", results["server_environment"])
     upload = load_upload(args.face)
     measure_servers(args, results, upload)
     if not results["scenarios"]:

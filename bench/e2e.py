@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,12 +116,17 @@ async def run_cell(
     warmup_s: float,
     upload: Upload | None = None,
     seeds: Iterator[int] | None = None,
+    cpu_seconds: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """One (scenario, concurrency) cell: a warm-up at that concurrency (not counted), then the measured run."""
+    """One (scenario, concurrency) cell: a warm-up at that concurrency (not counted), then the measured run.
+    ``cpu_seconds``: the server's CPU time so far (all its processes), read before and after the measured run: the
+    row then says how much CPU the server spent per image served."""
     seeds = seeds if seeds is not None else itertools.count()
     if warmup_s > 0:
         await closed_loop(client, scenario, concurrency, warmup_s, upload, seeds)
+    cpu_before = cpu_seconds() if cpu_seconds else None
     outcomes, wall = await closed_loop(client, scenario, concurrency, seconds, upload, seeds)
+    cpu_spent = cpu_seconds() - cpu_before if cpu_seconds and cpu_before is not None else None
     row = {
         "scenario": scenario.name,
         "family": scenario.family,
@@ -130,14 +135,18 @@ async def run_cell(
         "seconds": seconds,
         **summarize(outcomes, scenario.rows, wall),
     }
+    images = scenario.rows * row["ok"]
+    row["server_cpu_s"] = cpu_spent
+    row["server_cpu_ms_per_image"] = cpu_spent * 1000 / images if cpu_spent is not None and images else None
     logger.info(
-        "e2e %s c=%d: %d requests (%d errors), %.1f images/s, p95 %s ms",
+        "e2e %s c=%d: %d requests (%d errors), %.1f images/s, p95 %s ms, server CPU %s ms/image",
         scenario.name,
         concurrency,
         row["requests"],
         row["errors"],
         row["images_per_s"],
         f"{row['p95_ms']:.1f}" if row["p95_ms"] is not None else "n/a",
+        f"{row['server_cpu_ms_per_image']:.2f}" if row["server_cpu_ms_per_image"] is not None else "n/a",
     )
     return row
 

@@ -30,9 +30,15 @@ STARTUP_TARGET = Target("<", 15.0, "s")
 # Dynamic batching at the target concurrency, throughput on / off: at least 2x where a forward of one is far from
 # saturating the cores (vae, glow), and no loss where the forward is already cheap (dcgan).
 BATCHING_TARGETS = {"vae": Target(">=", 2.0, "x"), "glow": Target(">=", 2.0, "x"), "dcgan": Target(">=", 1.0, "x")}
+# One client, batching on / off: an idle device starts a forward at once, so batching costs a lone client nothing.
+SINGLE_CLIENT_TARGETS = {"dcgan": Target(">=", 0.95, "x"), "vae": Target(">=", 0.95, "x")}
 PEER_TARGET = Target(">=", 1.5, "x")  # facegen (batching on) / LitServe, throughput of DCGAN n=1
 PEER_SCENARIO = "dcgan"
-HEALTH_TARGET = Target("<", 250.0, "ms")  # /health p95 while overloaded
+# The server's CPU per image (every process of it, from /proc), DCGAN n=1 at the target concurrency: what a request
+# costs beyond its forward is the bill on a GPU host, where the forward is nearly free.
+CPU_TARGET = Target("<=", 2.0, "ms")
+PEER_CPU_TARGET = Target(">=", 4.0, "x")  # LitServe's CPU per image / facegen's, same run
+HEALTH_TARGET = Target("<=", 50.0, "ms")  # /health p95 while overloaded
 YES = Target("==", True, "bool")
 RATIO_BATCH = 64  # the ratio compares e2e n=64 (concurrency 1, p50) with the raw forward of a batch of 64
 TARGET_CONCURRENCY = 32
@@ -164,9 +170,22 @@ def peer_comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "facegen_p95_ms": ours_p95,
                 "peer_p95_ms": row["p95_ms"],
                 "p95_ratio": ratio_or_none(ours_p95, row["p95_ms"]),
+                "facegen_cpu_ms_per_image": e2e_value(
+                    results, mode, row["scenario"], concurrency, "server_cpu_ms_per_image"
+                ),
+                "peer_cpu_ms_per_image": row.get("server_cpu_ms_per_image"),
             }
         )
     return table
+
+
+def cpu_per_image(results: dict[str, Any]) -> dict[str, float | None]:
+    """Server CPU ms per image, DCGAN n=1 at the target concurrency: facegen (batching on), LitServe, their ratio."""
+    high = target_concurrency(results)
+    ours = e2e_value(results, facegen_mode(results), PEER_SCENARIO, high, "server_cpu_ms_per_image")
+    peer_row = find_row((results.get("peer") or {}).get("e2e", []), scenario=PEER_SCENARIO, concurrency=high)
+    theirs = peer_row.get("server_cpu_ms_per_image") if peer_row else None
+    return {"facegen_ms": ours, "litserve_ms": theirs, "litserve_over_facegen": ratio_or_none(theirs, ours)}
 
 
 def comparisons(results: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +193,7 @@ def comparisons(results: dict[str, Any]) -> dict[str, Any]:
         "batching": batching_comparison(results),
         "p95_growth": p95_growth(results),
         "peer": peer_comparison(results),
+        "cpu_per_image": cpu_per_image(results),
     }
 
 
@@ -189,6 +209,36 @@ def build_checks(results: dict[str, Any]) -> list[Check]:
         checks.append(
             Check(f"{scenario}: throughput batching on / off, c={high}", value, target, evaluate(value, target))
         )
+    for scenario, target in SINGLE_CLIENT_TARGETS.items():
+        row = find_row(batching_comparison(results), scenario=scenario, concurrency=1)
+        value = row["throughput_ratio"] if row else None
+        checks.append(Check(f"{scenario}: throughput batching on / off, c=1", value, target, evaluate(value, target)))
+    cpu = cpu_per_image(results)
+    checks.append(
+        Check(
+            f"{PEER_SCENARIO} n=1, c={high}: server CPU per image (every server process, /proc)",
+            cpu["facegen_ms"],
+            CPU_TARGET,
+            evaluate(cpu["facegen_ms"], CPU_TARGET),
+        )
+    )
+    checks.append(
+        Check(
+            f"{PEER_SCENARIO} n=1, c={high}: server CPU per image, LitServe / facegen",
+            cpu["litserve_over_facegen"],
+            PEER_CPU_TARGET,
+            evaluate(cpu["litserve_over_facegen"], PEER_CPU_TARGET),
+        )
+    )
+    environment = results.get("server_environment") or {}
+    checks.append(
+        Check(
+            "server environment imports uvloop and httptools",
+            environment.get("fast_stack"),
+            YES,
+            evaluate(environment.get("fast_stack"), YES),
+        )
+    )
     families = unique([row["family"] for row in results.get("ratio", [])])
     for family in families:
         value = family_ratio(results, family)
@@ -312,8 +362,11 @@ def render(results: dict[str, Any]) -> str:
     """The whole report as markdown."""
     config = results.get("config") or {}
     high = target_concurrency(results)
+    environment = results.get("server_environment") or {}
     parts = [
         f"## facegen benchmark: {config.get('url') or ('started servers' if config.get('startup') else '?')}",
+        f"server environment {environment.get('python', 'n/a')}: uvloop {environment.get('uvloop') or 'MISSING'}, "
+        f"httptools {environment.get('httptools') or 'MISSING'}",
         f"device {results.get('device') or 'n/a'}, torch threads {config.get('threads') or 'torch default'}, "
         f"{config.get('seconds', '?')} s per cell after {config.get('warmup_s', '?')} s of warm-up, "
         f"targets at concurrency {high}",
@@ -343,6 +396,7 @@ def render(results: dict[str, Any]) -> str:
                 r["p50_ms"],
                 r["p95_ms"],
                 r["p99_ms"],
+                r.get("server_cpu_ms_per_image"),
             ]
             for r in results["e2e"]
             if r["mode"] == mode
@@ -362,6 +416,7 @@ def render(results: dict[str, Any]) -> str:
                     "p50 ms",
                     "p95 ms",
                     "p99 ms",
+                    "server CPU ms/image",
                 ],
                 rows,
             ),
@@ -424,6 +479,8 @@ def render(results: dict[str, Any]) -> str:
                 r["facegen_p95_ms"],
                 format_ratio(r["throughput_ratio"]),
                 format_ratio(r["p95_ratio"]),
+                r.get("peer_cpu_ms_per_image"),
+                r.get("facegen_cpu_ms_per_image"),
             ]
             for r in peer_comparison(results)
         ]
@@ -441,6 +498,8 @@ def render(results: dict[str, Any]) -> str:
                     "facegen p95 ms",
                     "throughput facegen / LitServe",
                     "p95 facegen / LitServe",
+                    "LitServe CPU ms/image",
+                    "facegen CPU ms/image",
                 ],
                 peer_rows,
             ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -188,3 +189,66 @@ class StartedServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+# ---- CPU time and the server's environment ------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat_fields(pid: int, proc: Path = PROC) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after "pid (comm)" (state first), or None if the process is gone."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_tree(root: int, proc: Path = PROC) -> list[int]:
+    """``root`` and every live descendant of it (a LitServe peer's manager, workers and API servers; uvicorn's)."""
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name), proc)
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        tree.append(pid)
+        stack.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(root: int, proc: Path = PROC) -> float:
+    """User plus system CPU time, in seconds, of ``root`` and its live descendants (every thread of each), from
+    /proc/<pid>/stat. Read before and after a measurement: the difference is what the server spent on it."""
+    total = 0
+    for pid in process_tree(root, proc):
+        fields = _stat_fields(pid, proc)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / CLOCK_TICKS
+
+
+# What uvicorn picks for speed when installed: the production install must have them (pyproject's
+# uvicorn[standard] and requirements/service.lock).
+FAST_STACK = ("uvloop", "httptools")
+
+
+def server_environment(python: str = sys.executable) -> dict[str, object]:
+    """The Python the servers run with, and the versions of uvloop and httptools it imports (None: missing)."""
+    probe = (
+        "import importlib, importlib.metadata as m, json\n"
+        "found = {}\n"
+        f"for name in {FAST_STACK!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name); found[name] = m.version(name)\n"
+        "    except Exception:\n"
+        "        found[name] = None\n"
+        "print(json.dumps(found))\n"
+    )
+    result = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60)
+    versions = json.loads(result.stdout) if result.returncode == 0 else dict.fromkeys(FAST_STACK)
+    return {"python": python, **versions, "fast_stack": all(versions.get(name) for name in FAST_STACK)}

@@ -21,6 +21,9 @@ from tqdm import tqdm
 
 from app.models.preprocess import DEFAULT_PREPROCESS, PreprocessSpec, crop_and_resize, pil_to_uint8, uint8_to_unit_range
 
+# not a circular import: training.distributed imports only torch
+from .distributed import get_world
+
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 
 
@@ -138,7 +141,12 @@ def load_split(
         images = load_file(pack)["images"]
     else:
         images = torch.stack(
-            [dataset.load_uint8(i) for i in tqdm(range(len(dataset)), desc=f"decoding {split}", leave=False)]
+            [
+                dataset.load_uint8(i)
+                for i in tqdm(
+                    range(len(dataset)), desc=f"decoding {split}", leave=False, disable=not get_world().is_main
+                )
+            ]
         )
         if pack is not None:
             # write then rename: several torchrun processes may decode the same split at once

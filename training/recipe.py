@@ -226,5 +226,6 @@ def run(args: argparse.Namespace) -> None:
         + (["--resume"] if args.resume else [])
     )
     trainer_args.recipe = {"source": source, "run_dir": str(folder), "family": family, "options": options}
-    print(f"{family}: run folder {folder}", flush=True)
+    if world.is_main:  # under torchrun every rank runs this: one line, not one per process
+        print(f"{family}: run folder {folder}", flush=True)
     train(trainer_args)

@@ -81,18 +81,20 @@ class Inference:
         self.timeout_s: float = request.app.state.settings.request_timeout_s
 
     async def __call__(self, family: str, prepared: Prepared) -> Tensors:
-        job = asyncio.ensure_future(self.batcher.submit(family, prepared, self.timeout_s))
+        queue = self.batcher.queues.get(family)
+        if queue is None:
+            raise HTTPException(503, f"model {family!r} is not loaded on this server")
+        job = queue.enqueue(prepared, self.timeout_s)
         watcher = asyncio.ensure_future(_disconnected(self.request))
-        done: set[asyncio.Future] = set()
         try:
-            done, _ = await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            # The job's future and one watcher task: no task per request for the job itself.
+            await asyncio.wait((job.future, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:
             watcher.cancel()
-            if not job.done():
-                job.cancel()
-        if job not in done:
+            queue.finish(job)  # gone or cancelled: a job still queued leaves the queue, never computed
+        if job.future.cancelled():
             raise ClientDisconnected()
-        return job.result()
+        return job.future.result()
 
 
 async def get_inference(request: Request) -> Inference:

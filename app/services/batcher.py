@@ -1,9 +1,13 @@
 """The dynamic batcher: the one seam between routes and pipelines.
 
-Per loaded model, a queue and one worker coroutine. The worker takes the waiting requests of one operation, up to
-``max_batch`` rows or until ``delay_s`` has passed since the oldest arrived, concatenates their inputs, runs one
-forward and answers each request with its own rows. All models on a device share one forward thread, so on a CPU two
-forwards never fight over the cores, and the thread's FIFO queue takes the models' batches in turn (none starves).
+Per loaded model, a queue and one worker coroutine. The worker takes the waiting requests of one operation (up to
+``max_batch`` rows), concatenates their inputs, runs one forward and answers each request with its own rows. There is
+no timer when the device is idle: a request that finds the forward thread free starts its forward at once, and the
+requests that arrive while a forward runs form the next batch. Only while a forward is in flight (another model's, or
+a face detection) does a worker wait, up to ``delay_s`` from its oldest request's arrival or until the device frees,
+for its batch to fill: waiting then costs nothing, the forward could not start anyway. All models on a device share
+one forward thread, so on a CPU two forwards never fight over the cores, and the thread's FIFO queue takes the
+models' batches in turn (none starves).
 
 Requests arrive with their inputs already drawn from their own seeds (:class:`app.models.pipelines.Prepared`), so a
 request gives the same images alone or inside any batch.
@@ -17,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -31,6 +38,7 @@ from app.models.pipelines.base import Tensors, implausible_images
 from app.services.device import is_device_fault, is_out_of_memory
 
 logger = logging.getLogger("facegen.batcher")
+T = TypeVar("T")
 
 
 class ServiceUnavailable(RuntimeError):
@@ -66,6 +74,7 @@ class Job:
     deadline: float
     future: asyncio.Future = field(repr=False)
     queued: bool = True  # in its model's pending queue (cleared when taken for a batch or discarded)
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)  # answers 503 at the deadline
 
 
 class BatcherMetrics:
@@ -117,41 +126,77 @@ class ModelQueue:
         self.wake = asyncio.Event()
         self.rows_per_s: float | None = None  # moving average of the forward rate, for Retry-After
         self.task: asyncio.Task | None = None
+        # What the worker did, for the metrics and the tests: batches started at once (the device was free) and
+        # batches that waited for the window (a forward was in flight).
+        self.started_at_once = 0
+        self.started_after_window = 0
+        # The metrics' children of this model, looked up once: labels() takes a lock and hashes on every call.
+        metrics = batcher.metrics
+        self.queue_rows = metrics.queue_rows.labels(name)
+        self.shed_queue_full = metrics.shed.labels(name, "queue_full")
+        self.shed_deadline = metrics.shed.labels(name, "deadline")
+        self.batch_requests = metrics.batch_requests.labels(name)
+        self.batch_rows = metrics.batch_rows.labels(name)
+        self.queue_wait = metrics.queue_wait.labels(name)
+        self.forward_seconds = metrics.forward_seconds.labels(name)
 
     # ---- the request side ---------------------------------------------------------------------------------------
-    async def submit(self, prepared: Prepared, timeout_s: float) -> Tensors:
-        batcher, loop = self.batcher, asyncio.get_running_loop()
+    def enqueue(self, prepared: Prepared, timeout_s: float) -> Job:
+        """Queue ``prepared`` (or refuse it at once: full queue, shutting down); its answer comes on ``job.future``,
+        a 503 when it is not computed within ``timeout_s``. Whoever enqueues calls :meth:`finish` once it stops
+        waiting. A plain future and a timer, no task: a request's wait costs the event loop next to nothing."""
+        batcher = self.batcher
         if batcher.closing:
             raise ServiceUnavailable("the server is shutting down", retry_after_s=1)
         if batcher.fault is not None:
             raise ServiceUnavailable(f"{self.name}: the device failed; the server must restart")
         rows = prepared.rows
         if self.queued_rows and self.queued_rows + rows > batcher.max_queue:
-            batcher.metrics.shed.labels(self.name, "queue_full").inc()
-            raise Overloaded(
-                f"{self.name}: {self.queued_rows} images are already waiting (FACEGEN_MAX_QUEUE="
-                f"{batcher.max_queue}); try again shortly",
-                retry_after_s=self.retry_after_s(rows),
-            )
+            raise Overloaded(self.overloaded_message(), retry_after_s=self.retry_after_s(rows))
+        loop = asyncio.get_running_loop()
         now = loop.time()
         job = Job(prepared.operation, prepared.inputs, rows, now, now + timeout_s, loop.create_future())
+        job.timer = loop.call_at(job.deadline, self.expire, job, timeout_s)
         self.pending.append(job)
         self.queued_rows += rows
-        self.batcher.metrics.queue_rows.labels(self.name).set(self.queued_rows)
+        self.queue_rows.set(self.queued_rows)
         self.wake.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
-        except asyncio.TimeoutError:
-            batcher.metrics.shed.labels(self.name, "deadline").inc()
-            raise DeadlineExceeded(
+        return job
+
+    def expire(self, job: Job, timeout_s: float) -> None:
+        if job.future.done():
+            return
+        self.shed_deadline.inc()
+        job.future.set_exception(
+            DeadlineExceeded(
                 f"{self.name}: not answered within FACEGEN_REQUEST_TIMEOUT_S={timeout_s:g} s (the server is busy)",
-                retry_after_s=self.retry_after_s(rows),
-            ) from None
+                retry_after_s=self.retry_after_s(job.rows),
+            )
+        )
+
+    def finish(self, job: Job) -> None:
+        """The request stopped waiting (answered, timed out, cancelled: the client went away): a job still queued
+        is dropped, never computed."""
+        if job.timer is not None:
+            job.timer.cancel()
+        if not job.future.done():
+            job.future.cancel()
+        self.discard(job)
+
+    async def submit(self, prepared: Prepared, timeout_s: float) -> Tensors:
+        job = self.enqueue(prepared, timeout_s)
+        try:
+            return await job.future
         finally:
-            # Timed out or cancelled (the client went away): a job still queued is dropped, never computed.
-            if not job.future.done():
-                job.future.cancel()
-            self.discard(job)
+            self.finish(job)
+
+    def overloaded_message(self) -> str:
+        """What a request refused for a full queue is told (counted here: every refusal says it once)."""
+        self.shed_queue_full.inc()
+        return (
+            f"{self.name}: {self.queued_rows} images are already waiting (FACEGEN_MAX_QUEUE={self.batcher.max_queue}); "
+            "try again shortly"
+        )
 
     def retry_after_s(self, rows: int) -> int:
         rate = self.rows_per_s or 1.0
@@ -165,7 +210,7 @@ class ModelQueue:
         job.queued = False
         self.pending.remove(job)
         self.queued_rows -= job.rows
-        self.batcher.metrics.queue_rows.labels(self.name).set(self.queued_rows)
+        self.queue_rows.set(self.queued_rows)
 
     # ---- the worker side ----------------------------------------------------------------------------------------
     async def work(self) -> None:
@@ -180,17 +225,23 @@ class ModelQueue:
                 await self.wake.wait()
                 continue
             first = self.pending[0]
-            fill_until = first.arrived + batcher.delay_s
-            while (
-                self.rows_of(first.operation) < batcher.max_batch
-                and not batcher.closing
-                and (remaining := fill_until - loop.time()) > 0
-            ):
-                self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
+            if batcher.in_flight and batcher.delay_s > 0:
+                # The device is busy: until it frees (or the window closes), let the batch fill.
+                fill_until = first.arrived + batcher.delay_s
+                while (
+                    batcher.in_flight
+                    and self.rows_of(first.operation) < batcher.max_batch
+                    and not batcher.closing
+                    and (remaining := fill_until - loop.time()) > 0
+                ):
+                    self.wake.clear()
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+                self.started_after_window += 1
+            else:
+                self.started_at_once += 1
             jobs = self.take(first.operation, loop.time())
             if jobs:
                 await self.execute(jobs)
@@ -212,7 +263,7 @@ class ModelQueue:
                 continue
             if job.deadline <= now:
                 self.discard(job)
-                self.batcher.metrics.shed.labels(self.name, "deadline").inc()
+                self.shed_deadline.inc()
                 job.future.set_exception(DeadlineExceeded(f"{self.name}: waited past its deadline"))
                 continue
             if taken and rows + job.rows > self.batcher.max_batch:
@@ -225,9 +276,9 @@ class ModelQueue:
 
     async def execute(self, jobs: list[Job]) -> None:
         started = asyncio.get_running_loop().time()
-        self.batcher.metrics.batch_requests.labels(self.name).observe(len(jobs))
+        self.batch_requests.observe(len(jobs))
         for job in jobs:
-            self.batcher.metrics.queue_wait.labels(self.name).observe(started - job.arrived)
+            self.queue_wait.observe(started - job.arrived)
         inputs = tuple(torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*(job.inputs for job in jobs)))
         out_of_memory = False
         try:
@@ -321,6 +372,7 @@ class Batcher:
         # Why the device is unusable (a sticky CUDA error such as an illegal address): /health and /ready answer 503
         # from then on, so the orchestrator restarts the process; None while healthy.
         self.fault: str | None = None
+        self.in_flight = 0  # forwards handed to the forward thread and not yet finished
         for name, pipeline in pipelines.items():
             self.queues[name] = ModelQueue(name, pipeline, self)
 
@@ -337,14 +389,28 @@ class Batcher:
         """The outputs of ``prepared`` (rows in the same order), computed in some batch."""
         return await self.queues[name].submit(prepared, timeout_s)
 
+    def on_device(self, function: Callable[[], T]) -> asyncio.Future[T]:
+        """``function()`` on the forward thread, counted in :attr:`in_flight` until it has finished; when the
+        device frees, the workers waiting for their batches to fill start at once."""
+        future = asyncio.get_running_loop().run_in_executor(self.executor, function)
+        self.in_flight += 1
+        future.add_done_callback(self._device_done)
+        return future
+
+    def _device_done(self, _: asyncio.Future) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            for queue in self.queues.values():
+                if queue.pending:
+                    queue.wake.set()
+
     async def forward(self, queue: ModelQueue, operation: str, inputs: Tensors) -> Tensors:
-        loop = asyncio.get_running_loop()
         rows = int(inputs[0].shape[0])
         started = time.perf_counter()
-        outputs = await loop.run_in_executor(self.executor, self.run_chunked, queue.pipeline, operation, inputs)
+        outputs = await self.on_device(functools.partial(self.run_chunked, queue.pipeline, operation, inputs))
         seconds = time.perf_counter() - started
-        queue.batcher.metrics.forward_seconds.labels(queue.name).observe(seconds)
-        queue.batcher.metrics.batch_rows.labels(queue.name).observe(rows)
+        queue.forward_seconds.observe(seconds)
+        queue.batch_rows.observe(rows)
         rate = rows / max(seconds, 1e-6)
         queue.rows_per_s = rate if queue.rows_per_s is None else 0.8 * queue.rows_per_s + 0.2 * rate
         return outputs

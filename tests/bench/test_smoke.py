@@ -14,6 +14,7 @@ SCENARIOS = ["dcgan", "acgan", "vae", "glow", "classify"]
 SAMPLING_FAMILIES = {"dcgan", "acgan", "vae", "glow"}
 CONCURRENCY = [1, 4]
 TOP_LEVEL = {
+    "server_environment",
     "config",
     "device",
     "models",
@@ -73,6 +74,7 @@ def test_report_has_every_section(bench_run):
     assert set(results) == TOP_LEVEL
     assert results["config"]["modes"] == ["on", "off"] and results["config"]["concurrency"] == CONCURRENCY
     assert results["device"] == "cpu"
+    assert results["server_environment"]["fast_stack"] is True, "the servers run uvicorn with uvloop and httptools"
     assert [s["name"] for s in results["scenarios"]] == SCENARIOS and results["skipped_scenarios"] == {}
     families = {card["family"] for card in results["models"]}
     assert families >= SAMPLING_FAMILIES | {"classifier"}
@@ -90,6 +92,8 @@ def test_e2e_rows_are_complete_and_consistent(bench_run):
         assert row["images_per_s"] == pytest.approx(row["ok"] * row["rows_per_request"] / row["wall_s"])
         assert row["wall_s"] >= 0.5
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        # the server's CPU (from /proc, all its processes) over the cell, per image served: some, and finite
+        assert row["server_cpu_s"] > 0 and 0 < row["server_cpu_ms_per_image"] < 10_000, row
     assert {r["scenario"]: r["rows_per_request"] for r in rows} == {
         "dcgan": 1,
         "acgan": 8,
@@ -143,9 +147,12 @@ def test_comparisons_servers_peer_and_checks(bench_run):
         assert name in checks, name
     for name, check in checks.items():
         assert check["passed"] in (True, False, None)
-        if not name.startswith("dcgan n=1: throughput facegen / LitServe"):  # the peer was skipped
+        if "LitServe" not in name:  # the peer was skipped
             assert check["value"] is not None, name
     assert checks["dcgan n=1: throughput facegen / LitServe, c=4"]["passed"] is None
+    assert checks["dcgan n=1, c=4: server CPU per image, LitServe / facegen"]["passed"] is None
+    assert checks["dcgan n=1, c=4: server CPU per image (every server process, /proc)"]["value"] > 0
+    assert checks["server environment imports uvloop and httptools"]["passed"] is True
 
 
 def test_overload_counts(bench_run):

@@ -220,3 +220,29 @@ def test_the_page_runs_under_its_content_security_policy(page, server, console):
     except Exception:  # noqa: BLE001 - Playwright may report the blocked script; either way it must not run
         pass
     assert page.evaluate("window.injected === undefined")
+
+
+def test_copied_curl_carries_the_seed_the_server_drew_and_reproduces_the_image(page, server):
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server)
+    open_page(page, server)
+    page.select_option("#samples-family", "dcgan")
+    page.fill("#samples-n", "2")
+    assert page.input_value("#samples-seed") == "", "no seed given: the server draws one"
+    assert submit(page, "#samples").startswith("Done")
+    used = page.inner_text("#samples .seed-used")
+    page.click("#samples .request .copy")
+    page.wait_for_selector("#samples .request .copy:text('Copied')")
+    command = page.evaluate("navigator.clipboard.readText()")
+    assert f'"seed":{used}' in command, command
+    body = re.search(r"-d '([^']*)'", command).group(1)
+    request = urllib.request.Request(
+        f"{server}/generate/dcgan", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["X-Seed"] == used
+        replayed = response.read()
+    shown = page.eval_on_selector(
+        "#samples .result img",
+        "async img => Array.from(new Uint8Array(await (await fetch(img.src)).arrayBuffer()))",
+    )
+    assert bytes(shown) == replayed, "the copied command gives the images on screen"

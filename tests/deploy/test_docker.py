@@ -156,6 +156,13 @@ def test_lock_pins_every_service_dependency_with_hashes():
     assert (ROOT / "requirements" / "service.in").read_text().split() == service_requirements(), "`make lock`"
 
 
+def test_lock_has_the_fast_server_stack():
+    """uvicorn[standard]'s event loop and HTTP parser are what the benchmark measures: the image must install them
+    (the lock is compiled with --strip-extras, so they appear as pins of their own)."""
+    pins = locked_pins()
+    assert {"uvloop", "httptools", "uvicorn", "fastapi-offline"} <= set(pins)
+
+
 def test_dockerfile_installs_the_lock_with_hashes(instructions):
     runs = " ".join(args for name, args in instructions if name == "RUN")
     assert "--require-hashes -r requirements/service.lock" in runs

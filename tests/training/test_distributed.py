@@ -52,9 +52,19 @@ def test_two_gloo_processes_match_one_process(family, tmp_path):
     main(["run", str(recipe), "--runs", str(tmp_path / "one")])
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    # Each rank's stdout and stderr also in its own file (--redirects 3 --tee 3), to see which rank printed what.
+    command += ["--log-dir", str(tmp_path / "logs"), "--redirects", "3", "--tee", "3"]
     command += ["-m", "training", "run", str(recipe), "--runs", str(tmp_path / "two")]
     result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+    rank_output = {
+        int(path.parent.name): path.read_text() + path.with_name("stderr.log").read_text()
+        for path in (tmp_path / "logs").rglob("stdout.log")
+    }
+    assert sorted(rank_output) == [0, 1]
+    # Only rank 0 prints the run folder and draws progress bars (tqdm's "NN%|" and "it/s"); rank 1 says nothing.
+    assert rank_output[0].count("run folder") == 1 and "%|" in rank_output[0]
+    assert "run folder" not in rank_output[1] and "%|" not in rank_output[1] and "it/s" not in rank_output[1]
 
     one, two = tmp_path / "one" / f"{family}-00000", tmp_path / "two" / f"{family}-00000"
     assert sorted(path.name for path in (tmp_path / "two").iterdir()) == [f"{family}-00000"]  # rank 0's folder only

@@ -212,11 +212,28 @@ export class Job {
     this.elapsed.textContent = `${((performance.now() - this.started) / 1000).toFixed(1)} s`;
   }
 
-  /** Send a request within this job (shown as curl in the panel's request box). */
+  /**
+   * Send a request within this job (shown as curl in the panel's request box). When the server drew the seed (the
+   * request gave none), the command is rewritten with the seed it answered with (X-Seed), so that the copied command
+   * reproduces what is on screen.
+   */
   async send(request) {
-    this.commands.push(curlCommand(request));
+    const index = this.commands.push(curlCommand(request)) - 1;
+    this.showCommands();
+    const response = await send(request, this.controller.signal);
+    const seed = response.headers.get("X-Seed");
+    if (seed !== null && /^\d+$/.test(seed)) {
+      const seeded = withSeed(request, seed);
+      if (seeded) {
+        this.commands[index] = curlCommand(seeded);
+        this.showCommands();
+      }
+    }
+    return response;
+  }
+
+  showCommands() {
     this.panel.querySelector(".request code").textContent = this.commands.join("\n\n");
-    return send(request, this.controller.signal);
   }
 
   stop() {
@@ -245,6 +262,19 @@ export class Job {
     this.outcome.replaceChildren(el("p", { class: "error", role: "alert", text: showError(this.panel, error) }));
     if (!(error instanceof ApiError)) console.warn(error); // a bug in the page: keep the trace for whoever debugs
   }
+}
+
+/** `request` with the seed the server answered with, when it sent none (JSON or form); null when it gave its own. */
+function withSeed(request, seed) {
+  const big = BigInt(seed);
+  const value = big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seed) : big;
+  if (request.json && typeof request.json === "object" && !Array.isArray(request.json)) {
+    return request.json.seed === undefined ? { ...request, json: { ...request.json, seed: value } } : null;
+  }
+  if (request.form) {
+    return request.form.some(([name]) => name === "seed") ? null : { ...request, form: [...request.form, ["seed", seed]] };
+  }
+  return null;
 }
 
 /** Start a job in `panel`, cancelling the one before (a slider moved twice: the newest request wins). */

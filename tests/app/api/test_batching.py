@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 
 import httpx
 import numpy as np
@@ -83,16 +84,52 @@ def test_a_seeded_request_is_the_same_alone_and_inside_a_mixed_batch(family, tin
 
 def test_a_full_queue_answers_503_with_retry_after(tiny_weights):
     async def work(client, app):
-        app.state.batcher.queues["glow"].rows_per_s = 10.0  # as if measured: 10 images per second
-        return await asyncio.gather(*(client.post("/generate/glow", json={"n": 8, "seed": i}) for i in range(12)))
+        queue = app.state.batcher.queues["dcgan"]
+        queue.rows_per_s = 10.0  # as if measured: 10 images per second
+        gate, entered, run = threading.Event(), threading.Event(), queue.pipeline.run
 
-    # A long batching window: all 12 requests arrive while the first two wait in the queue.
-    settings = Settings(weights_dir=tiny_weights, device="cpu", max_queue=16, max_batch=64, batch_delay_ms=500)
-    responses = asyncio.run(serve(settings, work))
+        def gated_run(operation, inputs):  # the first forward holds the device until the test opens the gate
+            entered.set()
+            assert gate.wait(30)
+            return run(operation, inputs)
+
+        queue.pipeline.run = gated_run
+        body = {"n": 8, "seed": 0}
+        pending = [asyncio.ensure_future(client.post("/generate/dcgan", json=body))]
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        pending += [asyncio.ensure_future(client.post("/generate/dcgan", json=body)) for _ in range(11)]
+        for _ in range(3000):
+            if sum(task.done() for task in pending) >= 9:
+                break
+            await asyncio.sleep(0.01)
+        # A malformed body is refused for the full queue too: nothing is parsed once any request would be refused.
+        malformed = await client.post(
+            "/generate/dcgan", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        gate.set()
+        return await asyncio.gather(*pending), malformed, (await client.get("/metrics")).text
+
+    # One batch of 8 images at a time: the first request's forward holds the device, two more fill the queue (16
+    # images), the other nine are refused at once.
+    settings = Settings(weights_dir=tiny_weights, device="cpu", max_queue=16, max_batch=8)
+    responses, malformed, metrics = asyncio.run(serve(settings, work))
     statuses = [response.status_code for response in responses]
-    assert statuses.count(200) == 2 and statuses.count(503) == 10
-    refused = next(response for response in responses if response.status_code == 503)
-    assert int(refused.headers["retry-after"]) >= 1 and "FACEGEN_MAX_QUEUE=16" in refused.json()["detail"]
+    assert statuses.count(200) == 3 and statuses.count(503) == 9
+    for refused in [response for response in responses if response.status_code == 503] + [malformed]:
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert "16 images are already waiting (FACEGEN_MAX_QUEUE=16)" in refused.json()["detail"]
+    assert 'facegen_shed_requests_total{family="dcgan",reason="queue_full"} 10.0' in metrics
+    assert 'facegen_requests_total{method="POST",route="/generate/dcgan",status="5xx"} 10.0' in metrics
+
+
+def test_health_answers_before_the_framework_and_is_counted(client):
+    response = client.get("/health")
+    assert response.status_code == 200 and response.content == b'{"status":"ok"}'
+    assert response.headers["content-type"] == "application/json"
+    head = client.head("/health")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == "15"
+    assert 'facegen_requests_total{method="GET",route="/health",status="2xx"}' in client.get("/metrics").text
 
 
 def test_batcher_metrics_are_exported(client):

@@ -246,3 +246,85 @@ def test_warm_up_runs_each_model_once_and_drops_a_failing_one():
     good, batcher, failures = run(scenario())
     assert good.calls == [("sample", 1)] and list(batcher.queues) == ["good"]
     assert "injected failure" in failures["bad"]
+
+
+class Gated(StandIn):
+    """A stand-in whose forwards block until ``gate`` opens; ``entered`` is set when a forward has started."""
+
+    def __init__(self, name: str = "model"):
+        super().__init__(name)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def run(self, operation: str, inputs):
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        return super().run(operation, inputs)
+
+
+async def until(condition, what: str) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+def test_a_lone_request_starts_at_once_without_waiting_the_window():
+    async def scenario():
+        model = StandIn()
+        # A window of a minute: waiting it would be unmistakable, but the batcher's own accounting says it directly.
+        batcher = await started({"m": model}, delay_ms=60_000)
+        doubled, _ = await asyncio.wait_for(batcher.submit("m", request(1, 5.0), 120), 30)
+        queue = batcher.queues["m"]
+        counts = queue.started_at_once, queue.started_after_window
+        await batcher.close()
+        return model, doubled, counts
+
+    model, doubled, counts = run(scenario())
+    assert model.calls == [("sample", 1)] and torch.all(doubled == 10)
+    assert counts == (1, 0), "the batch started because the device was free, not after the window"
+
+
+def test_requests_arriving_during_a_forward_form_the_next_batch():
+    async def scenario():
+        model = Gated()
+        batcher = await started({"m": model}, delay_ms=60_000)
+        first = asyncio.ensure_future(batcher.submit("m", request(1, 1.0), 60))
+        await until(model.entered.is_set, "the first forward started")
+        later = [asyncio.ensure_future(batcher.submit("m", request(n, 2.0), 60)) for n in (2, 3, 1)]
+        await asyncio.sleep(0)
+        model.gate.set()
+        await asyncio.gather(first, *later)
+        queue = batcher.queues["m"]
+        counts = queue.started_at_once, queue.started_after_window
+        await batcher.close()
+        return model, counts
+
+    model, counts = run(scenario())
+    assert model.calls == [("sample", 1), ("sample", 6)], "the three that arrived during the forward ran together"
+    assert counts == (2, 0)
+
+
+def test_while_another_models_forward_runs_a_batch_fills_and_starts_when_the_device_frees():
+    async def scenario():
+        busy, quiet = Gated("busy"), StandIn("quiet")
+        batcher = await started({"busy": busy, "quiet": quiet}, delay_ms=60_000)
+        blocker = asyncio.ensure_future(batcher.submit("busy", request(1, 1.0), 60))
+        await until(busy.entered.is_set, "the busy model's forward started")
+        waiting = [asyncio.ensure_future(batcher.submit("quiet", request(1, float(i)), 60)) for i in range(3)]
+        await until(
+            lambda: batcher.queues["quiet"].started_after_window == 0 and len(batcher.queues["quiet"].pending) == 3,
+            "queued",
+        )
+        assert quiet.calls == [], "nothing of the quiet model runs while the device is busy"
+        busy.gate.set()  # the device frees: the quiet model's batch starts at once, well inside its minute
+        results = await asyncio.wait_for(asyncio.gather(*waiting), 30)
+        await blocker
+        counts = batcher.queues["quiet"].started_at_once, batcher.queues["quiet"].started_after_window
+        await batcher.close()
+        return quiet, results, counts
+
+    quiet, results, counts = run(scenario())
+    assert quiet.calls == [("sample", 3)], "the three requests that waited for the device share one forward"
+    assert [float(doubled[0, 0]) for doubled, _ in results] == [0.0, 2.0, 4.0]
+    assert counts == (0, 1), "it waited for the device (the window), then started when the device freed"
