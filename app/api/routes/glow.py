@@ -60,8 +60,9 @@ class GlowRequest(StrictModel):
     )
     attributes: dict[str, bool] = Field(
         default_factory=dict,
-        description="attribute name -> on/off; the other attributes are drawn per image "
-        "from their training-set frequencies",
+        description="attribute name -> on/off; the other attributes are drawn, per image, from the label vector "
+        "of a training face with every requested value (CelebA's joint distribution given the request); a "
+        "combination fewer than 20 training faces have is drawn from the nearest faces and says so in `warning`",
     )
     strength: float = Field(
         DEFAULT_CONDITION_STRENGTH,
@@ -90,6 +91,11 @@ class GlowRequest(StrictModel):
 class GlowImagesResponse(ImagesResponse):
     temperature: float
     attributes: list[dict[str, bool]] = Field(description="per image, in order, the full attribute vector used")
+    warning: str | None = Field(
+        None,
+        description="set when fewer than 20 training faces have the requested combination: the open attributes "
+        "then come from the nearest faces (the requested values are kept); PNG responses carry it as X-Warning",
+    )
 
 
 FRAME_STATUS = (
@@ -176,14 +182,14 @@ def refuse_if_all_failed(frames: Frames, message: str) -> None:
     },
 )
 async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep) -> Response:
-    """``n`` conditional samples: the requested attributes fixed, the rest drawn from training frequencies (attributes
+    """``n`` conditional samples: the requested attributes fixed, the rest from a matching training face (attributes
     first, then the latent noise, both from one seeded CPU generator, so the same request gives the same bytes)."""
     pipeline = require_pipeline(store, "glow", GlowPipeline)
     check_count("n", request.n, 1, settings.max_n)
     seed = resolve_seed(request.seed)
     prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.temperature, request.strength)
     (images,) = await infer("glow", prepared)
-    names, vectors = pipeline.attributes, prepared.report["attributes"]
+    names, vectors, warning = pipeline.attributes, prepared.report["attributes"], prepared.report["warning"]
 
     return await image_output(
         images,
@@ -195,8 +201,9 @@ async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceD
             images=encoded,
             temperature=request.temperature,
             attributes=attribute_report(vectors, names),
+            warning=warning,
         ),
-        png_headers={"X-Attributes": attribute_header(vectors, names)},
+        png_headers={"X-Attributes": attribute_header(vectors, names), **({"X-Warning": warning} if warning else {})},
     )
 
 

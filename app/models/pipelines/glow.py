@@ -12,7 +12,16 @@ from typing import Any, Literal
 import torch
 
 from ..artefacts import ARTEFACT_LIMITS_KEY, ArtefactLimits, colour_noise, speckled
-from ..attributes import FREQUENCIES_KEY, InvalidRequest, check_attribute_names, resolve_attributes
+from ..attributes import (
+    FREQUENCIES_KEY,
+    LABEL_VECTORS_KEY,
+    AttributeSource,
+    AttributeSourceError,
+    InvalidRequest,
+    attribute_source,
+    check_attribute_names,
+    resolve_attributes,
+)
 from ..checkpoint import CheckpointError
 from ..glow import (
     COVARIANCE_KEY,
@@ -28,6 +37,7 @@ from ..sampling import seeded_generator
 from .base import ENCODE, SAMPLE, SCORE, Pipeline, Prepared, finite_images, register_pipeline
 
 logger = logging.getLogger("facegen.models")
+
 
 LIKELIHOOD_DRAWS = 32  # attribute vectors averaged over for the marginal likelihood of an unlabelled upload
 LIKELIHOOD_SEED = 0  # fixed: the same image always gets the same bits/dim
@@ -96,7 +106,18 @@ class GlowPipeline(Pipeline):
 
     def validate(self) -> None:
         self.check_attributes_match_outputs(self.model.config.num_attributes, "condition inputs")
-        # Fixed once: the marginal likelihood averages over these attribute vectors for every upload.
+        try:
+            self.attribute_source: AttributeSource = attribute_source(self.attributes, self.checkpoint.extras)
+        except AttributeSourceError as error:
+            raise CheckpointError(f"the glow checkpoint's {error}") from None
+        if not self.attribute_source.joint:
+            logger.warning(
+                "the glow checkpoint has no %s: attributes a request leaves open are drawn independently from "
+                "their training frequencies (add them with `python -m training label-vectors`)",
+                LABEL_VECTORS_KEY,
+            )
+        # Fixed once, independent draws as before joint sampling (so bits/dim stay comparable): the marginal
+        # likelihood averages over these attribute vectors for every upload.
         self.likelihood_draws = resolve_attributes(
             {},
             self.attributes,
@@ -161,9 +182,8 @@ class GlowPipeline(Pipeline):
             raise InvalidRequest("strength", f"strength must be between 0 and {MAX_CONDITION_STRENGTH}, got {strength}")
         attributes = attributes or {}
         generator = seeded_generator(seed)
-        vectors = resolve_attributes(
-            attributes, self.attributes, self.checkpoint.extras.get(FREQUENCIES_KEY), n, generator
-        )
+        drawn = self.attribute_source.draw(attributes, n, generator)
+        vectors = drawn.vectors
         eps = torch.randn((n, self.latent_dim), generator=generator)
         pushes = torch.zeros(n, len(self.attributes))  # per sample, the weight of each attribute's direction
         if attributes:
@@ -178,7 +198,7 @@ class GlowPipeline(Pipeline):
             solved = torch.linalg.solve(ridged, deviations.T).T * (1 + CORRELATION_RIDGE) / spread
             pushes[:, requested] = (strength * solved * covariance.diagonal()).float()
         inputs = (vectors, eps, torch.full((n,), float(temperature)), pushes)
-        return Prepared("sample", inputs, {"attributes": vectors})
+        return Prepared("sample", inputs, {"attributes": vectors, "warning": drawn.warning})
 
     @functools.cached_property
     def attribute_means(self) -> torch.Tensor:
