@@ -30,7 +30,7 @@ from .common import (
     add_common_arguments,
     autocast,
     grad_scaler,
-    prepare_module,
+    prepare_for_training,
     preprocess_spec,
     run_dir,
     save_grid,
@@ -41,7 +41,7 @@ from .common import (
     training_metadata,
 )
 from .data import PackedSplit, load_split
-from .distributed import barrier, check_batch, mean_scalars, rank_seed, shard, wrap
+from .distributed import barrier, check_batch, mean_scalars, rank_seed, shard
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
 from .train_state import (
@@ -208,7 +208,7 @@ def train(args: argparse.Namespace) -> None:
 
     world = seed_rank(args)
     check_batch(args.batch_size, world)
-    model_call = prepare_module(wrap(GlowLoss(model), world, device), args)
+    model_call = prepare_for_training(GlowLoss(model), world, device, args)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scaler = grad_scaler(args, device)
     total_steps = args.epochs * (len(train_split) // args.batch_size)
@@ -230,6 +230,7 @@ def train(args: argparse.Namespace) -> None:
         "modules": {"model": model},
         "optimizers": {"optimizer": optimizer},
         "generators": {"order": order, "noise": noise, **rng_streams(device)},
+        "scalers": {"scaler": scaler},
     }
     barrier(world)
     position = load_run_state(out_dir, world.rank, state) if args.resume else RunPosition(0, 0, 0.0)
