@@ -112,7 +112,7 @@ class Passthrough:
 def test_the_ladder_stops_at_enough_flips_and_before_the_others_drift(monkeypatch):
     import training.glow_calibration as calibration
 
-    def rates(pipeline, calls, latents, push, before, index, unit):
+    def rates(pipeline, calls, latents, push, before, index, reference_scores, unit):
         return [(unit / 3, 1.0, 0.0), (0.5, 1 - unit / 20, 0.0), (0.0, 1.0, 0.0), (0.5, 1.0, unit / 100)][index]
 
     monkeypatch.setattr(calibration, "flip_and_keep", rates)
@@ -128,7 +128,7 @@ def test_the_ladder_stops_at_enough_flips_and_before_the_others_drift(monkeypatc
 def test_the_profile_that_flips_while_keeping_the_most_wins(monkeypatch):
     import training.glow_calibration as calibration
 
-    def rates(pipeline, calls, latents, push, before, index, unit):
+    def rates(pipeline, calls, latents, push, before, index, reference_scores, unit):
         moves_top = bool(push[0, 0] != 0)
         if index == 0:  # every latent diverges from 2 on; without the top it flips at 5, keeping 0.9
             return (0.5, 1.0, 0.1 * (unit >= 2)) if moves_top else (unit / 5, 0.9, 0.0)

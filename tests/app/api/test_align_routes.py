@@ -175,26 +175,39 @@ def glow_model(client):
     return client.app.state.store.pipelines["glow"].model
 
 
-def test_a_diverged_glow_decoding_is_a_422_naming_the_strengths(client, photo, monkeypatch):
+def test_diverged_glow_frames_are_refused_alone_and_a_request_only_when_every_frame_is(client, photo, monkeypatch):
     model = glow_model(client)
     decode = model.decode
+    calls = []
 
     def diverging(latents):
+        """The first decoding of a manipulation is the upload's own latent then its frames: every frame blows up,
+        as unaligned portraits did, and so does every retry at a smaller strength; the reconstruction does not."""
         images = decode(latents)
-        images[1:3] = images[1:3] * 1e12  # the second and third frames blow up, as unaligned portraits did
-        images[3, 0, 0, 0] = 7.0  # one clipped pixel is clamped, not refused
+        flat = model.flatten_latents(latents)
+        moved = (flat != flat[0]).any(dim=1) if not calls else torch.ones(len(flat), dtype=torch.bool)
+        calls.append(len(flat))
+        images[moved] = images[moved] * 1e12
         return images
 
     monkeypatch.setattr(model, "decode", diverging)
-    data = {"attribute": "Smiling", "strengths": "-1,-0.5,0,0.5", "align": "none"}
+    data = {"attribute": "Smiling", "strengths": "-1,-0.5,0,0.5", "align": "none", "format": "json"}
     response = client.post("/glow/manipulate", files={"face": ("a.jpg", photo, "image/jpeg")}, data=data)
-    assert response.status_code == 422, response.text
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["frame_status"] == ["refused", "refused", "ok", "refused"]
+    assert body["applied_strengths"] == [None, None, 0, None]
+    assert calls == [5, 3, 3, 3], "the upload and its 4 frames, then the 3 failed ones at 0.75, 0.5 and 0.25"
+    calls.clear()
+    data = {"attribute": "Smiling", "strengths": "-1,0.5", "align": "none"}
+    response = client.post("/glow/manipulate", files={"face": ("a.jpg", photo, "image/jpeg")}, data=data)
+    assert response.status_code == 422
     detail = response.json()["detail"]
-    assert "strengths -0.5, 0 diverged" in detail and "try align=auto" in detail
+    assert "every frame of a.jpg moved along Smiling failed" in detail and "try align=auto" in detail
     monkeypatch.setattr(model, "decode", lambda latents: decode(latents).fill_(float("nan")))
     files = {"face_a": ("a.jpg", photo, "image/jpeg"), "face_b": ("b.jpg", photo, "image/jpeg")}
     response = client.post("/glow/interpolate", files=files, data={"steps": "3"})
-    assert response.status_code == 422 and "frames 1, 2, 3 of 3 diverged" in response.json()["detail"]
+    assert response.status_code == 422 and "every frame diverged" in response.json()["detail"]
 
 
 def test_a_non_finite_latent_or_reconstruction_is_a_422(client, photo, monkeypatch):
