@@ -25,7 +25,7 @@ from app import __version__
 from app.api import openapi, representations, routes
 from app.api.checks import request_checks
 from app.api.deps import ClientDisconnected
-from app.api.routes import generate
+from app.api.routes import docs, generate
 from app.imaging import DecodeLimits
 from app.middleware import (
     APIKeyGuard,
@@ -247,7 +247,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             max_age=600,
         )
-    docs_pages = {url for url in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if url}
+    # The self-hosted docs pages, and FastAPI's own should they be switched back on.
+    framework_pages = {url for url in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if url}
+    docs_pages = set(docs.PAGE_PATHS) | framework_pages
     app.add_middleware(SecurityHeaders, page_paths=docs_pages)
     app.add_middleware(Metrics, registry=registry)
     return app

@@ -437,7 +437,8 @@ class FastAnswers:
     spends less on is time it has for the others:
 
     * ``GET``/``HEAD /health`` (liveness) answers ``{"status":"ok"}`` at once: it must stay fast precisely when the
-      server is busiest, and it needs no dependency, validation or routing.
+      server is busiest, and it needs no dependency, validation or routing. Once the batcher has recorded a device
+      fault it is passed on to the route instead, which answers the 503 that tells the orchestrator to restart.
     * ``POST /generate/<family>`` while that model's queue is already full (``FACEGEN_MAX_QUEUE`` images waiting)
       answers the batcher's own 503 with Retry-After without parsing or validating the body: any request would be
       refused then, whatever it asks. (A malformed request gets that 503 rather than its 422 while the queue is full.)
@@ -459,7 +460,7 @@ class FastAnswers:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope["method"]
-        if path == "/health" and method in ("GET", "HEAD"):
+        if path == "/health" and method in ("GET", "HEAD") and self.device_fault(scope) is None:
             scope["route"] = self.route(scope, path)
             body = self.HEALTH_BODY
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -476,6 +477,11 @@ class FastAnswers:
                     extra.append((b"connection", b"close"))
                 return await send_json(send, 503, {"detail": message}, extra)
         return await self.app(scope, receive, send)
+
+    @staticmethod
+    def device_fault(scope: Scope) -> str | None:
+        batcher = getattr(getattr(scope.get("app"), "state", None), "batcher", None)
+        return batcher.fault if batcher is not None else None
 
     @staticmethod
     def queue_full(scope: Scope, family: str) -> tuple[str, int] | None:

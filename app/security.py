@@ -4,10 +4,11 @@ One policy for everything the server answers: scripts, styles, images and reques
 plugins, no framing, no ``<base>`` or form posts elsewhere. The page at ``/`` needs nothing more (a module script and
 a stylesheet under ``/static``; images it shows are ``blob:`` and ``data:`` URLs it makes from API answers).
 
-The API docs pages (``/docs``, ``/redoc``) are built by the server from its own settings, never from a request, and
-carry an inline script that starts Swagger UI or ReDoc. Their policy also trusts exactly what their HTML holds: the
-SHA-256 of each inline script, and the URLs of the scripts and stylesheets it loads (none when the assets are served
-from this origin). Nothing a client sends can add to it.
+The API docs pages (``/docs``, ``/redoc``, ``app.api.routes.docs``) are built by the server, never from a request.
+Their policy also trusts exactly what their HTML holds: the SHA-256 of each inline script, and the URLs of the
+scripts and stylesheets it loads. The shipped pages hold none of either (Swagger UI and ReDoc are served from this
+origin and started without inline script), so theirs is the base policy; ReDoc's ``blob:`` search worker and the
+viewers' inline styles are why the base allows those. Nothing a client sends can add to it.
 """
 
 from __future__ import annotations

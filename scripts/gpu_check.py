@@ -22,9 +22,11 @@ Python 3.12 wheels, and ``make gpu-check`` installs them offline. See the README
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import os
+import pkgutil
 import platform
 import subprocess
 import sys
@@ -131,7 +133,7 @@ def route_requests() -> dict[str, dict[str, Any]]:
     """One request per POST route: keyword arguments of the test client's ``post``."""
     face_a, face_b = jpeg_bytes(FACES[0]), jpeg_bytes(FACES[1])
     jpeg = "image/jpeg"
-    return {
+    table = {
         "/generate/vae": {"json": {"n": 2, "seed": 1}},
         "/generate/dcgan": {"json": {"n": 2, "seed": 1}},
         "/generate/acgan": {"json": {"n": 2, "seed": 1, "attributes": {"Smiling": True}}},
@@ -149,6 +151,24 @@ def route_requests() -> dict[str, dict[str, Any]]:
         "/glow/likelihood": {"files": [("images", ("a.jpg", face_a, jpeg))], "data": {"align": "none"}},
         "/classify": {"files": [("images", ("a.jpg", face_a, jpeg))], "data": {"align": "auto"}},
     }
+    return table | json_twin_requests(table)
+
+
+def json_twin_requests(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The JSON twin (path + ``/json``) of every image route in ``table``, with the image route's request: the server
+    builds each twin from its image route by the same rule (``app.api.representations``), and a twin takes the same
+    inputs less ``format``, which no request here sends."""
+    from fastapi.routing import APIRoute
+
+    from app.api import representations, routes
+
+    image_routes = {
+        route.path
+        for module in pkgutil.iter_modules(routes.__path__)
+        for route in importlib.import_module(f"{routes.__name__}.{module.name}").router.routes
+        if isinstance(route, APIRoute) and representations.json_model(route) is not None
+    }
+    return {path + representations.JSON_SUFFIX: table[path] for path in sorted(image_routes & set(table))}
 
 
 def route_family(path: str) -> str:

@@ -5,7 +5,7 @@
   would silently run with the default. (An empty *file* is the upload decoder's to refuse: 400 "empty file".)
 * A JSON object with the same key twice (``{"n": 1, "n": 64}``) is refused: parsers disagree on which one wins, so
   the request is ambiguous; Python's keeps the last one silently. So is a form field given twice (``align=none&
-  align=auto``), unless it is a list (``images``).
+  align=auto``), unless it is a list (``images``); a field the route does not take is ignored, repeated or not.
 * A JSON body must be UTF-8 (RFC 8259): Python's parser would also read UTF-16 and UTF-32.
 * A body sent with the wrong Content-Type (or none) is refused with 415 naming the header: the framework would try
   to validate the raw text and answer "Input should be a valid dictionary", echoing the body.
@@ -105,8 +105,12 @@ async def request_checks(request: Request) -> None:
     form = await request.form()  # parsed once: FastAPI has already read it for the route, Starlette caches it
     fields = _form_fields(request)
     counts = Counter(name for name, _ in form.multi_items())
+    # Only the route's own fields: one it does not take is ignored, however many times it is sent (the schema
+    # allows other form fields), so its repeats make nothing ambiguous.
     repeated = sorted(
-        name for name, count in counts.items() if count > 1 and typing.get_origin(fields.get(name)) is not list
+        name
+        for name, count in counts.items()
+        if count > 1 and name in fields and typing.get_origin(fields[name]) is not list
     )
     if repeated:
         raise HTTPException(

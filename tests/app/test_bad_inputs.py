@@ -368,3 +368,15 @@ def test_bad_input_is_a_4xx_naming_the_problem(clients, case):
     assert "location" not in response.headers
     assert response.headers["x-content-type-options"] == "nosniff" and "content-security-policy" in response.headers
     assert client.get("/health").status_code == 200, "the server survives"
+
+
+def test_a_field_the_route_does_not_take_is_ignored_even_repeated(clients):
+    """Only the route's own fields are refused when repeated: the schema allows other form fields and the server
+    ignores them, so their repeats make nothing ambiguous (a fuzzed, schema-valid request sent one twice)."""
+    client = clients({})
+    files = [("images", ("face.jpg", FACE, "image/jpeg"))]
+    response = client.post("/classify", files=files, data={"align": "none", "note": ["a", "b"]})
+    assert response.status_code == 200, response.text[:500]
+    refused = client.post("/classify", files=files, data={"align": ["none", "auto"], "note": ["a", "b"]})
+    assert refused.status_code == 422 and "'align' appears 2 times" in refused.text
+    assert "note" not in refused.text

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_DIR = Path(str(files("fastapi_offline") / "static"))
@@ -68,3 +69,8 @@ async def swagger_ui() -> HTMLResponse:
 async def redoc() -> HTMLResponse:
     """ReDoc over /openapi.json, from the shipped bundle."""
     return HTMLResponse(REDOC_PAGE)
+
+
+# The HTML pages above: their Content-Security-Policy is computed from their own HTML (app.security.page_policy), so
+# an inline script or an outside asset added to them later is trusted exactly, and nothing else is.
+PAGE_PATHS = frozenset(route.path for route in router.routes if isinstance(route, APIRoute))

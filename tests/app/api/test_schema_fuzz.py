@@ -32,6 +32,7 @@ from app.settings import Settings  # noqa: E402
 from ...conftest import FACES_DIR, TINY_CONFIGS, write_tiny_checkpoint  # noqa: E402
 
 EXAMPLES = 12
+SERVER_DEADLINE_S = 45.0  # FACEGEN_REQUEST_TIMEOUT_S of the fuzzed app: the longest any request may take to answer
 # JSON Schema cannot say "a JPEG of a face": uploads are drawn from real faces so that schema-valid requests are
 # also requests the server can serve (random bytes would be refused 415, correctly but uselessly).
 FACES = sorted(path.read_bytes() for path in Path(FACES_DIR).glob("*.jpg"))
@@ -52,10 +53,15 @@ def build_schema():
     }
     write_tiny_checkpoint(folder, "glow", extras=extras, dtype=None)
     write_manifest(folder)
-    app = create_app(Settings(weights_dir=folder, device="cpu", torch_threads=1))
+    settings = Settings(weights_dir=folder, device="cpu", torch_threads=1, request_timeout_s=SERVER_DEADLINE_S)
+    app = create_app(settings)
     # Loading the schema starts the app's lifespan (models load, enums and limits join the schema); schemathesis
     # keeps it running for the rest of the session.
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    # The client waits out the server's own deadline (schemathesis' default is 10 s): /classify of 32 faces with
+    # align=auto takes ~1.5 s on an idle core and can pass 10 s on a loaded one, a slow answer, not a wrong one. A
+    # request past the deadline is still answered (a 503 naming it), so a hang is still a failure, never a stall.
+    schema.config.request_timeout = settings.request_timeout_s + 15
     schema.config.generation.update(
         modes=["positive", "negative"], max_examples=EXAMPLES, no_shrink=True, deterministic=True
     )

@@ -138,6 +138,7 @@ def test_health_and_ready_turn_503_after_a_device_fault(make_client, tiny_weight
     health = client.get("/health")
     assert health.status_code == 503
     assert health.json()["status"] == "unhealthy" and "illegal memory access" in health.json()["detail"]
+    assert client.head("/health").status_code == 503  # FastAnswers' early answer steps aside for HEAD too
     ready = client.get("/ready")
     assert ready.status_code == 503 and "the device failed" in ready.json()["detail"]
     # every family is refused now, not only the one that failed: the device is shared
