@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from app.models.glow import Glow, GlowConfig
-from tests.conftest import TINY_CONFIGS
+from app.models.artefacts import ARTEFACT_LIMITS_KEY
+from app.models.checkpoint import load_checkpoint, save_checkpoint
+from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig
+from app.models.pipelines.glow import GlowPipeline
+from app.models.preprocess import PreprocessSpec
+from tests.conftest import ATTRIBUTE_NAMES, TINY_CONFIGS
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
@@ -36,3 +40,16 @@ def tiny_glow(dtype: torch.dtype = torch.float64, **overrides) -> Glow:
     model = Glow(GlowConfig(**{**TINY_CONFIGS["glow"], **overrides}))
     model.initialize(random_images(8, model.config.image_size), random_attributes(8))
     return perturb(model).to(dtype).eval()
+
+
+def tiny_glow_pipeline(directory, artefact_limits: torch.Tensor | None = None) -> GlowPipeline:
+    """A served tiny Glow (float32, 16x16) with small attribute directions and, when given, artefact limits."""
+    model = tiny_glow(torch.float32)
+    extras = {DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=torch.Generator().manual_seed(0)) * 0.1}
+    if artefact_limits is not None:
+        extras[ARTEFACT_LIMITS_KEY] = artefact_limits
+    path = directory / "glow.safetensors"
+    save_checkpoint(
+        path, model, preprocess=PreprocessSpec(size=16), attributes=list(ATTRIBUTE_NAMES), extras=extras, dtype=None
+    )
+    return GlowPipeline(load_checkpoint(path, "cpu"))

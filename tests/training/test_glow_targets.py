@@ -3,13 +3,7 @@
 import pytest
 import torch
 
-from app.models.artefacts import ARTEFACT_LIMITS_KEY
-from app.models.checkpoint import load_checkpoint, save_checkpoint
-from app.models.glow import DIRECTIONS_KEY
-from app.models.pipelines.glow import GlowPipeline
-from app.models.preprocess import PreprocessSpec
-from tests.conftest import ATTRIBUTE_NAMES
-from tests.families.glow import random_images, tiny_glow
+from tests.families.glow import random_images, tiny_glow_pipeline
 from training.glow_targets import manipulation_guard, mean_pairwise_cosine_distance
 
 
@@ -24,19 +18,7 @@ def test_mean_pairwise_cosine_distance():
 
 @pytest.mark.parametrize(("limits", "expect_refusals"), [(None, False), (torch.tensor([1e-4, 1e-5]), True)])
 def test_manipulation_guard_counts_every_frame(tmp_path, limits, expect_refusals):
-    model = tiny_glow(torch.float32)
-    extras = {DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=torch.Generator().manual_seed(0)) * 0.1}
-    if limits is not None:
-        extras[ARTEFACT_LIMITS_KEY] = limits
-    save_checkpoint(
-        tmp_path / "g.safetensors",
-        model,
-        preprocess=PreprocessSpec(size=16),
-        attributes=list(ATTRIBUTE_NAMES),
-        extras=extras,
-        dtype=None,
-    )
-    pipeline = GlowPipeline(load_checkpoint(tmp_path / "g.safetensors", "cpu"))
+    pipeline = tiny_glow_pipeline(tmp_path, limits)
     figures = manipulation_guard(pipeline, random_images(3, 16))
     assert figures["manipulation_frames"] == 3 * 4 * 2
     shares = [figures[f"manipulation_frames_{kind}"] for kind in ("ok", "reduced", "refused")]

@@ -8,13 +8,10 @@ import asyncio
 import pytest
 import torch
 
-from app.models.artefacts import ARTEFACT_LIMITS_KEY, colour_noise
-from app.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from app.models.glow import DIRECTIONS_KEY
+from app.models.artefacts import colour_noise
+from app.models.checkpoint import CheckpointError
 from app.models.pipelines.glow import STRENGTH_BACKOFF, GlowPipeline
-from app.models.preprocess import PreprocessSpec
-from tests.conftest import ATTRIBUTE_NAMES
-from tests.families.glow import random_images, tiny_glow
+from tests.families.glow import random_images, tiny_glow_pipeline
 
 torch.set_num_threads(1)
 
@@ -25,15 +22,7 @@ TINY_LIMITS = torch.tensor([3.0, 0.5])
 
 
 def pipeline_with(tmp_path, limits: torch.Tensor | None) -> GlowPipeline:
-    model = tiny_glow(torch.float32)
-    extras = {DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=torch.Generator().manual_seed(0)) * 0.1}
-    if limits is not None:
-        extras[ARTEFACT_LIMITS_KEY] = limits
-    path = tmp_path / "glow.safetensors"
-    save_checkpoint(
-        path, model, preprocess=PreprocessSpec(size=16), attributes=list(ATTRIBUTE_NAMES), extras=extras, dtype=None
-    )
-    return GlowPipeline(load_checkpoint(path, "cpu"))
+    return tiny_glow_pipeline(tmp_path, limits)
 
 
 def noisy_beyond(pipeline: GlowPipeline, base: torch.Tensor, attribute: str, threshold: float):
