@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # installed by `make test` when run as root, otherwise those tests skip and say how to install them.
 SYSTEM_PACKAGES ?= nginx chromium
 
-.PHONY: install install-dev system-packages serve test bench lock lint typecheck clean train-gpu gpu-wheels gpu-check
+.PHONY: install install-dev system-packages serve test docs bench lock lint typecheck clean train-gpu gpu-wheels gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,12 @@ lint: install-dev  ## ruff (lint and format check) over the code and tests
 typecheck: install-dev  ## mypy (pinned; its configuration is pyproject.toml's [tool.mypy]) over the service and training
 	$(BIN)/mypy app training
 
-test: install-dev system-packages lint typecheck  ## lint and type check, then the whole test suite
+test: install-dev system-packages lint typecheck  ## lint and type check, then the whole test suite (the docs site's strict build among it)
 	$(BIN)/python -m pytest -q
+
+# NO_MKDOCS_2_WARNING: Material prints a banner about its successor on every build; it is not a problem with the docs.
+docs: install-dev  ## build the documentation site (mkdocs.yml, docs/) into .cache/site; a broken link fails it
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: install-dev  ## benchmark a running server: make bench URL=http://127.0.0.1:8000
 	$(BIN)/python -m bench --url $(or $(URL),http://$(HOST):$(PORT))
@@ -61,7 +65,7 @@ train-gpu: install-dev  ## train every recipe on this host's GPU(s), TRAIN_GPU_S
 gpu-wheels:  ## download the service's packages as Python 3.12 wheels into .gpu-wheels/, for an offline GPU host
 	PYTHON=$(PYTHON) bash scripts/gpu_wheels.sh
 
-gpu-check:  ## the GPU acceptance check (README: GPU): installs .gpu-wheels/ offline if present; report gpu_check.json
+gpu-check:  ## the GPU acceptance check (docs/gpu.md): installs .gpu-wheels/ offline if present; report gpu_check.json
 	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:

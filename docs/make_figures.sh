@@ -1,8 +1,30 @@
 #!/usr/bin/env bash
-# Regenerates the README's figures from a running server: `make serve` in one shell, then `bash docs/make_figures.sh`.
+# Regenerates every figure of the documentation (docs/*.png) and the web page's screenshot (docs/web_page.png) from the
+# shipped weights, with seeded requests, so the same weights give the same pictures: `bash docs/make_figures.sh`.
+# It starts the service (`python -m app`, the checkpoints in weights/) on 127.0.0.1:$PORT (8000: the address the
+# screenshot's curl commands show) and stops it at the end; URL=http://host:port uses a server already running instead.
+# PYTHON: the interpreter with the dev extras (default .venv/bin/python, what `make install-dev` makes).
 set -euo pipefail
-URL=${URL:-http://127.0.0.1:8000}
 cd "$(dirname "$0")"
+PYTHON=${PYTHON:-../.venv/bin/python}
+PORT=${PORT:-8000}
+
+if [ -z "${URL:-}" ]; then
+  URL=http://127.0.0.1:$PORT
+  if curl -s -o /dev/null "$URL/health"; then
+    echo "something already answers on $URL: stop it, or set PORT (another port) or URL (to use it)" >&2
+    exit 1
+  fi
+  (cd .. && exec "$PYTHON" -m app --host 127.0.0.1 --port "$PORT") &
+  server=$!
+  trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+  for _ in $(seq 300); do
+    curl -sf -o /dev/null "$URL/ready" && break
+    kill -0 "$server" 2>/dev/null || { echo "the service exited before it was ready" >&2; exit 1; }
+    sleep 1
+  done
+  curl -sf -o /dev/null "$URL/ready" || { echo "the service was not ready within 300 s" >&2; exit 1; }
+fi
 faces=../tests/data/faces
 post() { curl -sf -X POST "$URL$1" -H 'Content-Type: application/json' -d "$2" -o "$3"; echo "$3"; }
 
@@ -26,3 +48,5 @@ curl -sf -X POST "$URL/glow/manipulate" -F face=@$faces/000002.jpg -F attribute=
 # the condition at the default strength: the same seed asked for Male off, then on
 post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": false}}' glow_male_off.png
 post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": true}}' glow_male_on.png
+# the web page after a few seeded requests (Playwright driving Debian's chromium, as tests/browser does)
+"$PYTHON" page_screenshot.py --url "$URL"

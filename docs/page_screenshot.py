@@ -1,4 +1,5 @@
-"""The README's screenshot of the web page (docs/web_page.png), from a running server: `make serve` in one shell, then
+"""The screenshot of the web page (docs/web_page.png, shown by the README and the docs), from a running server:
+`bash docs/make_figures.sh` runs it with the other figures; alone, `make serve` in one shell, then
 `.venv/bin/python docs/page_screenshot.py` (Playwright and Debian's chromium, as the browser tests use them).
 
 It fills the panels with seeded requests, so the picture is the same every time for the same weights."""

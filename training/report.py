@@ -1,10 +1,11 @@
 """Model cards from the checkpoints themselves: ``python -m training report``.
 
 Writes ``weights/README.md`` (one card per checkpoint: what it is, its recipe, data, steps, wall time, hardware,
-every metric with the command that measured it, CelebA's licence) and, with ``--readme README.md``, rewrites the
-table of every family's metrics between ``<!-- metrics:start -->`` and ``<!-- metrics:end -->``. ``--check`` writes
-nothing and fails when either file disagrees with the checkpoints (the test suite runs it on the shipped weights),
-so figures live in one place: the checkpoints' metadata.
+every metric with the command that measured it, CelebA's licence) and, with ``--docs docs/results.md``, rewrites the
+documentation page's generated tables: every family's metrics between ``<!-- metrics:start -->`` and
+``<!-- metrics:end -->``, and the ACGAN's per-attribute agreement between its own markers when the page has them.
+``--check`` writes nothing and fails when either file disagrees with the checkpoints (the test suite runs it on the
+shipped weights), so figures live in one place: the checkpoints' metadata.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .evaluate import EVALUATORS
 from .registry import register_trainer
 
 START, END = "<!-- metrics:start -->", "<!-- metrics:end -->"
-# The ACGAN's per-attribute agreement, written between these when the README has them.
+# The ACGAN's per-attribute agreement, written between these when the page has them.
 ATTRIBUTES_START, ATTRIBUTES_END = "<!-- acgan-attributes:start -->", "<!-- acgan-attributes:end -->"
 LICENCE = (
     "Trained on CelebA (Liu et al., ICCV 2015), which is available for non-commercial research purposes only; "
@@ -132,7 +133,7 @@ def measured_by(family: str, metrics: dict[str, Any]) -> str:
         return f"`{metrics['evaluate_command']}`; `train_*` figures by the training run"
     if family == "classifier":
         return "the training run"
-    return "evaluate, before checkpoints recorded the command (see the README's Shipped weights)"
+    return "evaluate, before checkpoints recorded the command (see docs/results.md, Shipped weights)"
 
 
 def model_card(path: Path, metadata: dict[str, Any]) -> str:
@@ -209,9 +210,9 @@ def cards(found: list[tuple[Path, dict[str, Any]]]) -> str:
     return "\n".join(header + [model_card(path, metadata) for path, metadata in found])
 
 
-def replace_between_markers(text: str, table: str, start: str = START, end: str = END) -> str:
+def replace_between_markers(text: str, table: str, start: str = START, end: str = END, page: str = "the page") -> str:
     if start not in text or end not in text:
-        raise SystemExit(f"report: the README has no {start} ... {end} markers to write the table between")
+        raise SystemExit(f"report: {page} has no {start} ... {end} markers to write the table between")
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
     return f"{before}{start}\n{table}\n{end}{after}"
@@ -220,7 +221,14 @@ def replace_between_markers(text: str, table: str, start: str = START, end: str 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="weights", help="folder of the checkpoints (default weights)")
     parser.add_argument("--cards", help="model cards file to write (default WEIGHTS/README.md)")
-    parser.add_argument("--readme", help="also rewrite the metrics table between the markers of this README")
+    # --readme: the option's name from when the tables were in README.md; kept so older commands still work.
+    parser.add_argument(
+        "--docs",
+        "--readme",
+        dest="docs",
+        metavar="PAGE",
+        help="also rewrite the generated tables between the markers of this page (docs/results.md)",
+    )
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file disagrees")
 
 
@@ -231,17 +239,20 @@ def report(args: argparse.Namespace) -> None:
     if not found:
         raise SystemExit(f"report: no checkpoints in {weights}")
     outputs = {Path(args.cards) if args.cards else weights / "README.md": cards(found) + "\n"}
-    if args.readme:
-        text = replace_between_markers(Path(args.readme).read_text(), metrics_table(found))
+    if args.docs:
+        page = Path(args.docs)
+        if not page.is_file():
+            raise SystemExit(f"report: {page} does not exist (the generated tables live in docs/results.md)")
+        text = replace_between_markers(page.read_text(), metrics_table(found), page=str(page))
         if ATTRIBUTES_START in text:
-            text = replace_between_markers(text, attribute_table(found), ATTRIBUTES_START, ATTRIBUTES_END)
-        outputs[Path(args.readme)] = text
+            text = replace_between_markers(text, attribute_table(found), ATTRIBUTES_START, ATTRIBUTES_END, str(page))
+        outputs[page] = text
     stale = [path for path, text in outputs.items() if not path.is_file() or path.read_text() != text]
     if args.check:
         if stale:
             print(
                 f"out of date with the checkpoints: {', '.join(map(str, stale))}; run python -m training report "
-                f"--weights {weights}" + (f" --readme {args.readme}" if args.readme else ""),
+                f"--weights {weights}" + (f" --docs {args.docs}" if args.docs else ""),
                 file=sys.stderr,
             )
             raise SystemExit(1)

@@ -366,9 +366,9 @@ def test_ingress_limits_agree_with_the_settings():
     assert all(b["name"] == service["metadata"]["name"] and b["port"]["name"] in port_names for b in backends)
 
 
-def test_readme_shows_the_adapter_rule_in_use():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("\n## Kubernetes\n") :]
+def test_the_deployment_page_shows_the_adapter_rule_in_use():
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    section = page[page.index("\n## Kubernetes\n") :]
     block = re.search(r"```yaml\n(rules:\n.*?)```", section, re.DOTALL)
-    assert block, "README, Kubernetes: the adapter rule"
+    assert block, "docs/deployment.md, Kubernetes: the adapter rule"
     assert yaml.safe_load(block.group(1))["rules"]["custom"] == adapter_rules()

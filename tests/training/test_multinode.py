@@ -1,6 +1,6 @@
 """Two nodes: ``torchrun --nnodes 2 --rdzv-backend c10d``, one process per node, is the same run as one node's two
 processes. Here both "nodes" are launches on 127.0.0.1 sharing the data and the run folder, as two hosts would share
-them (README, Training on several nodes). Both worlds have two ranks on gloo, each rank takes the same shard of the
+them (docs/training.md, "Two nodes"). Both worlds have two ranks on gloo, each rank takes the same shard of the
 same global batch, and a sum of two values does not depend on the order it is taken in: the runs agree step for
 step, exactly, and so do their checkpoints."""
 
@@ -49,7 +49,8 @@ def test_two_nodes_match_one_node_step_for_step(tmp_path):
     recipe = write_recipe(tmp_path, make_celeba_folder(tmp_path / "celeba", count=40, valid=6), "dcgan")
     finish(launch(["--standalone", "--nproc_per_node", "2"], recipe, tmp_path / "one-node", tmp_path))
 
-    # The README's two-node command, both ends on loopback: whichever agent binds the endpoint hosts the c10d store.
+    # The two-node command of docs/training.md, both ends on loopback: whichever agent binds the endpoint hosts the
+    # c10d store.
     endpoint = f"127.0.0.1:{free_port()}"
     node = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint]
     node += ["--rdzv-id", "facegen-test", "--max-restarts", "0"]

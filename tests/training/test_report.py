@@ -1,7 +1,8 @@
-"""Model cards and the README's metrics table come from the checkpoints (``python -m training report``)."""
+"""Model cards and the generated tables of docs/results.md come from the checkpoints (``python -m training report``)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,49 @@ from training.report import END, LICENCE, START
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_readme_table_and_the_model_cards_agree_with_the_shipped_checkpoints():
+RESULTS = ROOT / "docs" / "results.md"
+
+
+def test_the_results_page_and_the_model_cards_agree_with_the_shipped_checkpoints():
     """Fails when a shipped checkpoint changed (new weights, new metrics) and nobody ran
-    ``python -m training report --readme README.md``."""
-    main(["report", "--weights", str(ROOT / "weights"), "--readme", str(ROOT / "README.md"), "--check"])
+    ``python -m training report --docs docs/results.md``."""
+    main(["report", "--weights", str(ROOT / "weights"), "--docs", str(RESULTS), "--check"])
+
+
+def test_the_results_page_holds_both_generated_tables_and_the_readme_none():
+    """The tables moved from README.md to docs/results.md: the page has both pairs of markers, the README neither (a
+    table left in both would be regenerated in one and go stale in the other)."""
+    from training.report import ATTRIBUTES_END, ATTRIBUTES_START
+
+    page = RESULTS.read_text()
+    for marker in (START, END, ATTRIBUTES_START, ATTRIBUTES_END):
+        assert page.count(marker) == 1, marker
+    assert page.index(START) < page.index(END) and page.index(ATTRIBUTES_START) < page.index(ATTRIBUTES_END)
+    readme = (ROOT / "README.md").read_text()
+    assert not any(marker in readme for marker in (START, END, ATTRIBUTES_START, ATTRIBUTES_END))
+
+
+def test_readme_is_the_older_name_of_docs(tmp_path):
+    """``--readme PAGE`` (the option's name before the tables moved) writes the same page as ``--docs PAGE``."""
+    weights = tmp_path / "weights"
+    write_tiny_checkpoint(weights, "classifier", metrics={"valid_mean_accuracy": 0.9})
+    page = tmp_path / "results.md"
+    page.write_text(f"{START}\nold\n{END}\n")
+    main(["report", "--weights", str(weights), "--readme", str(page)])
+    assert "| `classifier.safetensors` | classifier | valid_mean_accuracy 0.9" in page.read_text()
+    main(["report", "--weights", str(weights), "--docs", str(page), "--check"])
+
+
+def test_a_page_without_markers_or_missing_is_refused_naming_it(tmp_path):
+    weights = tmp_path / "weights"
+    write_tiny_checkpoint(weights, "classifier", metrics={"valid_mean_accuracy": 0.9})
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nno markers here\n")
+    with pytest.raises(SystemExit, match=re.escape(f"{page} has no {START}")):
+        main(["report", "--weights", str(weights), "--docs", str(page)])
+    assert page.read_text() == "# Results\n\nno markers here\n"
+    with pytest.raises(SystemExit, match="missing.md does not exist"):
+        main(["report", "--weights", str(weights), "--docs", str(tmp_path / "missing.md")])
 
 
 def test_report_writes_cards_and_the_table_between_the_markers(tmp_path):
@@ -25,17 +65,17 @@ def test_report_writes_cards_and_the_table_between_the_markers(tmp_path):
         weights, "vae", metrics={"valid_mse": 0.5, "evaluate_command": "python -m training evaluate x"}
     )
     write_tiny_checkpoint(weights, "classifier", metrics={"valid_mean_accuracy": 0.9})
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{START}\nold\n{END}\n\nafter\n")
+    page = tmp_path / "results.md"
+    page.write_text(f"# x\n\n{START}\nold\n{END}\n\nafter\n")
     with pytest.raises(SystemExit):
-        main(["report", "--weights", str(weights), "--readme", str(readme), "--check"])
-    main(["report", "--weights", str(weights), "--readme", str(readme)])
-    text = readme.read_text()
+        main(["report", "--weights", str(weights), "--docs", str(page), "--check"])
+    main(["report", "--weights", str(weights), "--docs", str(page)])
+    text = page.read_text()
     assert "old" not in text and text.endswith(f"{END}\n\nafter\n")
     assert "| `vae.safetensors` | vae | valid_mse 0.5, fid_samples – | `python -m training evaluate x` |" in text
     cards = (weights / "README.md").read_text()
     assert cards.count(LICENCE) == 2 and "## `classifier.safetensors` — classifier" in cards
-    main(["report", "--weights", str(weights), "--readme", str(readme), "--check"])  # now up to date
+    main(["report", "--weights", str(weights), "--docs", str(page), "--check"])  # now up to date
 
 
 def test_the_acgan_attribute_table_is_written_between_its_markers(tmp_path):
@@ -49,14 +89,14 @@ def test_the_acgan_attribute_table_is_written_between_its_markers(tmp_path):
         "classifier_agreement_real_per_attribute": {"Smiling": 0.9, "Male": 0.86},
     }
     write_tiny_checkpoint(weights, "acgan", metrics=metrics)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{START}\n{END}\n\n{ATTRIBUTES_START}\nold\n{ATTRIBUTES_END}\n")
-    main(["report", "--weights", str(weights), "--readme", str(readme)])
-    text = readme.read_text()
+    page = tmp_path / "results.md"
+    page.write_text(f"{START}\n{END}\n\n{ATTRIBUTES_START}\nold\n{ATTRIBUTES_END}\n")
+    main(["report", "--weights", str(weights), "--docs", str(page)])
+    text = page.read_text()
     assert "old" not in text
     assert "| Smiling | 0.95 | 0.9 |" in text and "| Male | 0.85 | 0.86 |" in text
     assert "| **mean** | **0.9** | **0.88** |" in text
-    main(["report", "--weights", str(weights), "--readme", str(readme), "--check"])
+    main(["report", "--weights", str(weights), "--docs", str(page), "--check"])
 
 
 def test_a_glows_manipulation_calibration_is_a_table_in_its_card(tmp_path):
@@ -97,10 +137,10 @@ def test_single_attribute_requests_join_the_acgan_attribute_table_when_measured(
         "single_attribute_per_attribute": single,
     }
     write_tiny_checkpoint(weights, "acgan", metrics=metrics)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{START}\n{END}\n\n{ATTRIBUTES_START}\nold\n{ATTRIBUTES_END}\n")
-    main(["report", "--weights", str(weights), "--readme", str(readme)])
-    text = readme.read_text()
+    page = tmp_path / "results.md"
+    page.write_text(f"{START}\n{END}\n\n{ATTRIBUTES_START}\nold\n{ATTRIBUTES_END}\n")
+    main(["report", "--weights", str(weights), "--docs", str(page)])
+    text = page.read_text()
     assert "requested alone (on/off mean) | given real faces' label vectors | relative |" in text
     assert "| Smiling | 0.95 | 0.9 | 0.96 | 0.98 | 0.9796 | 0.84 |" in text
     assert "| **mean** | **0.9** | **0.88** | **0.965** | | | |" in text
