@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # installed by `make test` when run as root, otherwise those tests skip and say how to install them.
 SYSTEM_PACKAGES ?= nginx chromium
 
-.PHONY: install install-dev system-packages serve test docs bench lock lint typecheck clean train-gpu gpu-wheels gpu-check
+.PHONY: install install-dev system-packages serve test docs figures bench lock lint typecheck clean train-gpu gpu-wheels gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ test: install-dev system-packages lint typecheck  ## lint and type check, then t
 # NO_MKDOCS_2_WARNING: Material prints a banner about its successor on every build; it is not a problem with the docs.
 docs: install-dev  ## build the documentation site (mkdocs.yml, docs/) into .cache/site; a broken link fails it
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+figures: install-dev  ## regenerate the docs' figures and the page screenshot from weights/ (serves them on $(PORT) meanwhile)
+	PYTHON=$(BIN)/python PORT=$(PORT) bash docs/make_figures.sh
 
 bench: install-dev  ## benchmark a running server: make bench URL=http://127.0.0.1:8000
 	$(BIN)/python -m bench --url $(or $(URL),http://$(HOST):$(PORT))

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Regenerates every figure of the documentation (docs/*.png) and the web page's screenshot (docs/web_page.png) from the
-# shipped weights, with seeded requests, so the same weights give the same pictures: `bash docs/make_figures.sh`.
+# shipped weights, with seeded requests (the same weights give the same pictures, to within one 8-bit level in a few
+# pixels where float sums differ between runs): `bash docs/make_figures.sh`, or `make figures`.
 # It starts the service (`python -m app`, the checkpoints in weights/) on 127.0.0.1:$PORT (8000: the address the
 # screenshot's curl commands show) and stops it at the end; URL=http://host:port uses a server already running instead.
 # PYTHON: the interpreter with the dev extras (default .venv/bin/python, what `make install-dev` makes).
 set -euo pipefail
-cd "$(dirname "$0")"
-PYTHON=${PYTHON:-../.venv/bin/python}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+case $PYTHON in */*) PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;; esac  # absolute: we cd
 PORT=${PORT:-8000}
+cd "$ROOT/docs"
 
 if [ -z "${URL:-}" ]; then
   URL=http://127.0.0.1:$PORT
@@ -48,5 +51,8 @@ curl -sf -X POST "$URL/glow/manipulate" -F face=@$faces/000002.jpg -F attribute=
 # the condition at the default strength: the same seed asked for Male off, then on
 post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": false}}' glow_male_off.png
 post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": true}}' glow_male_on.png
+# a photo that is not a CelebA frame through align=auto (in-process, with weights/; its numbers go to
+# runs/alignment/alignment_astronaut.json, quoted on docs/faces.md)
+(cd .. && "$PYTHON" -m training alignment figure --weights weights --out docs/alignment_astronaut.png)
 # the web page after a few seeded requests (Playwright driving Debian's chromium, as tests/browser does)
 "$PYTHON" page_screenshot.py --url "$URL"
