@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 import torch
 
+from app.models.pipelines import SAMPLE
 from bench import e2e, overload, raw, report, server
 from bench.scenarios import (
-    SAMPLE,
     SCENARIO_NAMES,
     Scenario,
     Upload,

@@ -25,7 +25,12 @@ ATTRIBUTE_NAMES = (
 
 # Tiny configs, as diffusers' testers do: every family builds in milliseconds. Each family's registration carries its
 # own (``@register_family(..., tiny=...)``), so a new family is in every test that runs over TINY_CONFIGS.
-TINY_CONFIGS = {name: family_class(name).tiny_config for name in list_families()}
+def tiny_configs() -> dict[str, dict]:
+    """Family -> its registered tiny config, for every family registered now."""
+    return {name: family_class(name).tiny_config for name in list_families()}
+
+
+TINY_CONFIGS = tiny_configs()
 
 
 def flags(**options: object) -> list[str]:
