@@ -23,6 +23,7 @@ ATTRIBUTE_NAMES = (
     "Wearing_Necktie Young"
 ).split()
 
+
 # Tiny configs, as diffusers' testers do: every family builds in milliseconds. Each family's registration carries its
 # own (``@register_family(..., tiny=...)``), so a new family is in every test that runs over TINY_CONFIGS.
 def tiny_configs() -> dict[str, dict]:
