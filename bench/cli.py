@@ -1,8 +1,9 @@
 """``python -m bench``: measure facegen against its targets, side by side in one run, and print a markdown report.
 
 With --startup (the usual mode) the bench starts the server itself, once per --modes entry (on: the service's
-defaults, dynamic batching on; off: FACEGEN_MAX_BATCH=1), and measures every scenario (dcgan n=1, acgan n=8, vae
-n=1, glow n=1, classify one upload) at every --concurrency level with closed-loop clients for --seconds each. In
+defaults, dynamic batching on; off: FACEGEN_MAX_BATCH=1), and measures every scenario (one per family whose pipeline
+registration carries a bench request: acgan n=8, classify one upload, dcgan, glow and vae n=1) at every --concurrency
+level with closed-loop clients for --seconds each. In
 the batching-on server it also times POST /generate/<family> {"n": 64} at concurrency 1 against the raw forward of
 64. Then, with no server running, it times the raw forwards in this process, serves the same DCGAN checkpoint with
 LitServe (--peer) and measures it with the same client, and finally starts a server with a small queue and
