@@ -36,13 +36,13 @@ import torch
 from app.models.pipelines import SAMPLE
 from bench import e2e, overload, raw, report, server
 from bench.scenarios import (
-    SCENARIO_NAMES,
     Scenario,
     Upload,
     card_for,
     choose_scenarios,
     find_scenario,
     load_upload,
+    scenario_names,
     servable,
 )
 
@@ -75,6 +75,7 @@ def name_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    names = scenario_names()
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -99,9 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     where.add_argument(
         "--scenarios",
-        type=name_list(SCENARIO_NAMES),
-        default=list(SCENARIO_NAMES),
-        help=f"comma-separated subset of {','.join(SCENARIO_NAMES)} (default: all the server serves)",
+        type=name_list(names),
+        default=list(names),
+        help=f"comma-separated subset of {','.join(names)} (default: all the server serves)",
     )
     where.add_argument(
         "--face", type=Path, help="image the classify scenario uploads (default: the first of tests/data/faces/*.jpg)"
@@ -161,7 +162,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     over.add_argument(
         "--overload-scenario",
-        choices=SCENARIO_NAMES,
+        choices=names,
         default="acgan",
         help="what the overloading clients send (default acgan: n=8, a forward slow enough to queue)",
     )

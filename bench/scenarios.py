@@ -8,9 +8,10 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.models.pipelines import BenchRequest, bench_requests
+if TYPE_CHECKING:
+    from app.models.pipelines import BenchRequest
 
 FACES_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "faces"
 
@@ -99,11 +100,15 @@ def scenario_of(family: str, bench: BenchRequest) -> Scenario:
 def all_scenarios() -> tuple[Scenario, ...]:
     """A scenario per family registered with a bench request, by family name; read at call time, so a family
     registered after this module's import (a test's toy family) is in it."""
+    # Imported here, not at the top: the registries import torch and every model (seconds on a busy machine), and
+    # the /health prober process (bench.overload) imports this module and must be probing at once.
+    from app.models.pipelines import bench_requests
+
     return tuple(scenario_of(family, bench) for family, bench in bench_requests().items())
 
 
-SCENARIOS: tuple[Scenario, ...] = all_scenarios()
-SCENARIO_NAMES = tuple(scenario.name for scenario in SCENARIOS)
+def scenario_names() -> tuple[str, ...]:
+    return tuple(scenario.name for scenario in all_scenarios())
 
 
 def find_scenario(name: str, scenarios: Sequence[Scenario] | None = None) -> Scenario:

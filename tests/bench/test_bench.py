@@ -14,9 +14,10 @@ import pytest
 
 from bench import cli, e2e, overload, report, scenarios, server
 from bench.e2e import Outcome
-from bench.scenarios import SCENARIOS, Upload, choose_scenarios, find_scenario
+from bench.scenarios import Upload, all_scenarios, choose_scenarios, find_scenario
 from bench.stats import count_statuses, images_per_second, latency_summary, median, percentile, ratio_or_none
 
+SCENARIOS = all_scenarios()
 UPLOAD = Upload("face.jpg", b"\xff\xd8jpeg bytes")
 
 
