@@ -153,9 +153,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.warm = False
-    # Every module in app/api/routes exposes a `router`; adding a feature is adding a module.
-    for module in sorted(pkgutil.iter_modules(routes.__path__), key=lambda m: m.name):
-        router = importlib.import_module(f"{routes.__name__}.{module.name}").router
+    # Every module in app/api/routes exposes a `router`; adding a feature is adding a module. Routers registered
+    # with routes.register_router (a family defined outside the package) come after them.
+    modules = sorted(pkgutil.iter_modules(routes.__path__), key=lambda m: m.name)
+    routers = [importlib.import_module(f"{routes.__name__}.{module.name}").router for module in modules]
+    for router in routers + routes.registered_routers():
         representations.add_json_twins(router)  # POST <image route>/json: always JSON
         app.include_router(router)
     app.include_router(generate.fallback_router)  # last: it catches /generate/<anything not served>

@@ -1,8 +1,9 @@
 """``python -m bench``: measure facegen against its targets, side by side in one run, and print a markdown report.
 
 With --startup (the usual mode) the bench starts the server itself, once per --modes entry (on: the service's
-defaults, dynamic batching on; off: FACEGEN_MAX_BATCH=1), and measures every scenario (dcgan n=1, acgan n=8, vae
-n=1, glow n=1, classify one upload) at every --concurrency level with closed-loop clients for --seconds each. In
+defaults, dynamic batching on; off: FACEGEN_MAX_BATCH=1), and measures every scenario (one per family whose pipeline
+registration carries a bench request: acgan n=8, classify one upload, dcgan, glow and vae n=1) at every --concurrency
+level with closed-loop clients for --seconds each. In
 the batching-on server it also times POST /generate/<family> {"n": 64} at concurrency 1 against the raw forward of
 64. Then, with no server running, it times the raw forwards in this process, serves the same DCGAN checkpoint with
 LitServe (--peer) and measures it with the same client, and finally starts a server with a small queue and
@@ -32,16 +33,16 @@ from urllib.parse import urlsplit
 
 import torch
 
+from app.models.pipelines import SAMPLE
 from bench import e2e, overload, raw, report, server
 from bench.scenarios import (
-    SAMPLE,
-    SCENARIO_NAMES,
     Scenario,
     Upload,
     card_for,
     choose_scenarios,
     find_scenario,
     load_upload,
+    scenario_names,
     servable,
 )
 
@@ -74,6 +75,7 @@ def name_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    names = scenario_names()
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -98,9 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     where.add_argument(
         "--scenarios",
-        type=name_list(SCENARIO_NAMES),
-        default=list(SCENARIO_NAMES),
-        help=f"comma-separated subset of {','.join(SCENARIO_NAMES)} (default: all the server serves)",
+        type=name_list(names),
+        default=list(names),
+        help=f"comma-separated subset of {','.join(names)} (default: all the server serves)",
     )
     where.add_argument(
         "--face", type=Path, help="image the classify scenario uploads (default: the first of tests/data/faces/*.jpg)"
@@ -160,7 +162,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     over.add_argument(
         "--overload-scenario",
-        choices=SCENARIO_NAMES,
+        choices=names,
         default="acgan",
         help="what the overloading clients send (default acgan: n=8, a forward slow enough to queue)",
     )

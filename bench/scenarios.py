@@ -1,5 +1,6 @@
-"""What the benchmark sends: one :class:`Scenario` per measured endpoint, and which of them a server can run (from
-the capabilities on its ``GET /models`` cards). Pure: no I/O beyond reading the upload once in :func:`load_upload`."""
+"""What the benchmark sends: one :class:`Scenario` per benchmarked family (each family's pipeline registration says
+how, with a :class:`~app.models.pipelines.BenchRequest`), and which of them a server can run (from the capabilities on
+its ``GET /models`` cards). Pure: no I/O beyond reading the upload once in :func:`load_upload`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Capability names as app.models.pipelines spells them (not imported: the bench reads them off GET /models).
-SAMPLE, SCORE = "sample", "score"
+if TYPE_CHECKING:
+    from app.models.pipelines import BenchRequest
+
 FACES_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "faces"
 
 BodyFn = Callable[[int, int], dict[str, Any]]  # (rows, seed) -> JSON body
@@ -73,31 +75,44 @@ class Scenario:
         }
 
 
-def png_body(rows: int, seed: int) -> dict[str, Any]:
-    return {"n": rows, "seed": seed, "format": "png"}
+def scenario_of(family: str, bench: BenchRequest) -> Scenario:
+    """The scenario that measures ``family`` with its registered request."""
+    body: BodyFn | None = None
+    if bench.count_field is not None:
+        count_field, fields = bench.count_field, dict(bench.fields)
+
+        def body(rows: int, seed: int) -> dict[str, Any]:
+            return {count_field: rows, "seed": seed, **fields}
+
+    return Scenario(
+        bench.name or family,
+        family,
+        bench.capability,
+        "POST",
+        bench.path,
+        bench.rows,
+        body,
+        upload=bench.count_field is None,
+        expect=bench.expect,
+    )
 
 
-def n_seed_body(rows: int, seed: int) -> dict[str, Any]:
-    """ACGAN and Glow: their own defaults for the rest (attributes drawn, temperature 0.7, PNG)."""
-    return {"n": rows, "seed": seed}
+def all_scenarios() -> tuple[Scenario, ...]:
+    """A scenario per family registered with a bench request, by family name; read at call time, so a family
+    registered after this module's import (a test's toy family) is in it."""
+    # Imported here, not at the top: the registries import torch and every model (seconds on a busy machine), and
+    # the /health prober process (bench.overload) imports this module and must be probing at once.
+    from app.models.pipelines import bench_requests
+
+    return tuple(scenario_of(family, bench) for family, bench in bench_requests().items())
 
 
-def generate(name: str, rows: int, body: BodyFn = png_body, family: str | None = None) -> Scenario:
-    family = family or name
-    return Scenario(name, family, SAMPLE, "POST", f"/generate/{family}", rows, body)
+def scenario_names() -> tuple[str, ...]:
+    return tuple(scenario.name for scenario in all_scenarios())
 
 
-SCENARIOS: tuple[Scenario, ...] = (
-    generate("dcgan", 1),
-    generate("acgan", 8, n_seed_body),
-    generate("vae", 1),
-    generate("glow", 1, n_seed_body),
-    Scenario("classify", "classifier", SCORE, "POST", "/classify", 1, upload=True, expect="application/json"),
-)
-SCENARIO_NAMES = tuple(scenario.name for scenario in SCENARIOS)
-
-
-def find_scenario(name: str, scenarios: Sequence[Scenario] = SCENARIOS) -> Scenario:
+def find_scenario(name: str, scenarios: Sequence[Scenario] | None = None) -> Scenario:
+    scenarios = all_scenarios() if scenarios is None else scenarios
     for scenario in scenarios:
         if scenario.name == name:
             return scenario
@@ -112,9 +127,12 @@ def servable(scenario: Scenario, cards: Iterable[dict[str, Any]]) -> bool:
 
 
 def choose_scenarios(
-    cards: Sequence[dict[str, Any]], wanted: Sequence[str] | None = None, scenarios: Sequence[Scenario] = SCENARIOS
+    cards: Sequence[dict[str, Any]],
+    wanted: Sequence[str] | None = None,
+    scenarios: Sequence[Scenario] | None = None,
 ) -> tuple[list[Scenario], dict[str, str]]:
     """(scenarios to run, skipped name -> why): those named in ``wanted`` (default: all) that the server serves."""
+    scenarios = all_scenarios() if scenarios is None else scenarios
     chosen, skipped = [], {}
     names = list(wanted) if wanted else [s.name for s in scenarios]
     known = {s.name: s for s in scenarios}

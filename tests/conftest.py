@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.models import build_model
+from app.models import build_model, family_class, list_families
 from app.models.checkpoint import save_checkpoint
 from app.models.preprocess import PreprocessSpec
 
@@ -23,29 +23,15 @@ ATTRIBUTE_NAMES = (
     "Wearing_Necktie Young"
 ).split()
 
-# Tiny configs, as diffusers' testers do: every family builds in milliseconds.
-TINY_CONFIGS = {
-    "vae": {"widths": [4, 8], "latent_dim": 6, "image_size": 16},
-    "dcgan": {"latent_dim": 8, "generator_width": 4, "discriminator_width": 4, "image_size": 16},
-    "acgan": {
-        "attributes": ["Smiling", "Male", "Blond_Hair"],
-        "latent_dim": 8,
-        "generator_width": 4,
-        "discriminator_width": 4,
-        "image_size": 16,
-    },
-    "infogan": {
-        "noise_dim": 8,
-        "n_codes": 3,
-        "n_categories": 10,
-        "generator_width": 4,
-        "discriminator_width": 4,
-        "q_hidden": 8,
-        "image_size": 16,
-    },
-    "glow": {"image_size": 16, "levels": 2, "steps": 2, "hidden": 8},
-    "classifier": {"image_size": 16, "widths": [4, 8], "num_attributes": 40, "dropout": 0.0},
-}
+
+# Tiny configs, as diffusers' testers do: every family builds in milliseconds. Each family's registration carries its
+# own (``@register_family(..., tiny=...)``), so a new family is in every test that runs over TINY_CONFIGS.
+def tiny_configs() -> dict[str, dict]:
+    """Family -> its registered tiny config, for every family registered now."""
+    return {name: family_class(name).tiny_config for name in list_families()}
+
+
+TINY_CONFIGS = tiny_configs()
 
 
 def flags(**options: object) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.models.checkpoint import file_sha256, read_metadata
+from app.models.registry import UnknownFamilyError, family_class
 
 from .evaluate import EVALUATORS
 from .registry import register_trainer
@@ -28,14 +29,6 @@ LICENCE = (
     "Trained on CelebA (Liu et al., ICCV 2015), which is available for non-commercial research purposes only; "
     "these weights inherit that restriction (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)."
 )
-WHAT = {
-    "vae": "convolutional variational autoencoder: samples, reconstructions, latents",
-    "dcgan": "DCGAN generator (exponential moving average of G's weights): unconditional samples",
-    "acgan": "auxiliary-classifier GAN generator conditioned on CelebA attributes: samples, on/off pairs",
-    "infogan": "InfoGAN generator with categorical codes (and its recognizer Q): code sweeps",
-    "glow": "conditional Glow (prior conditioned on the 40 attributes): samples, interpolation, manipulation, bits/dim",
-    "classifier": "CelebA 40-attribute classifier: judges the generators' samples and serves /classify",
-}
 CALIBRATION = "manipulation_calibration"  # a Glow's metrics entry written by calibrate-glow
 # Headline metrics of families without an evaluator (the classifier measures itself while training).
 TRAINING_HEADLINES = {"classifier": ("valid_mean_accuracy", "majority_mean_accuracy")}
@@ -52,6 +45,14 @@ def checkpoints(weights: Path) -> list[tuple[Path, dict[str, Any]]]:
         }
         found.append((path, decoded))
     return found
+
+
+def summary(family: str) -> str:
+    """The family's own line on what its checkpoints are (its registration's ``summary``); the name if it has none."""
+    try:
+        return family_class(family).summary or family
+    except UnknownFamilyError:
+        return family
 
 
 def headlines(family: str) -> tuple[str, ...]:
@@ -151,7 +152,7 @@ def model_card(path: Path, metadata: dict[str, Any]) -> str:
     lines = [
         f"## `{path.name}` — {family}",
         "",
-        f"- **What**: {WHAT.get(family, family)}",
+        f"- **What**: {summary(family)}",
         f"- **Config**: `{json.dumps(metadata.get('config', {}), sort_keys=True)}`",
         f"- **Recipe**: {recipe_text}",
         f"- **Data**: `{training.get('data', '?')}`, {training.get('train_images', '?')} training images, "

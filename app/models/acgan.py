@@ -80,7 +80,17 @@ def toggle_pairs(noise: torch.Tensor, attributes: torch.Tensor, index: int) -> t
     return torch.cat([noise, noise]), torch.cat([off, on])
 
 
-@register_family("acgan")
+@register_family(
+    "acgan",
+    summary="auxiliary-classifier GAN generator conditioned on CelebA attributes: samples, on/off pairs",
+    tiny={
+        "attributes": ["Smiling", "Male", "Blond_Hair"],
+        "latent_dim": 8,
+        "generator_width": 4,
+        "discriminator_width": 4,
+        "image_size": 16,
+    },
+)
 class ACGANGenerator(FamilyModule):
     """(noise (N, latent_dim), attributes (N, A) of 0/1) -> images (N, 3, S, S) in [-1, 1]."""
 

@@ -33,7 +33,11 @@ def _conv_block(in_channels: int, out_channels: int, stride: int) -> list[nn.Mod
     ]
 
 
-@register_family("classifier")
+@register_family(
+    "classifier",
+    summary="CelebA 40-attribute classifier: judges the generators' samples and serves /classify",
+    tiny={"image_size": 16, "widths": [4, 8], "num_attributes": 40, "dropout": 0.0},
+)
 class AttributeClassifier(FamilyModule):
     config_class = ClassifierConfig
 

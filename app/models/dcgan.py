@@ -79,7 +79,11 @@ def init_dcgan_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@register_family("dcgan")
+@register_family(
+    "dcgan",
+    summary="DCGAN generator (exponential moving average of G's weights): unconditional samples",
+    tiny={"latent_dim": 8, "generator_width": 4, "discriminator_width": 4, "image_size": 16},
+)
 class DCGANGenerator(FamilyModule):
     config_class = DCGANConfig
 

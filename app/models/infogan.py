@@ -53,7 +53,19 @@ def draw_codes(n: int, n_codes: int, n_categories: int, generator: torch.Generat
     return torch.randint(n_categories, (n, n_codes), generator=generator)
 
 
-@register_family("infogan")
+@register_family(
+    "infogan",
+    summary="InfoGAN generator with categorical codes (and its recognizer Q): code sweeps",
+    tiny={
+        "noise_dim": 8,
+        "n_codes": 3,
+        "n_categories": 10,
+        "generator_width": 4,
+        "discriminator_width": 4,
+        "q_hidden": 8,
+        "image_size": 16,
+    },
+)
 class InfoGANGenerator(FamilyModule):
     """(noise (N, noise_dim), codes LongTensor (N, n_codes) of category indices) -> images (N, 3, S, S) in [-1, 1]."""
 

@@ -15,11 +15,15 @@ from torch import nn
 
 
 class FamilyModule(nn.Module):
-    """Base of every family's servable module: ``config_class`` is set by the class, ``family`` by
-    :func:`register_family`."""
+    """Base of every family's servable module: ``config_class`` is set by the class; ``family``, ``summary`` and
+    ``tiny_config`` by :func:`register_family`."""
 
     family: ClassVar[str]
     config_class: ClassVar[type[Any]]
+    # One line on what a checkpoint of the family is and what the service does with it (the model cards, the report).
+    summary: ClassVar[str] = ""
+    # The smallest config that still runs every layer (diffusers' testers): the tests build every family from it.
+    tiny_config: ClassVar[dict[str, Any]] = {}
 
 
 _FAMILIES: dict[str, type[FamilyModule]] = {}
@@ -34,8 +38,11 @@ class UnknownFamilyError(KeyError):
         return str(self.args[0])
 
 
-def register_family(name: str) -> Callable[[ModuleT], ModuleT]:
-    """Class decorator: make ``cls`` the servable module of family ``name``.
+def register_family(
+    name: str, *, summary: str = "", tiny: dict[str, Any] | None = None
+) -> Callable[[ModuleT], ModuleT]:
+    """Class decorator: make ``cls`` the servable module of family ``name``, described by ``summary`` (one line,
+    shown in the model report) and built in the tests from ``tiny`` (config fields; the rest take their defaults).
 
     The class must define ``config_class`` (a frozen dataclass) and accept an instance of it as its only argument.
     """
@@ -47,9 +54,25 @@ def register_family(name: str) -> Callable[[ModuleT], ModuleT]:
             raise TypeError(f"{cls.__name__} needs a dataclass `config_class`")
         cls.family = name
         _FAMILIES[name] = cls
+        describe_family(name, summary=summary, tiny=tiny)
         return cls
 
     return decorate
+
+
+def describe_family(name: str, *, summary: str = "", tiny: dict[str, Any] | None = None) -> None:
+    """Set the summary and tiny config of a registered family (what :func:`register_family`'s keywords do), checking
+    that ``tiny`` names only fields of its config."""
+    cls = family_class(name)
+    if tiny is not None:
+        config_from_dict(cls.config_class, tiny)  # an unknown field fails here, at import, not in some test
+    cls.summary = summary
+    cls.tiny_config = dict(tiny or {})
+
+
+def unregister_family(name: str) -> None:
+    """Forget family ``name`` (a test's toy family, once the test is done)."""
+    _FAMILIES.pop(name, None)
 
 
 def list_families() -> list[str]:

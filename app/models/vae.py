@@ -19,7 +19,11 @@ class VAEConfig:
     lambda_kl: float = 3e-6  # weight of KL (summed over latent dims) against per-pixel mean MSE
 
 
-@register_family("vae")
+@register_family(
+    "vae",
+    summary="convolutional variational autoencoder: samples, reconstructions, latents",
+    tiny={"widths": [4, 8], "latent_dim": 6, "image_size": 16},
+)
 class VAE(FamilyModule):
     config_class = VAEConfig
     prior_mean: torch.Tensor  # buffers (register_buffer), declared for the type checker

@@ -8,13 +8,17 @@ from .base import (
     ENCODE,
     SAMPLE,
     SCORE,
+    BenchRequest,
     Pipeline,
     Prepared,
+    add_bench_request,
+    bench_requests,
     build_pipeline,
     families_with,
     finite_images,
     pipeline_class,
     register_pipeline,
+    unregister_pipeline,
 )
 
 for _module in pkgutil.iter_modules(__path__):
@@ -25,11 +29,15 @@ __all__ = [
     "ENCODE",
     "SAMPLE",
     "SCORE",
+    "BenchRequest",
     "Pipeline",
     "Prepared",
+    "add_bench_request",
+    "bench_requests",
     "build_pipeline",
     "families_with",
     "finite_images",
     "pipeline_class",
     "register_pipeline",
+    "unregister_pipeline",
 ]

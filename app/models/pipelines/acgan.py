@@ -21,7 +21,7 @@ from ..attributes import (
 )
 from ..checkpoint import CheckpointError
 from ..sampling import draw_noise, seeded_generator
-from .base import SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
+from .base import SAMPLE, BenchRequest, Pipeline, Prepared, finite_images, register_pipeline
 
 logger = logging.getLogger("facegen.models")
 
@@ -52,7 +52,8 @@ def draw_inputs(
     return *toggle_pairs(noise, drawn.vectors, names.index(toggle)), drawn
 
 
-@register_pipeline("acgan", SAMPLE)
+# The route's defaults for the rest of the body: attributes drawn, PNG.
+@register_pipeline("acgan", SAMPLE, bench=BenchRequest("/generate/acgan", rows=8))
 class ACGANPipeline(Pipeline):
     """Draw order, from one generator seeded with the request's seed: the n noise vectors, then the n attribute
     vectors (the attributes the request leaves open from a training face's label vector with the requested values,

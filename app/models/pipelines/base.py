@@ -18,7 +18,7 @@ calls a model's forward for serving.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -36,6 +36,21 @@ SCORE = "score"  # scores uploaded images (attribute probabilities, bits per dim
 CAPABILITIES = (SAMPLE, ENCODE, SCORE)
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """The HTTP request that benchmarks a family: ``bench/scenarios.py`` makes one scenario of each registered one, so
+    a new family is benchmarked without a list to edit there. JSON bodies are ``fields`` plus ``count_field: rows``
+    and ``seed``; without a ``count_field`` the request uploads one face instead."""
+
+    path: str  # e.g. "/generate/dcgan"
+    rows: int = 1  # images one request asks for (what images/s counts)
+    count_field: str | None = "n"  # the body field that asks for ``rows`` images; None: an upload
+    fields: Mapping[str, Any] = field(default_factory=dict)  # the body's other fixed fields
+    capability: str = SAMPLE  # the card capability a served model needs for the scenario to run
+    name: str = ""  # the scenario's name; empty: the family's
+    expect: str = "image/png"  # the Content-Type a 200 must have to count
 
 
 @dataclass
@@ -166,11 +181,15 @@ class Pipeline:
 
 
 _PIPELINES: dict[str, type[Pipeline]] = {}
+_BENCH: dict[str, BenchRequest] = {}
 PipelineT = TypeVar("PipelineT", bound=type[Pipeline])
 
 
-def register_pipeline(family: str, *capabilities: str) -> Callable[[PipelineT], PipelineT]:
-    """Class decorator: ``cls`` is the pipeline of ``family`` and can do ``capabilities``."""
+def register_pipeline(
+    family: str, *capabilities: str, bench: BenchRequest | None = None
+) -> Callable[[PipelineT], PipelineT]:
+    """Class decorator: ``cls`` is the pipeline of ``family`` and can do ``capabilities``; ``bench`` is the request
+    the benchmark measures it with (None: not benchmarked)."""
     unknown = set(capabilities) - set(CAPABILITIES)
     if unknown:
         raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {CAPABILITIES}")
@@ -181,9 +200,30 @@ def register_pipeline(family: str, *capabilities: str) -> Callable[[PipelineT], 
         cls.family = family
         cls.capabilities = frozenset(capabilities)
         _PIPELINES[family] = cls
+        if bench is not None:
+            add_bench_request(family, bench)
         return cls
 
     return decorate
+
+
+def add_bench_request(family: str, bench: BenchRequest) -> None:
+    """Benchmark family ``family`` with ``bench`` (what :func:`register_pipeline`'s ``bench`` does)."""
+    capabilities = pipeline_class(family).capabilities
+    if bench.capability not in capabilities:
+        raise ValueError(f"{family} cannot be benchmarked for {bench.capability!r}: it can do {sorted(capabilities)}")
+    _BENCH[family] = bench
+
+
+def bench_requests() -> dict[str, BenchRequest]:
+    """Family -> the request that benchmarks it, for every family registered with one, sorted by family."""
+    return dict(sorted(_BENCH.items()))
+
+
+def unregister_pipeline(family: str) -> None:
+    """Forget the pipeline of ``family`` and its bench request (a test's toy family, once the test is done)."""
+    _PIPELINES.pop(family, None)
+    _BENCH.pop(family, None)
 
 
 def pipeline_class(family: str) -> type[Pipeline]:

@@ -8,10 +8,14 @@ from typing import Any
 import torch
 
 from ..classifier import AttributeClassifier
-from .base import SCORE, Pipeline, Prepared, register_pipeline
+from .base import SCORE, BenchRequest, Pipeline, Prepared, register_pipeline
 
 
-@register_pipeline("classifier", SCORE)
+@register_pipeline(
+    "classifier",
+    SCORE,
+    bench=BenchRequest("/classify", count_field=None, capability=SCORE, name="classify", expect="application/json"),
+)
 class ClassifierPipeline(Pipeline):
     model: AttributeClassifier
 

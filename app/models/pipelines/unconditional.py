@@ -10,7 +10,7 @@ import torch
 from ..dcgan import DCGANGenerator
 from ..sampling import draw_noise, seeded_generator
 from ..vae import VAE
-from .base import ENCODE, SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
+from .base import ENCODE, SAMPLE, BenchRequest, Pipeline, Prepared, finite_images, register_pipeline
 
 
 class NoisePipeline(Pipeline):
@@ -31,12 +31,12 @@ class NoisePipeline(Pipeline):
         return self.prepare_samples(2, 0)
 
 
-@register_pipeline("dcgan", SAMPLE)
+@register_pipeline("dcgan", SAMPLE, bench=BenchRequest("/generate/dcgan", fields={"format": "png"}))
 class DCGANPipeline(NoisePipeline):
     model: DCGANGenerator
 
 
-@register_pipeline("vae", SAMPLE, ENCODE)
+@register_pipeline("vae", SAMPLE, ENCODE, bench=BenchRequest("/generate/vae", fields={"format": "png"}))
 class VAEPipeline(NoisePipeline):
     """Samples decode draws of the Gaussian fitted to the training latents (the model's prior, N(0, I) until fitted);
     ``reconstruct`` passes uploads through the posterior mean."""
