@@ -4,13 +4,14 @@ Per loaded model, a queue and one worker coroutine. The worker takes the waiting
 ``max_batch`` rows), concatenates their inputs, runs one forward and answers each request with its own rows. There is
 no timer when the device is idle: a request that finds the forward thread free starts its forward at once, and the
 requests that arrive while a forward runs form the next batch. A worker waits for its batch to fill, up to
-``delay_s`` from its oldest request's arrival, only when waiting costs nothing or is sure to pay: while a forward is
+``delay_s`` from its oldest request's arrival, only when waiting costs nothing or is likely to pay: while a forward is
 in flight (another model's, or a face detection; the forward could not start anyway, and the wait ends when the device
 frees), and when the model's last batch has just been answered to more rows than are waiting now (the clients it
 answered are sending their next requests: starting at once would split them into a forward of one and a forward of
-the rest, each paying a forward's fixed cost). A lone client's batch of one expects one: it never waits. All models on a device share
-one forward thread, so on a CPU two forwards never fight over the cores, and the thread's FIFO queue takes the
-models' batches in turn (none starves).
+the rest, each paying a forward's fixed cost). A lone client's batch of one expects one: it never waits.
+
+All models on a device share one forward thread, so on a CPU two forwards never fight over the cores, and the
+thread's FIFO queue takes the models' batches in turn (none starves).
 
 Requests arrive with their inputs already drawn from their own seeds (:class:`app.models.pipelines.Prepared`), so a
 request gives the same images alone or inside any batch.
@@ -244,11 +245,7 @@ class ModelQueue:
             first = self.pending[0]
             if batcher.delay_s > 0 and self.worth_filling(first):
                 fill_until = first.arrived + batcher.delay_s
-                while (
-                    not batcher.closing
-                    and self.worth_filling(first)
-                    and (remaining := fill_until - loop.time()) > 0
-                ):
+                while not batcher.closing and self.worth_filling(first) and (remaining := fill_until - loop.time()) > 0:
                     self.wake.clear()
                     await wait_event(self.wake, remaining)
                 self.started_after_window += 1
