@@ -47,6 +47,16 @@ async def send_json(send: Send, status: int, body: dict, headers: list[tuple[byt
     await send({"type": "http.response.body", "body": payload})
 
 
+async def receive_within(receive: Receive, seconds: float) -> Message:
+    """``receive()``, or :class:`asyncio.TimeoutError` after ``seconds``. ``asyncio.timeout`` (Python 3.11) arms a
+    timer on the request's own task; ``asyncio.wait_for`` (3.10) wraps the receive in a task of its own, which cost
+    every request a task and a trip through the event loop (it suspends even when the body is already there)."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await receive()
+    return await asyncio.wait_for(receive(), seconds)
+
+
 class BodyRefused(Exception):
     """Raised from ``receive`` when the body must not be read further; the guard answers ``status`` instead."""
 
@@ -111,7 +121,7 @@ class RequestBodyGuard:
                 return await receive()
             left_s = deadline - time.monotonic()
             try:
-                incoming = await asyncio.wait_for(receive(), max(0.0, min(self.read_timeout_s, left_s)))
+                incoming = await receive_within(receive, max(0.0, min(self.read_timeout_s, left_s)))
             except asyncio.TimeoutError:
                 if left_s <= self.read_timeout_s:
                     message = (

@@ -108,7 +108,8 @@ class StartedServer:
     """``python -m uvicorn app.main:app`` on a free loopback port; the PID is uvicorn's own (no wrapper).
 
     ``env``: extra ``FACEGEN_*`` settings (e.g. ``{"FACEGEN_MAX_BATCH": "1"}``); the batching settings not given
-    there are the service's defaults whatever the bench's environment says."""
+    there are the service's defaults whatever the bench's environment says. ``launcher``: what runs uvicorn's command
+    line (``python -m bench.profiled_server`` profiles it)."""
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class StartedServer:
         host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
         device: str | None = None,
+        launcher: tuple[str, ...] = ("-m", "uvicorn"),
     ):
         self.host, self.port = host, free_port(host)
         self.url = f"http://{host}:{self.port}"
@@ -131,8 +133,7 @@ class StartedServer:
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "uvicorn",
+                *launcher,
                 "app.main:app",
                 "--host",
                 host,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
@@ -102,3 +103,22 @@ async def get_inference(request: Request) -> Inference:
 
 
 InferenceDep = Annotated[Inference, Depends(get_inference)]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The settings, the loaded models and the batcher, as one dependency for the routes that serve the most requests
+    (sampling one image): FastAPI solves each dependency of a route on every request, and three of them cost a
+    one-image request more CPU than its PNG (issue 27's profile, ``python -m bench.profile``)."""
+
+    settings: Settings
+    store: ModelStore
+    infer: Inference
+
+
+async def get_serving(request: Request) -> Serving:
+    state = request.app.state
+    return Serving(state.settings, state.store, Inference(request))
+
+
+ServingDep = Annotated[Serving, Depends(get_serving)]

@@ -3,11 +3,15 @@
 Per loaded model, a queue and one worker coroutine. The worker takes the waiting requests of one operation (up to
 ``max_batch`` rows), concatenates their inputs, runs one forward and answers each request with its own rows. There is
 no timer when the device is idle: a request that finds the forward thread free starts its forward at once, and the
-requests that arrive while a forward runs form the next batch. Only while a forward is in flight (another model's, or
-a face detection) does a worker wait, up to ``delay_s`` from its oldest request's arrival or until the device frees,
-for its batch to fill: waiting then costs nothing, the forward could not start anyway. All models on a device share
-one forward thread, so on a CPU two forwards never fight over the cores, and the thread's FIFO queue takes the
-models' batches in turn (none starves).
+requests that arrive while a forward runs form the next batch. A worker waits for its batch to fill, up to
+``delay_s`` from its oldest request's arrival, only when waiting costs nothing or is likely to pay: while a forward is
+in flight (another model's, or a face detection; the forward could not start anyway, and the wait ends when the device
+frees), and when the model's last batch has just been answered to more rows than are waiting now (the clients it
+answered are sending their next requests: starting at once would split them into a forward of one and a forward of
+the rest, each paying a forward's fixed cost). A lone client's batch of one expects one: it never waits.
+
+All models on a device share one forward thread, so on a CPU two forwards never fight over the cores, and the
+thread's FIFO queue takes the models' batches in turn (none starves).
 
 Requests arrive with their inputs already drawn from their own seeds (:class:`app.models.pipelines.Prepared`), so a
 request gives the same images alone or inside any batch.
@@ -63,6 +67,17 @@ class DoesNotFit(ServiceUnavailable):
 
 class ForwardFailed(RuntimeError):
     """The forward of the batch this request was in raised; answered 500."""
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> None:
+    """Until ``event`` is set or ``timeout_s`` has passed (which sets it: the caller clears it before waiting and
+    checks why it woke). A timer, not ``asyncio.wait_for``'s task per wait: a batch wakes its worker once per
+    request."""
+    timer = asyncio.get_running_loop().call_later(timeout_s, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
 
 
 @dataclass(eq=False)
@@ -130,6 +145,9 @@ class ModelQueue:
         # batches that waited for the window (a forward was in flight).
         self.started_at_once = 0
         self.started_after_window = 0
+        # The rows of the last batch answered, and when (loop time): the clients it answered come back together.
+        self.last_rows = 0
+        self.last_answered = -math.inf
         # The metrics' children of this model, looked up once: labels() takes a lock and hashes on every call.
         metrics = batcher.metrics
         self.queue_rows = metrics.queue_rows.labels(name)
@@ -225,20 +243,11 @@ class ModelQueue:
                 await self.wake.wait()
                 continue
             first = self.pending[0]
-            if batcher.in_flight and batcher.delay_s > 0:
-                # The device is busy: until it frees (or the window closes), let the batch fill.
+            if batcher.delay_s > 0 and self.worth_filling(first):
                 fill_until = first.arrived + batcher.delay_s
-                while (
-                    batcher.in_flight
-                    and self.rows_of(first.operation) < batcher.max_batch
-                    and not batcher.closing
-                    and (remaining := fill_until - loop.time()) > 0
-                ):
+                while not batcher.closing and self.worth_filling(first) and (remaining := fill_until - loop.time()) > 0:
                     self.wake.clear()
-                    try:
-                        await asyncio.wait_for(self.wake.wait(), remaining)
-                    except asyncio.TimeoutError:
-                        break
+                    await wait_event(self.wake, remaining)
                 self.started_after_window += 1
             else:
                 self.started_at_once += 1
@@ -249,6 +258,17 @@ class ModelQueue:
     def drop_finished(self) -> None:
         while self.pending and self.pending[0].future.done():
             self.discard(self.pending[0])
+
+    def worth_filling(self, first: Job) -> bool:
+        """Whether the batch led by ``first`` should wait for more rows (the window bounds the wait): the device is
+        busy, or the last batch has just been answered to more rows than wait now."""
+        batcher = self.batcher
+        rows = self.rows_of(first.operation)
+        if rows >= batcher.max_batch:
+            return False
+        if batcher.in_flight:
+            return True
+        return rows < self.last_rows and first.arrived - self.last_answered < batcher.delay_s
 
     def rows_of(self, operation: str) -> int:
         return sum(job.rows for job in self.pending if job.operation == operation and not job.future.done())
@@ -301,6 +321,7 @@ class ModelQueue:
             if not job.future.done():
                 job.future.set_result(tuple(output[offset : offset + job.rows] for output in outputs))
             offset += job.rows
+        self.last_rows, self.last_answered = offset, asyncio.get_running_loop().time()
 
     def fail(self, jobs: list[Job], error: BaseException) -> None:
         """Answer every job of a batch whose forward raised ``error`` (not out of memory): 500, or 503 once the device

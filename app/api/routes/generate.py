@@ -9,13 +9,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
-from app.api.deps import Inference, InferenceDep, SettingsDep, StoreDep, require_pipeline
+from app.api.deps import Serving, ServingDep, StoreDep, require_pipeline
 from app.api.responses import check_count, image_output
 from app.models.pipelines import SAMPLE
 from app.models.pipelines.unconditional import NoisePipeline
 from app.schemas import MAX_SEED, GenerateRequest, ImagesResponse
-from app.services.model_store import ModelStore
-from app.settings import Settings
 
 router = APIRouter(prefix="/generate", tags=["generate"])
 
@@ -28,13 +26,11 @@ def resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(MAX_SEED) if seed is None else seed
 
 
-async def sample_unconditional(
-    family: str, request: GenerateRequest, store: ModelStore, infer: Inference, settings: Settings
-) -> Response:
-    check_count("n", request.n, 1, settings.max_n)
-    pipeline = require_pipeline(store, family, NoisePipeline)
+async def sample_unconditional(family: str, request: GenerateRequest, serving: Serving) -> Response:
+    check_count("n", request.n, 1, serving.settings.max_n)
+    pipeline = require_pipeline(serving.store, family, NoisePipeline)
     seed = resolve_seed(request.seed)
-    (images,) = await infer(family, pipeline.prepare_samples(request.n, seed))
+    (images,) = await serving.infer(family, pipeline.prepare_samples(request.n, seed))
     return await image_output(
         images,
         format=request.format,
@@ -44,20 +40,16 @@ async def sample_unconditional(
 
 
 @router.post("/vae", responses=IMAGE_RESPONSES, response_class=Response)
-async def generate_vae(
-    request: GenerateRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep
-) -> Response:
+async def generate_vae(request: GenerateRequest, serving: ServingDep) -> Response:
     """Decode ``n`` draws from the full-covariance Gaussian fitted to the VAE's training latents (closer to where
     faces lie than the N(0, I) prior it was trained with)."""
-    return await sample_unconditional("vae", request, store, infer, settings)
+    return await sample_unconditional("vae", request, serving)
 
 
 @router.post("/dcgan", responses=IMAGE_RESPONSES, response_class=Response)
-async def generate_dcgan(
-    request: GenerateRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep
-) -> Response:
+async def generate_dcgan(request: GenerateRequest, serving: ServingDep) -> Response:
     """``n`` DCGAN samples."""
-    return await sample_unconditional("dcgan", request, store, infer, settings)
+    return await sample_unconditional("dcgan", request, serving)
 
 
 fallback_router = APIRouter(tags=["generate"])

@@ -305,6 +305,71 @@ def test_requests_arriving_during_a_forward_form_the_next_batch():
     assert counts == (2, 0)
 
 
+async def answered_batch_of_three(model: Gated, batcher: Batcher) -> None:
+    """One forward of one, then one of three (they arrived while the first ran): the last batch answered 3 rows."""
+    first = asyncio.ensure_future(batcher.submit("m", request(1, 1.0), 60))
+    await until(model.entered.is_set, "the first forward started")
+    three = [asyncio.ensure_future(batcher.submit("m", request(1, 2.0), 60)) for _ in range(3)]
+    await asyncio.sleep(0)
+    model.gate.set()
+    await asyncio.gather(first, *three)
+
+
+def test_the_clients_of_the_last_batch_coming_back_form_one_batch_not_a_forward_of_one_and_one_of_the_rest():
+    async def scenario():
+        model = Gated()
+        batcher = await started({"m": model}, delay_ms=60_000)
+        await answered_batch_of_three(model, batcher)
+        # The three clients send their next requests one after another, the device idle all the while.
+        again = [asyncio.ensure_future(batcher.submit("m", request(1, 3.0), 60))]
+        await asyncio.sleep(0.05)
+        assert model.calls == [("sample", 1), ("sample", 3)], "the first to come back waits for the others"
+        again += [asyncio.ensure_future(batcher.submit("m", request(1, 3.0), 60)) for _ in range(2)]
+        results = await asyncio.wait_for(asyncio.gather(*again), 30)
+        queue = batcher.queues["m"]
+        counts = queue.started_at_once, queue.started_after_window
+        await batcher.close()
+        return model, results, counts
+
+    model, results, counts = run(scenario())
+    assert model.calls == [("sample", 1), ("sample", 3), ("sample", 3)]
+    assert all(torch.all(doubled == 6) for doubled, _ in results)
+    assert counts == (2, 1), "it waited for the batch to fill, and started as soon as the three were there"
+
+
+def test_the_wait_for_returning_clients_is_bounded_by_the_window():
+    async def scenario():
+        model = Gated()
+        batcher = await started({"m": model}, delay_ms=100)
+        await answered_batch_of_three(model, batcher)
+        arrived = time.perf_counter()
+        await asyncio.wait_for(batcher.submit("m", request(1, 3.0), 60), 30)  # the only one that comes back
+        waited = time.perf_counter() - arrived
+        await batcher.close()
+        return model, waited
+
+    model, waited = run(scenario())
+    assert model.calls == [("sample", 1), ("sample", 3), ("sample", 1)]
+    assert 0.09 <= waited < 5, f"it waited the 100 ms window, then ran alone (waited {waited:.3f} s)"
+
+
+def test_a_request_long_after_the_last_batch_starts_at_once():
+    async def scenario():
+        model = Gated()
+        batcher = await started({"m": model}, delay_ms=50)
+        await answered_batch_of_three(model, batcher)
+        await asyncio.sleep(0.2)  # longer than the window: the last batch's clients are not coming back together
+        await asyncio.wait_for(batcher.submit("m", request(1, 3.0), 60), 30)
+        queue = batcher.queues["m"]
+        counts = queue.started_at_once, queue.started_after_window
+        await batcher.close()
+        return model, counts
+
+    model, counts = run(scenario())
+    assert model.calls == [("sample", 1), ("sample", 3), ("sample", 1)]
+    assert counts == (3, 0)
+
+
 def test_while_another_models_forward_runs_a_batch_fills_and_starts_when_the_device_frees():
     async def scenario():
         busy, quiet = Gated("busy"), StandIn("quiet")
