@@ -39,7 +39,9 @@ from .evaluate_gans import AttributeJudge, attribute_calls, batched, load_judge
 from .evaluate_glow import decode_checked, manipulation_rates
 from .registry import register_trainer
 
-LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)  # units tried, in partial directions
+# Units tried, in partial directions. The top of the ladder is for attributes carried mostly by the top latent
+# (Male): left alone there, they need many moves on the split latents, which stay clean far out.
+LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0, 20.0)
 
 
 def latent_profiles(latents: int) -> dict[str, torch.Tensor]:
