@@ -33,11 +33,11 @@ from app.models.glow import INVERSE_BOUNDS_KEY, MANIPULATION_LEVELS_KEY, MANIPUL
 from app.models.pipelines import build_pipeline
 from app.models.pipelines.glow import GlowPipeline
 
-from .common import resolve_device
 from .data import load_split
 from .evaluate_gans import AttributeJudge, attribute_calls, batched, load_judge
 from .evaluate_glow import decode_checked, manipulation_rates
 from .registry import register_trainer
+from .runtime import resolve_device
 
 LADDER = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)  # units tried, in partial directions
 

@@ -1,4 +1,5 @@
-"""What every training loop shares: seeding, devices, the run folder (CSV log, curves, grids), checkpoint metadata."""
+"""The runtime a training run stands on, beneath the loop (:mod:`.loop`): the options every trainer shares, threads,
+seeds and device, precision, DDP and compile wrapping, the run folder (CSV log, curves, grids), checkpoint metadata."""
 
 from __future__ import annotations
 
@@ -264,6 +265,11 @@ class StepLog:
         self.rows.append(row)
         with open(self.path, "a", newline="") as handle:
             csv.writer(handle).writerow(self._formatted(row))
+
+    def epoch_mean(self, epoch: int, column: str) -> float:
+        """The mean of ``column`` over the logged steps of ``epoch`` (what the model cards show of training)."""
+        values = [row[column] for row in self.rows if row["epoch"] == epoch]
+        return sum(values) / len(values)
 
     def plot(self, path: Path, panels: dict[str, list[str]], smooth: int = 25) -> None:
         """One subplot per panel title, each with its columns, moving-averaged over ``smooth`` steps."""
