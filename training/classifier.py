@@ -19,7 +19,7 @@ from app.models.classifier import AttributeClassifier, ClassifierConfig
 from . import loop
 from .data import PackedSplit
 from .distributed import shard
-from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, optimiser_step
+from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, one_model, optimiser_step
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
 from .runtime import StepLog, add_common_arguments
@@ -246,15 +246,9 @@ def classifier_task(run: Run) -> Task:
             },
         )
 
-    return Task(
-        name="classifier",
-        columns=["loss", "lr"],
-        modules={"model": model},
-        optimizers={"optimizer": optimizer},
-        scalers={"scaler": scaler},
-        generators={"flips": flips, "greys": greys},
-        step=step,
-        end_epoch=end_epoch,
-        postfix=lambda scalars: {"bce": f"{scalars['loss']:.4f}"},
-        start=start,
-    )
+    def postfix(scalars: dict[str, float]) -> dict[str, str]:
+        return {"bce": f"{scalars['loss']:.4f}"}
+
+    streams = {"flips": flips, "greys": greys}
+    parts = one_model(model, optimizer, scaler)  # the train state's names
+    return Task("classifier", ["loss", "lr"], step, end_epoch, postfix, generators=streams, start=start, **parts)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.models.checkpoint import load_checkpoint, save_checkpoint
+from app.models.checkpoint import load_checkpoint
 from app.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
 from app.models.registry import FamilyModule
 from app.models.sampling import draw_noise
@@ -21,7 +21,7 @@ from . import loop
 from .distributed import World, no_sync, shard
 from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, ema_copy, optimiser_step, update_ema
 from .registry import register_trainer
-from .runtime import StepLog, add_common_arguments, save_grid
+from .runtime import StepLog, add_common_arguments, add_mend_arguments, rewrite_checkpoint, save_grid, set_threads
 
 # G's inputs: one tensor, or a tuple of tensors passed as positional arguments (noise, condition)
 GInputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -91,6 +91,27 @@ def epoch_lr(base: float, epoch: int, epochs: int, decay_after: int | None) -> f
 
 def bce_real_fake(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
+
+
+# What every GAN's discriminator logs first: its real/fake losses, its whole loss, its real/fake accuracies.
+D_COLUMNS = ["loss_d_real", "loss_d_fake", "loss_d", "acc_real", "acc_fake"]
+
+
+def discriminator_scalars(
+    logits_real: torch.Tensor,
+    logits_fake: torch.Tensor,
+    loss_real: torch.Tensor,
+    loss_fake: torch.Tensor,
+    loss: torch.Tensor,
+) -> dict[str, float]:
+    """The :data:`D_COLUMNS` of one discriminator step."""
+    return {
+        "loss_d_real": loss_real.item(),
+        "loss_d_fake": loss_fake.item(),
+        "loss_d": loss.item(),
+        "acc_real": (logits_real > 0).float().mean().item(),
+        "acc_fake": (logits_fake < 0).float().mean().item(),
+    }
 
 
 RecipeFactory = Callable[[argparse.Namespace, list[str], torch.Tensor], GANRecipe]
@@ -224,16 +245,14 @@ def recalibrate_batchnorm(
 
 
 def add_recalibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="noise-only GAN generator checkpoint (dcgan) to recalibrate in place")
+    add_mend_arguments(parser, "noise-only GAN generator checkpoint (dcgan) to recalibrate in place")
     parser.add_argument("--batches", type=int, default=32)
-    parser.add_argument("--threads", type=int)
 
 
 @register_trainer("gan-recalibrate", add_recalibrate_arguments)
 def recalibrate_checkpoint(args: argparse.Namespace) -> None:
     """Recalibrate the BatchNorm statistics of a checkpoint written before training did it (see above)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.family != "dcgan":
         raise SystemExit(f"gan-recalibrate: only dcgan checkpoints (noise-only inputs); got {checkpoint.family}")
@@ -241,15 +260,7 @@ def recalibrate_checkpoint(args: argparse.Namespace) -> None:
     recalibrate_batchnorm(
         model, lambda n, rng: draw_noise(model.latent_shape, n, rng), torch.device("cpu"), args.batches
     )
-    save_checkpoint(
-        args.checkpoint,
-        model,
-        preprocess=checkpoint.preprocess,
-        attributes=checkpoint.attributes,
-        metrics={**checkpoint.metrics, "batchnorm_recalibrated": True},
-        training=checkpoint.training,
-        extras=checkpoint.extras or None,
-    )
+    rewrite_checkpoint(args.checkpoint, checkpoint, model, {**checkpoint.metrics, "batchnorm_recalibrated": True})
     print(f"{args.checkpoint}: BatchNorm statistics recalibrated over {args.batches} batches")
 
 
@@ -275,25 +286,20 @@ def dcgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
     def discriminator_loss(d, real, attributes, fake, inputs):
         logits_real, logits_fake = d(real), d(fake)
         loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
-        return loss_real + loss_fake, {
-            "loss_d_real": loss_real.item(),
-            "loss_d_fake": loss_fake.item(),
-            "loss_d": (loss_real + loss_fake).item(),
-            "acc_real": (logits_real > 0).float().mean().item(),
-            "acc_fake": (logits_fake < 0).float().mean().item(),
-        }
+        loss = loss_real + loss_fake
+        return loss, discriminator_scalars(logits_real, logits_fake, loss_real, loss_fake, loss)
 
     def generator_loss(d, fake, inputs):
         loss = bce_real_fake(d(fake), True)  # non-saturating loss
         return loss, {"loss_g": loss.item()}
 
     return GANRecipe(
-        generator=generator,
-        discriminator=DCGANDiscriminator(config),
-        draw_inputs=draw_inputs,
-        discriminator_loss=discriminator_loss,
-        generator_loss=generator_loss,
-        columns=["loss_d_real", "loss_d_fake", "loss_d", "acc_real", "acc_fake", "loss_g"],
+        generator,
+        DCGANDiscriminator(config),
+        draw_inputs,
+        discriminator_loss,
+        generator_loss,
+        columns=[*D_COLUMNS, "loss_g"],
         panels={"D loss": ["loss_d_real", "loss_d_fake"], "D accuracy": ["acc_real", "acc_fake"], "G loss": ["loss_g"]},
         preview_inputs=draw_noise(generator.latent_shape, 32, torch.Generator().manual_seed(args.seed)),
     )

@@ -26,7 +26,7 @@ from app.models.glow import COVARIANCE_KEY, DIRECTIONS_KEY, Glow, GlowConfig
 from . import loop
 from .data import PackedSplit
 from .distributed import rank_seed
-from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task
+from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, one_model
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
 from .runtime import StepLog, add_common_arguments, save_grid
@@ -280,18 +280,12 @@ def glow_task(run: Run) -> Task:
             dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
         )
 
-    return Task(
-        name="glow",
-        columns=["loss", "bits_per_dim", "class_bits", "grad_norm", "lr"],
-        modules={"model": model},
-        optimizers={"optimizer": optimizer},
-        scalers={"scaler": scaler},
-        generators={"noise": noise},
-        step=step,
-        end_epoch=end_epoch,
-        postfix=lambda scalars: {"bpd": f"{scalars['bits_per_dim']:.3f}", "y": f"{scalars['class_bits']:.1f}"},
-        start=start,
-    )
+    def postfix(scalars: dict[str, float]) -> dict[str, str]:
+        return {"bpd": f"{scalars['bits_per_dim']:.3f}", "y": f"{scalars['class_bits']:.1f}"}
+
+    columns = ["loss", "bits_per_dim", "class_bits", "grad_norm", "lr"]
+    parts = one_model(model, optimizer, scaler)  # the train state's names
+    return Task("glow", columns, step, end_epoch, postfix, generators={"noise": noise}, start=start, **parts)
 
 
 class GlowLoss(torch.nn.Module):

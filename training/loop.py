@@ -151,20 +151,26 @@ class Task:
 
     name: str  # the progress bar's label
     columns: list[str]  # losses.csv's columns after epoch and step
-    modules: dict[str, nn.Module]  # saved in the train state (the plain modules, not the prepared ones)
-    optimizers: dict[str, torch.optim.Optimizer]
-    scalers: dict[str, torch.amp.GradScaler]
     # (batch, epoch, number of the step being taken) -> what to log; None when no optimiser step counts (a GAN's
     # discriminator-only step)
     step: Callable[[Batch, int, int], Logged | None]
     end_epoch: Callable[[EpochEnd], Checkpoint]  # rank 0 only: validation, figures, the checkpoint's content
     postfix: Callable[[dict[str, float]], dict[str, str]]  # the progress bar's figures from a step's scalars
+    modules: dict[str, nn.Module]  # saved in the train state (the plain modules, not the prepared ones)
+    optimizers: dict[str, torch.optim.Optimizer]
+    scalers: dict[str, torch.amp.GradScaler]
     generators: dict[str, torch.Generator] = field(default_factory=dict)  # named streams the step draws from
     # False: every draw comes from the named generators, the same on every rank, so the train state holds neither
     # the global streams nor per-rank files (the GANs, whose states were always written that way)
     global_streams: bool = True
     start: Callable[[RunPosition], None] | None = None  # on every rank, once the position is known (fresh or resumed)
     start_epoch: Callable[[int], None] | None = None  # on every rank, before the epoch's batches are drawn
+
+
+def one_model(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict[str, Any]:
+    """A :class:`Task`'s modules, optimisers and scalers for a family that trains one model (``**one_model(...)``),
+    under the names its train states have always used."""
+    return {"modules": {"model": model}, "optimizers": {"optimizer": optimizer}, "scalers": {"scaler": scaler}}
 
 
 def optimiser_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:

@@ -6,15 +6,22 @@ import argparse
 
 import torch
 
-from app.models.checkpoint import save_checkpoint
+from app.models.checkpoint import load_checkpoint
 from app.models.sampling import draw_noise
 from app.models.vae import VAE, VAEConfig, vae_loss
 
 from . import loop
 from .data import PackedSplit, load_split
-from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, optimiser_step
+from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, one_model, optimiser_step
 from .registry import register_trainer
-from .runtime import add_common_arguments, resolve_device, save_grid
+from .runtime import (
+    add_common_arguments,
+    add_mend_arguments,
+    resolve_device,
+    rewrite_checkpoint,
+    save_grid,
+    set_threads,
+)
 from .train_state import RunPosition, fast_forward
 
 
@@ -64,35 +71,23 @@ def fit_sampling_prior(model: VAE, split: PackedSplit, device: torch.device) -> 
 
 
 def add_fit_prior_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="VAE checkpoint whose sampling prior is (re)fitted in place")
+    add_mend_arguments(parser, "VAE checkpoint whose sampling prior is (re)fitted in place")
     parser.add_argument("--data", required=True, help="CelebA folder in the official layout (train split used)")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int)
 
 
 @register_trainer("vae-fit-prior", add_fit_prior_arguments)
 def refit_prior(args: argparse.Namespace) -> None:
     """Refit the sampling prior of a trained VAE (checkpoints written before the prior existed get one too)."""
-    from app.models.checkpoint import load_checkpoint
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint, device, allow_missing=("prior_mean", "prior_scale_tril"))
     if checkpoint.family != "vae":
         raise SystemExit(f"vae-fit-prior: {args.checkpoint} is a {checkpoint.family} checkpoint, not a vae")
     split = load_split(args.data, "train", checkpoint.preprocess, args.limit)
     metrics = {**checkpoint.metrics, **fit_sampling_prior(checkpoint.model_as(VAE), split, device)}
-    save_checkpoint(
-        args.checkpoint,
-        checkpoint.model,
-        preprocess=checkpoint.preprocess,
-        attributes=checkpoint.attributes,
-        metrics=metrics,
-        training=checkpoint.training,
-        extras=checkpoint.extras,
-    )
+    rewrite_checkpoint(args.checkpoint, checkpoint, checkpoint.model, metrics)
     print(f"{args.checkpoint}: {metrics['sampling_prior']}")
 
 
@@ -145,14 +140,8 @@ def vae_task(run: Run) -> Task:
     def start(position: RunPosition) -> None:
         fast_forward(scheduler, position.step)
 
-    return Task(
-        name="vae",
-        columns=["loss", "mse", "kl"],
-        modules={"model": model},
-        optimizers={"optimizer": optimizer},
-        scalers={"scaler": scaler},
-        step=step,
-        end_epoch=end_epoch,
-        postfix=lambda scalars: {"mse": f"{scalars['mse']:.4f}", "kl": f"{scalars['kl']:.0f}"},
-        start=start,
-    )
+    def postfix(scalars: dict[str, float]) -> dict[str, str]:
+        return {"mse": f"{scalars['mse']:.4f}", "kl": f"{scalars['kl']:.0f}"}
+
+    parts = one_model(model, optimizer, scaler)  # the train state's names
+    return Task("vae", ["loss", "mse", "kl"], step, end_epoch, postfix, start=start, **parts)
