@@ -24,7 +24,7 @@ from app.models.acgan import DEFAULT_ATTRIBUTES, ACGANConfig, ACGANDiscriminator
 from app.models.attributes import FREQUENCIES_KEY, LABEL_VECTORS_KEY, pack_label_vectors
 from app.models.sampling import draw_noise
 
-from .gan import GANRecipe, add_gan_arguments, bce_real_fake, train_gan
+from .gan import D_COLUMNS, GANRecipe, add_gan_arguments, bce_real_fake, discriminator_scalars, train_gan
 from .registry import register_trainer
 
 FAKE_LABELS = ("batch", "shuffled", "frequencies")
@@ -159,11 +159,7 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
         loss_class = attribute_loss(classes_real, target, per_attribute)
         loss = loss_real + loss_fake + weight * loss_class
         return loss, {
-            "loss_d_real": loss_real.item(),
-            "loss_d_fake": loss_fake.item(),
-            "loss_d": loss.item(),
-            "acc_real": (logits_real > 0).float().mean().item(),
-            "acc_fake": (logits_fake < 0).float().mean().item(),
+            **discriminator_scalars(logits_real, logits_fake, loss_real, loss_fake, loss),
             "loss_cls_real": loss_class.item(),
             "acc_cls_real": ((classes_real > 0).float() == target).float().mean().item(),
         }
@@ -189,17 +185,13 @@ def acgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
     preview = (torch.cat([b[0] for b in blocks]), torch.cat([b[1] for b in blocks]))
 
     return GANRecipe(
-        generator=generator,
-        discriminator=ACGANDiscriminator(config),
-        draw_inputs=draw_inputs,
-        discriminator_loss=discriminator_loss,
-        generator_loss=generator_loss,
+        generator,
+        ACGANDiscriminator(config),
+        draw_inputs,
+        discriminator_loss,
+        generator_loss,
         columns=[
-            "loss_d_real",
-            "loss_d_fake",
-            "loss_d",
-            "acc_real",
-            "acc_fake",
+            *D_COLUMNS,
             "loss_cls_real",
             "acc_cls_real",
             "loss_g",

@@ -8,43 +8,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
-from app.models.checkpoint import save_checkpoint
 from app.models.classifier import AttributeClassifier, ClassifierConfig
 
-from .common import (
-    StepLog,
-    add_common_arguments,
-    autocast,
-    grad_scaler,
-    prepare_for_training,
-    preprocess_spec,
-    run_dir,
-    seed_rank,
-    setup,
-    shuffled_batches,
-    to_batch,
-    training_metadata,
-)
-from .data import PackedSplit, load_split
-from .distributed import barrier, check_batch, mean_scalars, shard
+from . import loop
+from .data import PackedSplit
+from .distributed import shard
+from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, one_model, optimiser_step
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
-from .train_state import (
-    RunPosition,
-    TrainState,
-    fast_forward,
-    load_run_state,
-    rng_streams,
-    save_run_state,
-)
+from .runtime import StepLog, add_common_arguments
+from .train_state import RunPosition, fast_forward
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,25 +136,39 @@ def read_epoch_rows(path: Path, up_to_epoch: int) -> list[dict[str, float]]:
 def train(args: argparse.Namespace) -> None:
     if not 0 <= args.grey_probability <= 1:
         raise SystemExit(f"classifier: --grey-probability must be in [0, 1], got {args.grey_probability}")
-    device = setup(args)
-    spec = preprocess_spec(args)
-    train_split = load_split(args.data, "train", spec, args.limit)
-    valid_split = load_split(args.data, "valid", spec, args.limit)
+    loop.train(args, classifier_task)
+
+
+def write_epoch_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    """``valid.csv`` afresh with the kept epochs' rows."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "step", "valid_loss", "valid_mean_accuracy"])
+        for row in rows:
+            writer.writerow(
+                [int(row["epoch"]), int(row["step"]), f"{row['valid_loss']:.6g}", f"{row['valid_mean_accuracy']:.4f}"]
+            )
+
+
+def classifier_task(run: Run) -> Task:
+    """The classifier's part of the loop: multi-label BCE with flips (and greys), AdamW under one cycle, validation
+    accuracy against the majority baseline every epoch (``valid.csv``)."""
+    args, device, train_split = run.args, run.device, run.train
+    valid_split = run.split("valid")
     names = train_split.attribute_names
     config = ClassifierConfig(
-        image_size=spec.size,
+        image_size=run.spec.size,
         widths=args.widths,
         convs_per_stage=args.convs_per_stage,
         num_attributes=len(names),
         dropout=args.dropout,
     )
     model = AttributeClassifier(config).to(device)
-    world = seed_rank(args)
-    check_batch(args.batch_size, world)
-    model_call = prepare_for_training(model, world, device, args)
+    world = run.modules_built()
+    model_call = run.prepare(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scaler = grad_scaler(args, device)
-    total_steps = args.epochs * (len(train_split) // args.batch_size)
+    scaler = run.grad_scaler()
+    total_steps = args.epochs * run.steps_per_epoch
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -187,109 +180,75 @@ def train(args: argparse.Namespace) -> None:
         pos_weight = ((1 - positives) / positives).to(device)
 
     baseline = majority_accuracy(train_split, valid_split)
-    out_dir = run_dir(args)
-    order = torch.Generator().manual_seed(args.seed)
     flips = torch.Generator().manual_seed(args.seed + 1)
     greys = torch.Generator().manual_seed(args.seed + 2)
-    state: TrainState = {
-        "modules": {"model": model},
-        "optimizers": {"optimizer": optimizer},
-        "generators": {"order": order, "flips": flips, "greys": greys, **rng_streams(device)},
-        "scalers": {"scaler": scaler},
-    }
-    barrier(world)
-    position = load_run_state(out_dir, world.rank, state) if args.resume else RunPosition(0, 0, 0.0)
-    fast_forward(scheduler, min(position.step, max(0, total_steps - 1)))  # as the loop steps it (below)
-    log, epoch_rows = None, []
-    epochs_csv = out_dir / "valid.csv"
-    if world.is_main:
-        log = StepLog(out_dir / "losses.csv", ["loss", "lr"], position.step if args.resume else None)
-        epoch_rows = read_epoch_rows(epochs_csv, position.epoch) if args.resume else []
-        with open(epochs_csv, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["epoch", "step", "valid_loss", "valid_mean_accuracy"])
-            for row in epoch_rows:
-                writer.writerow(
-                    [
-                        int(row["epoch"]),
-                        int(row["step"]),
-                        f"{row['valid_loss']:.6g}",
-                        f"{row['valid_mean_accuracy']:.4f}",
-                    ]
-                )
-        print(
-            f"{len(train_split)} training / {len(valid_split)} validation images; majority baseline "
-            f"{baseline.mean().item():.4f}; {sum(p.numel() for p in model.parameters())} parameters",
-            flush=True,
-        )
-    started, step = time.time() - position.seconds, position.step
-    model.train()
-    for epoch in range(position.epoch + 1, args.epochs + 1):
-        progress = tqdm(
-            list(shuffled_batches(len(train_split), args.batch_size, order)),
-            desc=f"classifier epoch {epoch}",
-            disable=not world.is_main,
-        )
-        for global_indices in progress:
-            # the flips of the whole global batch, drawn on every rank from one stream; this rank's share
-            flip = shard(torch.rand(len(global_indices), generator=flips) < 0.5, world)
-            images, targets = train_split.batch(shard(global_indices, world))
-            images = torch.where(flip[:, None, None, None], images.flip(3), images)
-            grey = shard(torch.rand(len(global_indices), generator=greys) < args.grey_probability, world)
-            images = make_grey(images, grey)
-            images, targets = to_batch(images, args, device), targets.to(device)
-            with autocast(args, device):
-                logits = model_call(images)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            if step < total_steps:  # OneCycleLR raises when stepped past its total
-                scheduler.step()
-            scalars = mean_scalars({"loss": loss.item()}, world, device)
-            if log is not None:
-                log.append(epoch=epoch, step=step, loss=scalars["loss"], lr=optimizer.param_groups[0]["lr"])
-            progress.set_postfix(bce=f"{scalars['loss']:.4f}")
-            if args.max_steps and step >= args.max_steps:
-                break
-        if log is not None:
-            valid_loss, accuracy = evaluate_split(model, valid_split, device)
-            metrics = accuracy_metrics(names, accuracy, baseline, valid_loss, len(valid_split))
-            epoch_rows.append(
-                {
-                    "epoch": epoch,
-                    "step": step,
-                    "valid_loss": valid_loss,
-                    "valid_mean_accuracy": metrics["valid_mean_accuracy"],
-                }
-            )
-            with open(epochs_csv, "a", newline="") as handle:
-                csv.writer(handle).writerow([epoch, step, f"{valid_loss:.6g}", f"{metrics['valid_mean_accuracy']:.4f}"])
+    epochs_csv = run.out_dir / "valid.csv"
+    epoch_rows: list[dict[str, float]] = []
+
+    def start(position: RunPosition) -> None:
+        fast_forward(scheduler, min(position.step, max(0, total_steps - 1)))  # as the step steps it (below)
+        if world.is_main:
+            epoch_rows.extend(read_epoch_rows(epochs_csv, position.epoch) if args.resume else [])
+            write_epoch_rows(epochs_csv, epoch_rows)
             print(
-                f"epoch {epoch}: valid BCE {valid_loss:.4f}, mean accuracy {metrics['valid_mean_accuracy']:.4f} "
-                f"(majority {metrics['majority_mean_accuracy']:.4f})",
+                f"{len(train_split)} training / {len(valid_split)} validation images; majority baseline "
+                f"{baseline.mean().item():.4f}; {sum(p.numel() for p in model.parameters())} parameters",
                 flush=True,
             )
-            plot_curves(out_dir / "curves.png", log, epoch_rows, metrics["majority_mean_accuracy"])
-            save_checkpoint(
-                args.out,
-                model,
-                preprocess=spec,
-                attributes=names,
-                metrics=metrics,
-                training={
-                    **training_metadata(
-                        args, images=len(train_split), epochs_done=epoch, steps=step, started=started, device=device
-                    ),
-                    "weight_decay": args.weight_decay,
-                    "pos_weight": bool(args.pos_weight),
-                    "augmentation": "random horizontal flip"
-                    + (f", grey with probability {args.grey_probability:g}" if args.grey_probability else ""),
-                },
+        model.train()
+
+    def step(batch: Batch, epoch: int, number: int) -> Logged:
+        # the flips of the whole global batch, drawn on every rank from one stream; this rank's share
+        flip = shard(torch.rand(len(batch.indices), generator=flips) < 0.5, world)
+        images = torch.where(flip[:, None, None, None], batch.images.flip(3), batch.images)
+        grey = shard(torch.rand(len(batch.indices), generator=greys) < args.grey_probability, world)
+        images = make_grey(images, grey)
+        images, targets = run.to_batch(images), batch.attributes.to(device)
+        with run.autocast():
+            logits = model_call(images)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
+        optimiser_step(loss, optimizer, scaler)
+        if number < total_steps:  # OneCycleLR raises when stepped past its total
+            scheduler.step()
+        return Logged({"loss": loss.item()}, {"lr": optimizer.param_groups[0]["lr"]})
+
+    def end_epoch(end: EpochEnd) -> Checkpoint:
+        valid_loss, accuracy = evaluate_split(model, valid_split, device)
+        metrics = accuracy_metrics(names, accuracy, baseline, valid_loss, len(valid_split))
+        epoch_rows.append(
+            {
+                "epoch": end.epoch,
+                "step": end.step,
+                "valid_loss": valid_loss,
+                "valid_mean_accuracy": metrics["valid_mean_accuracy"],
+            }
+        )
+        with open(epochs_csv, "a", newline="") as handle:
+            csv.writer(handle).writerow(
+                [end.epoch, end.step, f"{valid_loss:.6g}", f"{metrics['valid_mean_accuracy']:.4f}"]
             )
-        save_run_state(out_dir, world.rank, RunPosition(epoch, step, time.time() - started), state)
-        barrier(world)
-        if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
-            break
+        print(
+            f"epoch {end.epoch}: valid BCE {valid_loss:.4f}, mean accuracy {metrics['valid_mean_accuracy']:.4f} "
+            f"(majority {metrics['majority_mean_accuracy']:.4f})",
+            flush=True,
+        )
+        plot_curves(run.out_dir / "curves.png", end.log, epoch_rows, metrics["majority_mean_accuracy"])
+        augmentation = "random horizontal flip" + (
+            f", grey with probability {args.grey_probability:g}" if args.grey_probability else ""
+        )
+        return Checkpoint(
+            model,
+            metrics,
+            training={
+                "weight_decay": args.weight_decay,
+                "pos_weight": bool(args.pos_weight),
+                "augmentation": augmentation,
+            },
+        )
+
+    def postfix(scalars: dict[str, float]) -> dict[str, str]:
+        return {"bce": f"{scalars['loss']:.4f}"}
+
+    streams = {"flips": flips, "greys": greys}
+    parts = one_model(model, optimizer, scaler)  # the train state's names
+    return Task("classifier", ["loss", "lr"], step, end_epoch, postfix, generators=streams, start=start, **parts)

@@ -30,10 +30,10 @@ from app.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, 
 from app.models.sampling import draw_noise, seeded_generator
 from app.models.vae import VAE
 
-from .common import resolve_device, save_grid
 from .data import SPLITS, PackedSplit, load_split
 from .plots import saved_figure
 from .registry import register_trainer
+from .runtime import resolve_device, save_grid
 
 Evaluator = Callable[[Checkpoint, argparse.Namespace, Path], dict[str, Any]]
 

@@ -48,11 +48,11 @@ from .attribute_requests import (
     conditional_draw_rates,
     single_attribute_agreement,
 )
-from .common import save_grid
 from .data import load_labels
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
 from .fid import FrechetInception, real_statistics
 from .plots import saved_figure
+from .runtime import save_grid
 
 ACGAN_SAMPLES = 1000  # conditioned samples scored for agreement
 TOGGLE_PAIRS = 500  # off/on pairs scored for the toggle success rate

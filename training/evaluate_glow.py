@@ -29,9 +29,9 @@ from app.models.checkpoint import Checkpoint
 from app.models.glow import Glow
 from app.models.pipelines.glow import GlowPipeline
 
-from .common import save_grid
 from .evaluate import EvaluationError, load_eval_split, register_evaluator
 from .evaluate_gans import attribute_calls, batched, classifier_path, load_judge
+from .runtime import save_grid
 
 MANIPULATED = ("Smiling", "Male", "Eyeglasses", "Young")  # the attributes the model-quality targets name
 CONDITIONED = ("Smiling", "Male", "Eyeglasses", "Blond_Hair", "Young")  # asked on and off, the others left open

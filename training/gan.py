@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,32 +11,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from app.models.checkpoint import load_checkpoint, save_checkpoint
+from app.models.checkpoint import load_checkpoint
 from app.models.dcgan import DCGANConfig, DCGANDiscriminator, DCGANGenerator
 from app.models.registry import FamilyModule
 from app.models.sampling import draw_noise
 
-from .common import (
-    StepLog,
-    add_common_arguments,
-    autocast,
-    grad_scaler,
-    prepare_for_training,
-    preprocess_spec,
-    run_dir,
-    save_grid,
-    seed_rank,
-    setup,
-    shuffled_batches,
-    to_batch,
-    training_metadata,
-)
-from .data import load_split
-from .distributed import World, barrier, check_batch, mean_scalars, no_sync, shard
+from . import loop
+from .distributed import World, no_sync, shard
+from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, ema_copy, optimiser_step, update_ema
 from .registry import register_trainer
-from .train_state import RunPosition, TrainState, load_train_state, save_train_state
+from .runtime import StepLog, add_common_arguments, add_mend_arguments, rewrite_checkpoint, save_grid, set_threads
 
 # G's inputs: one tensor, or a tuple of tensors passed as positional arguments (noise, condition)
 GInputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -110,6 +93,27 @@ def bce_real_fake(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
 
 
+# What every GAN's discriminator logs first: its real/fake losses, its whole loss, its real/fake accuracies.
+D_COLUMNS = ["loss_d_real", "loss_d_fake", "loss_d", "acc_real", "acc_fake"]
+
+
+def discriminator_scalars(
+    logits_real: torch.Tensor,
+    logits_fake: torch.Tensor,
+    loss_real: torch.Tensor,
+    loss_fake: torch.Tensor,
+    loss: torch.Tensor,
+) -> dict[str, float]:
+    """The :data:`D_COLUMNS` of one discriminator step."""
+    return {
+        "loss_d_real": loss_real.item(),
+        "loss_d_fake": loss_fake.item(),
+        "loss_d": loss.item(),
+        "acc_real": (logits_real > 0).float().mean().item(),
+        "acc_fake": (logits_fake < 0).float().mean().item(),
+    }
+
+
 RecipeFactory = Callable[[argparse.Namespace, list[str], torch.Tensor], GANRecipe]
 
 
@@ -130,114 +134,84 @@ def train_gan(args: argparse.Namespace, make_recipe: RecipeFactory) -> None:
         raise SystemExit(
             f"--lr-decay-after must be in [0, --epochs), got {args.lr_decay_after} with --epochs {args.epochs}"
         )
-    device = setup(args)
-    spec = preprocess_spec(args)
-    train_split = load_split(args.data, "train", spec, args.limit)
+    loop.train(args, lambda run: gan_task(run, make_recipe))
+
+
+def gan_task(run: Run, make_recipe: RecipeFactory) -> Task:
+    """The adversarial part of the loop: ``recipe.d_steps`` updates of D per update of G, a moving average of G
+    shipped with its BatchNorm statistics recalibrated, learning rates set per epoch."""
+    args, device, train_split = run.args, run.device, run.train
     recipe = make_recipe(args, train_split.attribute_names, train_split.attributes)
-    world = seed_rank(args)
-    check_batch(args.batch_size, world)
+    world = run.modules_built()
     generator, discriminator = recipe.generator.to(device), recipe.discriminator.to(device)
     # A moving average of G smooths the GAN's oscillation; it is what gets shipped (Karras et al., progressive GAN).
-    shipped = copy.deepcopy(generator).eval().requires_grad_(False) if args.ema > 0 else generator
-    # The modules called in the loop: DDP-wrapped (several processes), compiled (--compile); saved: the plain ones.
-    g_call = prepare_for_training(generator, world, device, args)
-    d_call = prepare_for_training(discriminator, world, device, args)
+    shipped = ema_copy(generator, args.ema)
+    # The modules called in the step: DDP-wrapped (several processes), compiled (--compile); saved: the plain ones.
+    g_call, d_call = run.prepare(generator), run.prepare(discriminator)
     betas = (args.beta1, 0.999)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
-    scaler_g, scaler_d = grad_scaler(args, device), grad_scaler(args, device)
-    out_dir = run_dir(args)
-    order = torch.Generator().manual_seed(args.seed)
+    scaler_g, scaler_d = run.grad_scaler(), run.grad_scaler()
     noise_generator = torch.Generator().manual_seed(args.seed + 1)
-    state: TrainState = {
-        "modules": {"generator": generator, "discriminator": discriminator, "shipped": shipped},
-        "optimizers": {"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
-        "generators": {"order": order, "noise": noise_generator, **recipe.generators},
-        "scalers": {"scaler_g": scaler_g, "scaler_d": scaler_d},
-    }
-    barrier(world)  # rank 0 made the run folder
-    position = load_train_state(out_dir, **state) if args.resume else RunPosition(0, 0, 0.0)
-    log = (
-        StepLog(out_dir / "losses.csv", recipe.columns, resume_after_step=position.step if args.resume else None)
-        if world.is_main
-        else None
-    )
-    started, step = time.time() - position.seconds, position.step
-    for epoch in range(position.epoch + 1, args.epochs + 1):
+
+    def start_epoch(epoch: int) -> None:
         for optimizer in (optimizer_g, optimizer_d):
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr(args.lr, epoch, args.epochs, args.lr_decay_after)
-        progress = tqdm(
-            list(shuffled_batches(len(train_split), args.batch_size, order)),
-            desc=f"{generator.family} epoch {epoch}",
-            disable=not world.is_main,
-        )
-        for batch_number, global_indices in enumerate(progress):
-            indices = shard(global_indices, world)
-            real, attributes = train_split.batch(indices)
-            real, attributes = to_batch(real, args, device), attributes.to(device)
-            # G's inputs for the whole global batch, from the one stream every rank holds; this rank's rows
-            inputs = recipe.draw_inputs(len(global_indices), train_split.attributes[global_indices], noise_generator)
-            inputs = to_device(slice_inputs(inputs, world), device)
-            update_g = batch_number % recipe.d_steps == 0  # else a D-only step: G waits for its turn
-            with autocast(args, device):
-                with torch.set_grad_enabled(update_g):  # no graph (and no DDP reduction) for a fake only D sees
-                    fake = run_generator(g_call, inputs)
-                loss_d, scalars_d = recipe.discriminator_loss(d_call, real, attributes, fake.detach(), inputs)
-            optimizer_d.zero_grad(set_to_none=True)
-            scaler_d.scale(loss_d).backward()
-            scaler_d.step(optimizer_d)
-            scaler_d.update()
-            if not update_g:
-                continue
-            with autocast(args, device), no_sync(d_call):  # D's gradients of G's loss are thrown away
-                loss_g, scalars_g = recipe.generator_loss(d_call, fake, inputs)
-            optimizer_g.zero_grad(set_to_none=True)
-            scaler_g.scale(loss_g).backward()
-            scaler_g.step(optimizer_g)
-            scaler_g.update()
-            if shipped is not generator:
-                with torch.no_grad():
-                    for ema_p, p in zip(shipped.parameters(), generator.parameters()):
-                        ema_p.lerp_(p, 1 - args.ema)
-                    for ema_b, b in zip(shipped.buffers(), generator.buffers()):
-                        ema_b.copy_(b)
-            step += 1
-            scalars = mean_scalars({**scalars_d, **scalars_g}, world, device)
-            if log is not None:
-                log.append(epoch=epoch, step=step, **scalars)
-            progress.set_postfix({k: f"{v:.3f}" for k, v in scalars.items() if k in ("loss_d", "loss_g")})
-            if args.max_steps and step >= args.max_steps:
-                break
-        if log is not None:
-            if shipped is not generator:
-                recalibrate_batchnorm(
-                    shipped,
-                    lambda n, rng: recipe.draw_inputs(
-                        n, train_split.attributes[torch.randint(len(train_split), (n,), generator=rng)], rng
-                    ),
-                    device,
-                )
-            with torch.inference_mode():
-                shipped.eval()
-                preview = run_generator(shipped, to_device(recipe.preview_inputs, device))
-                save_grid(preview, out_dir / f"samples_epoch{epoch:03d}.png", nrow=recipe.preview_rows)
-            log.plot(out_dir / "curves.png", recipe.panels)
-            save_checkpoint(
-                args.out,
+
+    def step(batch: Batch, epoch: int, number: int) -> Logged | None:
+        real, attributes = run.to_batch(batch.images), batch.attributes.to(device)
+        # G's inputs for the whole global batch, from the one stream every rank holds; this rank's rows
+        inputs = recipe.draw_inputs(len(batch.indices), train_split.attributes[batch.indices], noise_generator)
+        inputs = to_device(slice_inputs(inputs, world), device)
+        update_g = batch.number % recipe.d_steps == 0  # else a D-only step: G waits for its turn
+        with run.autocast():
+            with torch.set_grad_enabled(update_g):  # no graph (and no DDP reduction) for a fake only D sees
+                fake = run_generator(g_call, inputs)
+            loss_d, scalars_d = recipe.discriminator_loss(d_call, real, attributes, fake.detach(), inputs)
+        optimiser_step(loss_d, optimizer_d, scaler_d)
+        if not update_g:
+            return None
+        with run.autocast(), no_sync(d_call):  # D's gradients of G's loss are thrown away
+            loss_g, scalars_g = recipe.generator_loss(d_call, fake, inputs)
+        optimiser_step(loss_g, optimizer_g, scaler_g)
+        update_ema(shipped, generator, args.ema)
+        return Logged({**scalars_d, **scalars_g})
+
+    def end_epoch(end: EpochEnd) -> Checkpoint:
+        if shipped is not generator:
+            recalibrate_batchnorm(
                 shipped,
-                preprocess=spec,
-                attributes=train_split.attribute_names if recipe.attributes is None else recipe.attributes,
-                metrics=epoch_means(log, epoch, recipe.summary_columns),
-                extras=recipe.extras() if recipe.extras else None,
-                training=training_metadata(
-                    args, images=len(train_split), epochs_done=epoch, steps=step, started=started, device=device
+                lambda n, rng: recipe.draw_inputs(
+                    n, train_split.attributes[torch.randint(len(train_split), (n,), generator=rng)], rng
                 ),
+                device,
             )
-            save_train_state(out_dir, RunPosition(epoch, step, time.time() - started), **state)
-        barrier(world)
-        if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
-            break
+        with torch.inference_mode():
+            shipped.eval()
+            preview = run_generator(shipped, to_device(recipe.preview_inputs, device))
+            save_grid(preview, run.out_dir / f"samples_epoch{end.epoch:03d}.png", nrow=recipe.preview_rows)
+        end.log.plot(run.out_dir / "curves.png", recipe.panels)
+        return Checkpoint(
+            shipped,
+            epoch_means(end.log, end.epoch, recipe.summary_columns),
+            extras=recipe.extras() if recipe.extras else None,
+            attributes=recipe.attributes,
+        )
+
+    return Task(
+        name=generator.family,
+        columns=recipe.columns,
+        modules={"generator": generator, "discriminator": discriminator, "shipped": shipped},
+        optimizers={"optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
+        scalers={"scaler_g": scaler_g, "scaler_d": scaler_d},
+        generators={"noise": noise_generator, **recipe.generators},
+        global_streams=False,  # every draw is from the named streams (train states were always written so)
+        step=step,
+        end_epoch=end_epoch,
+        postfix=lambda scalars: {k: f"{v:.3f}" for k, v in scalars.items() if k in ("loss_d", "loss_g")},
+        start_epoch=start_epoch,
+    )
 
 
 @torch.no_grad()
@@ -271,16 +245,14 @@ def recalibrate_batchnorm(
 
 
 def add_recalibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="noise-only GAN generator checkpoint (dcgan) to recalibrate in place")
+    add_mend_arguments(parser, "noise-only GAN generator checkpoint (dcgan) to recalibrate in place")
     parser.add_argument("--batches", type=int, default=32)
-    parser.add_argument("--threads", type=int)
 
 
 @register_trainer("gan-recalibrate", add_recalibrate_arguments)
 def recalibrate_checkpoint(args: argparse.Namespace) -> None:
     """Recalibrate the BatchNorm statistics of a checkpoint written before training did it (see above)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.family != "dcgan":
         raise SystemExit(f"gan-recalibrate: only dcgan checkpoints (noise-only inputs); got {checkpoint.family}")
@@ -288,24 +260,15 @@ def recalibrate_checkpoint(args: argparse.Namespace) -> None:
     recalibrate_batchnorm(
         model, lambda n, rng: draw_noise(model.latent_shape, n, rng), torch.device("cpu"), args.batches
     )
-    save_checkpoint(
-        args.checkpoint,
-        model,
-        preprocess=checkpoint.preprocess,
-        attributes=checkpoint.attributes,
-        metrics={**checkpoint.metrics, "batchnorm_recalibrated": True},
-        training=checkpoint.training,
-        extras=checkpoint.extras or None,
-    )
+    rewrite_checkpoint(args.checkpoint, checkpoint, model, {**checkpoint.metrics, "batchnorm_recalibrated": True})
     print(f"{args.checkpoint}: BatchNorm statistics recalibrated over {args.batches} batches")
 
 
 def epoch_means(log: StepLog, epoch: int, columns: list[str]) -> dict[str, Any]:
     """``train_<column>``: the mean of each column over the steps of ``epoch`` (what the model cards show)."""
-    rows = [row for row in log.rows if row["epoch"] == epoch]
-    if not rows or not columns:
+    if not columns or not any(row["epoch"] == epoch for row in log.rows):
         return {}
-    return {f"train_{column}": round(sum(row[column] for row in rows) / len(rows), 4) for column in columns}
+    return {f"train_{column}": round(log.epoch_mean(epoch, column), 4) for column in columns}
 
 
 def dcgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: torch.Tensor | None = None) -> GANRecipe:
@@ -323,25 +286,20 @@ def dcgan_recipe(args: argparse.Namespace, attribute_names: list[str], labels: t
     def discriminator_loss(d, real, attributes, fake, inputs):
         logits_real, logits_fake = d(real), d(fake)
         loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
-        return loss_real + loss_fake, {
-            "loss_d_real": loss_real.item(),
-            "loss_d_fake": loss_fake.item(),
-            "loss_d": (loss_real + loss_fake).item(),
-            "acc_real": (logits_real > 0).float().mean().item(),
-            "acc_fake": (logits_fake < 0).float().mean().item(),
-        }
+        loss = loss_real + loss_fake
+        return loss, discriminator_scalars(logits_real, logits_fake, loss_real, loss_fake, loss)
 
     def generator_loss(d, fake, inputs):
         loss = bce_real_fake(d(fake), True)  # non-saturating loss
         return loss, {"loss_g": loss.item()}
 
     return GANRecipe(
-        generator=generator,
-        discriminator=DCGANDiscriminator(config),
-        draw_inputs=draw_inputs,
-        discriminator_loss=discriminator_loss,
-        generator_loss=generator_loss,
-        columns=["loss_d_real", "loss_d_fake", "loss_d", "acc_real", "acc_fake", "loss_g"],
+        generator,
+        DCGANDiscriminator(config),
+        draw_inputs,
+        discriminator_loss,
+        generator_loss,
+        columns=[*D_COLUMNS, "loss_g"],
         panels={"D loss": ["loss_d_real", "loss_d_fake"], "D accuracy": ["acc_real", "acc_fake"], "G loss": ["loss_g"]},
         preview_inputs=draw_noise(generator.latent_shape, 32, torch.Generator().manual_seed(args.seed)),
     )

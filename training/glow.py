@@ -14,44 +14,23 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from app.models.attributes import FREQUENCIES_KEY, LABEL_VECTORS_KEY, pack_label_vectors
-from app.models.checkpoint import load_checkpoint, save_checkpoint
+from app.models.checkpoint import load_checkpoint
 from app.models.glow import COVARIANCE_KEY, DIRECTIONS_KEY, Glow, GlowConfig
 
-from .common import (
-    StepLog,
-    add_common_arguments,
-    autocast,
-    grad_scaler,
-    prepare_for_training,
-    preprocess_spec,
-    run_dir,
-    save_grid,
-    seed_rank,
-    setup,
-    shuffled_batches,
-    to_batch,
-    training_metadata,
-)
-from .data import PackedSplit, load_split
-from .distributed import barrier, check_batch, mean_scalars, rank_seed, shard
+from . import loop
+from .data import PackedSplit
+from .distributed import rank_seed
+from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, one_model
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
-from .train_state import (
-    RunPosition,
-    TrainState,
-    fast_forward,
-    load_run_state,
-    rng_streams,
-    save_run_state,
-)
+from .runtime import StepLog, add_common_arguments, save_grid
+from .train_state import RunPosition, fast_forward
 
 PREVIEW_TEMPERATURES = (0.5, 0.7, 1.0)
 
@@ -179,12 +158,17 @@ def plot_curves(log: StepLog, valid: list[tuple[int, float]], path: Path, smooth
 
 @register_trainer("glow", add_arguments)
 def train(args: argparse.Namespace) -> None:
-    device = setup(args)
-    spec = preprocess_spec(args)
-    train_split = load_split(args.data, "train", spec, args.limit)
-    valid_split = load_split(args.data, "valid", spec, args.limit)
+    loop.train(args, glow_task)
+
+
+def glow_task(run: Run) -> Task:
+    """Glow's part of the loop: data-dependent actnorm init, Adam with warm-up and cosine decay, gradient clipping,
+    a stop naming the step at a non-finite loss; per epoch validation bits/dim, samples at three temperatures, the
+    attribute directions and the statistics the service conditions with."""
+    args, device, train_split = run.args, run.device, run.train
+    valid_split = run.split("valid")
     config = GlowConfig(
-        image_size=spec.size,
+        image_size=run.spec.size,
         levels=args.levels,
         steps=args.steps,
         hidden=args.hidden,
@@ -206,19 +190,16 @@ def train(args: argparse.Namespace) -> None:
     init_images, init_attributes = train_split.batch(init_indices)
     model.initialize(init_images.to(device), init_attributes.to(device))
 
-    world = seed_rank(args)
-    check_batch(args.batch_size, world)
-    model_call = prepare_for_training(GlowLoss(model), world, device, args)
+    world = run.modules_built()
+    model_call = run.prepare(GlowLoss(model))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scaler = grad_scaler(args, device)
-    total_steps = args.epochs * (len(train_split) // args.batch_size)
+    scaler = run.grad_scaler()
+    total_steps = args.epochs * run.steps_per_epoch
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, args.warmup, total_steps)
     )
-    out_dir = run_dir(args)
-    order = torch.Generator().manual_seed(args.seed)
     # dequantisation noise: each rank its own stream (rank 0's is the one-process run's)
     noise = torch.Generator().manual_seed(rank_seed(args.seed + 1, world.rank))
     preview_attributes = (
@@ -226,122 +207,85 @@ def train(args: argparse.Namespace) -> None:
         .float()
         .to(device)
     )
-    state: TrainState = {
-        "modules": {"model": model},
-        "optimizers": {"optimizer": optimizer},
-        "generators": {"order": order, "noise": noise, **rng_streams(device)},
-        "scalers": {"scaler": scaler},
-    }
-    barrier(world)
-    position = load_run_state(out_dir, world.rank, state) if args.resume else RunPosition(0, 0, 0.0)
-    fast_forward(scheduler, position.step)
-    log = (
-        StepLog(
-            out_dir / "losses.csv",
-            ["loss", "bits_per_dim", "class_bits", "grad_norm", "lr"],
-            position.step if args.resume else None,
-        )
-        if world.is_main
-        else None
-    )
     valid_curve: list[tuple[int, float]] = []
-    started, step = time.time() - position.seconds, position.step
-    for epoch in range(position.epoch + 1, args.epochs + 1):
-        progress = tqdm(
-            list(shuffled_batches(len(train_split), args.batch_size, order)),
-            desc=f"glow epoch {epoch}",
-            disable=not world.is_main,
-        )
-        epoch_bits = []
-        for global_indices in progress:
-            images, attributes = train_split.batch(shard(global_indices, world))
-            with autocast(args, device):
-                loss, bits_per_dim, class_bits = model_call(
-                    to_batch(images, args, device), attributes.to(device), noise
-                )
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"glow: loss became {loss.item()} at step {step + 1} (epoch {epoch}); try a lower --lr, a longer "
-                    "--warmup, a smaller --clip-norm, --coupling additive or --n-bits 5"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
-            if not torch.isfinite(grad_norm) and not scaler.is_enabled():
-                raise FloatingPointError(
-                    f"glow: gradient norm became {grad_norm.item()} at step {step + 1} (epoch {epoch}); "
-                    "try a lower --lr or a longer --warmup"
-                )
-            scaler.step(optimizer)  # fp16: skips a step whose gradients overflowed, and lowers the scale
-            scaler.update()
-            scheduler.step()
-            step += 1
-            scalars = mean_scalars(
-                {
-                    "loss": loss.item(),
-                    "bits_per_dim": bits_per_dim.item(),
-                    "class_bits": class_bits.item(),
-                    "grad_norm": grad_norm.item(),
-                },
-                world,
-                device,
-            )
-            epoch_bits.append(scalars["bits_per_dim"])
-            if log is not None:
-                log.append(epoch=epoch, step=step, lr=float(scheduler.get_last_lr()[0]), **scalars)
-            progress.set_postfix(bpd=f"{scalars['bits_per_dim']:.3f}", y=f"{scalars['class_bits']:.1f}")
-            if args.max_steps and step >= args.max_steps:
-                break
-        if log is not None:
-            valid_bits = validation_bits_per_dim(model, valid_split, device, args.seed)
-            valid_curve.append((step, valid_bits))
-            print(f"epoch {epoch}: valid bits/dim {valid_bits:.4f}", flush=True)
 
-            model.eval()
-            with torch.inference_mode():
-                for temperature in PREVIEW_TEMPERATURES:
-                    samples = model.sample(
-                        preview_attributes, temperature, torch.Generator().manual_seed(args.seed + 3)
-                    )
-                    save_grid(samples, out_dir / f"samples_epoch{epoch:03d}_t{temperature:.1f}.png")
-            model.train()
-            plot_curves(log, valid_curve, out_dir / "curves.png")
-            directions = attribute_directions(model, train_split, device, args.direction_images, args.seed)
-            save_checkpoint(
-                args.out,
-                model,
-                preprocess=spec,
-                attributes=train_split.attribute_names,
-                metrics={
-                    "valid_bits_per_dim": round(valid_bits, 5),
-                    "train_bits_per_dim": round(sum(epoch_bits) / len(epoch_bits), 5),
-                    "n_bits": config.n_bits,
-                    "valid_images": len(valid_split),
-                    "direction_images": min(args.direction_images, len(train_split)),
-                },
-                training={
-                    **training_metadata(
-                        args, images=len(train_split), epochs_done=epoch, steps=step, started=started, device=device
-                    ),
-                    "warmup": args.warmup,
-                    "clip_norm": args.clip_norm,
-                    "init_images": args.init_images,
-                    **({"init_from": started_from} if started_from else {}),
-                },
-                extras={
-                    DIRECTIONS_KEY: directions,
-                    FREQUENCIES_KEY: frequencies,
-                    COVARIANCE_KEY: covariance,
-                    # the service draws the attributes a request leaves open jointly from these
-                    LABEL_VECTORS_KEY: pack_label_vectors(train_split.attributes),
-                },
-                dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
+    def start(position: RunPosition) -> None:
+        fast_forward(scheduler, position.step)
+
+    def step(batch: Batch, epoch: int, number: int) -> Logged:
+        with run.autocast():
+            loss, bits_per_dim, class_bits = model_call(run.to_batch(batch.images), batch.attributes.to(device), noise)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"glow: loss became {loss.item()} at step {number} (epoch {epoch}); try a lower --lr, a longer "
+                "--warmup, a smaller --clip-norm, --coupling additive or --n-bits 5"
             )
-        save_run_state(out_dir, world.rank, RunPosition(epoch, step, time.time() - started), state)
-        barrier(world)
-        if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
-            break
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
+        if not torch.isfinite(grad_norm) and not scaler.is_enabled():
+            raise FloatingPointError(
+                f"glow: gradient norm became {grad_norm.item()} at step {number} (epoch {epoch}); "
+                "try a lower --lr or a longer --warmup"
+            )
+        scaler.step(optimizer)  # fp16: skips a step whose gradients overflowed, and lowers the scale
+        scaler.update()
+        scheduler.step()
+        return Logged(
+            {
+                "loss": loss.item(),
+                "bits_per_dim": bits_per_dim.item(),
+                "class_bits": class_bits.item(),
+                "grad_norm": grad_norm.item(),
+            },
+            {"lr": float(scheduler.get_last_lr()[0])},
+        )
+
+    def end_epoch(end: EpochEnd) -> Checkpoint:
+        valid_bits = validation_bits_per_dim(model, valid_split, device, args.seed)
+        valid_curve.append((end.step, valid_bits))
+        print(f"epoch {end.epoch}: valid bits/dim {valid_bits:.4f}", flush=True)
+
+        model.eval()
+        with torch.inference_mode():
+            for temperature in PREVIEW_TEMPERATURES:
+                samples = model.sample(preview_attributes, temperature, torch.Generator().manual_seed(args.seed + 3))
+                save_grid(samples, run.out_dir / f"samples_epoch{end.epoch:03d}_t{temperature:.1f}.png")
+        model.train()
+        plot_curves(end.log, valid_curve, run.out_dir / "curves.png")
+        directions = attribute_directions(model, train_split, device, args.direction_images, args.seed)
+        return Checkpoint(
+            model,
+            metrics={
+                "valid_bits_per_dim": round(valid_bits, 5),
+                "train_bits_per_dim": round(end.log.epoch_mean(end.epoch, "bits_per_dim"), 5),
+                "n_bits": config.n_bits,
+                "valid_images": len(valid_split),
+                "direction_images": min(args.direction_images, len(train_split)),
+            },
+            training={
+                "warmup": args.warmup,
+                "clip_norm": args.clip_norm,
+                "init_images": args.init_images,
+                **({"init_from": started_from} if started_from else {}),
+            },
+            extras={
+                DIRECTIONS_KEY: directions,
+                FREQUENCIES_KEY: frequencies,
+                COVARIANCE_KEY: covariance,
+                # the service draws the attributes a request leaves open jointly from these
+                LABEL_VECTORS_KEY: pack_label_vectors(train_split.attributes),
+            },
+            dtype=None,  # float32: half-precision weights would cost the flow its exact invertibility
+        )
+
+    def postfix(scalars: dict[str, float]) -> dict[str, str]:
+        return {"bpd": f"{scalars['bits_per_dim']:.3f}", "y": f"{scalars['class_bits']:.1f}"}
+
+    columns = ["loss", "bits_per_dim", "class_bits", "grad_norm", "lr"]
+    parts = one_model(model, optimizer, scaler)  # the train state's names
+    return Task("glow", columns, step, end_epoch, postfix, generators={"noise": noise}, start=start, **parts)
 
 
 class GlowLoss(torch.nn.Module):

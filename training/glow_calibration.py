@@ -33,11 +33,11 @@ from app.models.glow import INVERSE_BOUNDS_KEY, MANIPULATION_LEVELS_KEY, MANIPUL
 from app.models.pipelines import build_pipeline
 from app.models.pipelines.glow import GlowPipeline
 
-from .common import resolve_device
 from .data import load_split
 from .evaluate_gans import AttributeJudge, attribute_calls, batched, load_judge
 from .evaluate_glow import decode_checked, manipulation_rates
 from .registry import register_trainer
+from .runtime import resolve_device
 
 # Units tried, in partial directions. The top of the ladder is for attributes carried mostly by the top latent
 # (Male): left alone there, they need many moves on the split latents, which stay clean far out.

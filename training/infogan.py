@@ -31,7 +31,7 @@ from app.models.infogan import (
 from app.models.sampling import draw_noise
 
 from .distributed import unwrap
-from .gan import GANRecipe, add_gan_arguments, bce_real_fake, train_gan
+from .gan import D_COLUMNS, GANRecipe, add_gan_arguments, bce_real_fake, discriminator_scalars, train_gan
 from .registry import register_trainer
 
 
@@ -109,13 +109,7 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
         loss_real, loss_fake = bce_real_fake(logits_real, True), bce_real_fake(logits_fake, False)
         info = code_cross_entropy(code_logits, inputs[1])
         loss = loss_real + loss_fake + args.info_weight * config.n_codes * info
-        return loss, {
-            "loss_d_real": loss_real.item(),
-            "loss_d_fake": loss_fake.item(),
-            "loss_d": loss.item(),
-            "acc_real": (logits_real > 0).float().mean().item(),
-            "acc_fake": (logits_fake < 0).float().mean().item(),
-        }
+        return loss, discriminator_scalars(logits_real, logits_fake, loss_real, loss_fake, loss)
 
     def generator_loss(d, fake, inputs):
         codes = inputs[1]
@@ -140,22 +134,12 @@ def infogan_recipe(args: argparse.Namespace, attribute_names: list[str], labels:
     )
 
     return GANRecipe(
-        generator=generator,
-        discriminator=discriminator,
-        draw_inputs=draw_inputs,
-        discriminator_loss=discriminator_loss,
-        generator_loss=generator_loss,
-        columns=[
-            "loss_d_real",
-            "loss_d_fake",
-            "loss_d",
-            "acc_real",
-            "acc_fake",
-            "loss_g",
-            "loss_g_adv",
-            "loss_info",
-            "acc_q",
-        ],
+        generator,
+        discriminator,
+        draw_inputs,
+        discriminator_loss,
+        generator_loss,
+        columns=[*D_COLUMNS, "loss_g", "loss_g_adv", "loss_info", "acc_q"],
         panels={
             "D loss": ["loss_d_real", "loss_d_fake"],
             "D accuracy": ["acc_real", "acc_fake"],

@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"{family} from {source}")
         print("python -m training " + shlex.join([family, *trainer_argv, "--out", "RUN_DIR/..."]))
         return
-    from .common import resolve_device
+    from .runtime import resolve_device
 
     world, _ = init_world(resolve_device(str(options.get("device", "auto"))))
     if args.resume:

@@ -153,7 +153,7 @@ def _load_rank_streams(directory: Path, rank: int, epoch: int, streams: dict[str
 def save_run_state(directory: Path, rank: int, position: RunPosition, state: TrainState) -> None:
     """After an epoch, on every rank: rank 0 writes the train state; each other rank writes its random streams beside
     it. Under torchrun, ranks other than 0 draw dropout and reparameterisation noise from their own seeds
-    (:func:`training.common.seed_rank`), so a run of several processes resumes step for step only with them."""
+    (:func:`training.runtime.seed_rank`), so a run of several processes resumes step for step only with them."""
     if rank == 0:
         save_train_state(directory, position, **state)
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import common
+from training import runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -28,10 +28,10 @@ def test_channels_last_is_applied_before_ddp_wraps(monkeypatch):
         seen.append(module[0].weight.is_contiguous(memory_format=torch.channels_last))
         return module
 
-    monkeypatch.setattr(common, "wrap", recording_wrap)
+    monkeypatch.setattr(runtime, "wrap", recording_wrap)
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3))
     args = argparse.Namespace(channels_last=True, compile=False)
-    called = common.prepare_for_training(module, common.get_world(), torch.device("cpu"), args)
+    called = runtime.prepare_for_training(module, runtime.get_world(), torch.device("cpu"), args)
     assert seen == [True] and called is module
 
 
@@ -114,9 +114,9 @@ def kernel_flags():
 def test_deterministic_kernels_on_cuda_only(kernel_flags, monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     torch.backends.cudnn.benchmark = True
-    common.deterministic_kernels(torch.device("cpu"))
+    runtime.deterministic_kernels(torch.device("cpu"))
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
-    common.deterministic_kernels(torch.device("cuda", 0))
+    runtime.deterministic_kernels(torch.device("cuda", 0))
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

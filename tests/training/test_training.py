@@ -175,15 +175,15 @@ def test_code_version_is_the_commit_the_run_started_from(monkeypatch):
     """A commit made while a long run trains must not relabel the run's later checkpoints."""
     import subprocess
 
-    from training import common
+    from training import runtime
 
     heads = iter(["1111111\n", "2222222\n"])
     monkeypatch.setattr(
         subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=next(heads), stderr="")
     )
-    common.code_version.cache_clear()
+    runtime.code_version.cache_clear()
     try:
-        assert common.code_version() == "1111111"
-        assert common.code_version() == "1111111"  # asked again later: still the start's commit
+        assert runtime.code_version() == "1111111"
+        assert runtime.code_version() == "1111111"  # asked again later: still the start's commit
     finally:
-        common.code_version.cache_clear()
+        runtime.code_version.cache_clear()

@@ -102,7 +102,7 @@ def test_python_m_app_exits_with_the_reason(host, capsys):
 
 
 def test_training_names_its_option(host):
-    from training.common import resolve_device as training_device
+    from training.runtime import resolve_device as training_device
 
     host(1)
     with pytest.raises(SystemExit, match=r"--device=cuda:3 but this host has 1 GPU\(s\)"):

@@ -1,4 +1,5 @@
-"""What every training loop shares: seeding, devices, the run folder (CSV log, curves, grids), checkpoint metadata."""
+"""The runtime a training run stands on, beneath the loop (:mod:`.loop`): the options every trainer shares, threads,
+seeds and device, precision, DDP and compile wrapping, the run folder (CSV log, curves, grids), checkpoint metadata."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from typing import Any
 import torch
 from torchvision.utils import save_image
 
+from app.models.checkpoint import Checkpoint, save_checkpoint
 from app.models.preprocess import PreprocessSpec
+from app.models.registry import FamilyModule
 from app.services import device as devices
 
 from .distributed import World, get_world, init_world, rank_seed, wrap
@@ -71,6 +74,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, epochs: int, batch_
     )
 
 
+def add_mend_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """The options of a command that mends a checkpoint in place (``vae-fit-prior``, ``gan-recalibrate``)."""
+    parser.add_argument("checkpoint", help=checkpoint_help)
+    parser.add_argument("--threads", type=int)
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """``--threads``: torch's CPU threads (left to torch when not given)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def resolve_device(name: str) -> torch.device:
     """``--device``'s device, checked as the service checks FACEGEN_DEVICE; a device that cannot be used ends the run
     with the reason (no GPU visible, a driver too old, cuda:N beyond the host's GPUs, a misspelt name)."""
@@ -86,8 +101,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     The modules are built after this, from the run's seed on every rank (DDP broadcasts rank 0's anyway); rank r
     then draws its own dropout and reparameterisation noise from :func:`rank_seed` (see :func:`seed_rank`).
     """
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     code_version()
     world, device = init_world(resolve_device(args.device))
     random.seed(args.seed)
@@ -232,6 +246,20 @@ def training_metadata(
     }
 
 
+def rewrite_checkpoint(path: str | Path, checkpoint: Checkpoint, model: FamilyModule, metrics: dict[str, Any]) -> None:
+    """Write ``checkpoint`` back to ``path`` with ``model``'s tensors and ``metrics``, everything else as it was (a
+    command that mends a checkpoint written before training did the mending)."""
+    save_checkpoint(
+        path,
+        model,
+        preprocess=checkpoint.preprocess,
+        attributes=checkpoint.attributes,
+        metrics=metrics,
+        training=checkpoint.training,
+        extras=checkpoint.extras or None,
+    )
+
+
 def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Index batches over one epoch; the last partial batch is dropped (BatchNorm dislikes tiny batches)."""
     order = torch.randperm(count, generator=generator)
@@ -264,6 +292,11 @@ class StepLog:
         self.rows.append(row)
         with open(self.path, "a", newline="") as handle:
             csv.writer(handle).writerow(self._formatted(row))
+
+    def epoch_mean(self, epoch: int, column: str) -> float:
+        """The mean of ``column`` over the logged steps of ``epoch`` (what the model cards show of training)."""
+        values = [row[column] for row in self.rows if row["epoch"] == epoch]
+        return sum(values) / len(values)
 
     def plot(self, path: Path, panels: dict[str, list[str]], smooth: int = 25) -> None:
         """One subplot per panel title, each with its columns, moving-averaged over ``smooth`` steps."""
