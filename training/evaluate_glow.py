@@ -29,9 +29,10 @@ from app.models.checkpoint import Checkpoint
 from app.models.glow import Glow
 from app.models.pipelines.glow import GlowPipeline
 
+from .attribute_judge import attribute_calls, batched, classifier_path, load_judge
 from .common import save_grid
-from .evaluate import EvaluationError, load_eval_split, register_evaluator
-from .evaluate_gans import attribute_calls, batched, classifier_path, load_judge
+from .evaluation import EvaluationError, load_eval_split, register_evaluator
+from .glow import validation_bits_per_dim
 
 MANIPULATED = ("Smiling", "Male", "Eyeglasses", "Young")  # the attributes the model-quality targets name
 CONDITIONED = ("Smiling", "Male", "Eyeglasses", "Blond_Hair", "Young")  # asked on and off, the others left open
@@ -85,8 +86,6 @@ def run_prepared(pipeline: Any, prepared: list[Any], batch_size: int = 100) -> t
 )
 @torch.inference_mode()
 def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    from .glow import validation_bits_per_dim
-
     model, pipeline = checkpoint.model_as(Glow), GlowPipeline(checkpoint)
     device = pipeline.device
     split = load_eval_split(checkpoint, args)

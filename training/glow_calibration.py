@@ -33,9 +33,9 @@ from app.models.glow import INVERSE_BOUNDS_KEY, MANIPULATION_LEVELS_KEY, MANIPUL
 from app.models.pipelines import build_pipeline
 from app.models.pipelines.glow import GlowPipeline
 
+from .attribute_judge import AttributeJudge, attribute_calls, batched, load_judge
 from .common import resolve_device
 from .data import load_split
-from .evaluate_gans import AttributeJudge, attribute_calls, batched, load_judge
 from .evaluate_glow import decode_checked, manipulation_rates
 from .registry import register_trainer
 

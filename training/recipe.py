@@ -31,6 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from .common import resolve_device
 from .distributed import broadcast_object, init_world
 from .registry import TRAINERS, register_trainer
 
@@ -207,8 +208,6 @@ def run(args: argparse.Namespace) -> None:
         print(f"{family} from {source}")
         print("python -m training " + shlex.join([family, *trainer_argv, "--out", "RUN_DIR/..."]))
         return
-    from .common import resolve_device
-
     world, _ = init_world(resolve_device(str(options.get("device", "auto"))))
     if args.resume:
         folder = Path(args.resume)

@@ -8,7 +8,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from app.models.checkpoint import save_checkpoint
+from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.sampling import draw_noise
 from app.models.vae import VAE, VAEConfig, vae_loss
 
@@ -97,8 +97,6 @@ def add_fit_prior_arguments(parser: argparse.ArgumentParser) -> None:
 @register_trainer("vae-fit-prior", add_fit_prior_arguments)
 def refit_prior(args: argparse.Namespace) -> None:
     """Refit the sampling prior of a trained VAE (checkpoints written before the prior existed get one too)."""
-    from app.models.checkpoint import load_checkpoint
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
