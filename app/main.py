@@ -255,7 +255,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-
 def __getattr__(name: str) -> FastAPI:
     """``uvicorn app.main:app``: the served application, built (with the server's logging set up) when the server
     first asks for it. Importing this module has no side effect, so tests, scripts and the training package can

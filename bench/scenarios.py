@@ -78,7 +78,7 @@ def png_body(rows: int, seed: int) -> dict[str, Any]:
 
 
 def n_seed_body(rows: int, seed: int) -> dict[str, Any]:
-    """ACGAN and Glow: their own defaults for the rest (attributes drawn, temperature 0.7, PNG)."""
+    """ACGAN and Glow: the service's defaults for the rest (attributes drawn, Glow's served temperature, PNG)."""
     return {"n": rows, "seed": seed}
 
 

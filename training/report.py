@@ -27,7 +27,7 @@ LICENCE = (
     "Trained on CelebA (Liu et al., ICCV 2015), which is available for non-commercial research purposes only; "
     "these weights inherit that restriction (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)."
 )
-WHAT = {
+FAMILY_DESCRIPTIONS = {
     "vae": "convolutional variational autoencoder: samples, reconstructions, latents",
     "dcgan": "DCGAN generator (exponential moving average of G's weights): unconditional samples",
     "acgan": "auxiliary-classifier GAN generator conditioned on CelebA attributes: samples, on/off pairs",
@@ -150,7 +150,7 @@ def model_card(path: Path, metadata: dict[str, Any]) -> str:
     lines = [
         f"## `{path.name}` — {family}",
         "",
-        f"- **What**: {WHAT.get(family, family)}",
+        f"- **What**: {FAMILY_DESCRIPTIONS.get(family, family)}",
         f"- **Config**: `{json.dumps(metadata.get('config', {}), sort_keys=True)}`",
         f"- **Recipe**: {recipe_text}",
         f"- **Data**: `{training.get('data', '?')}`, {training.get('train_images', '?')} training images, "
