@@ -24,7 +24,8 @@ from tests.families.gans import SIDE, write_acgan_weights
 from tests.families.gans import post_acgan as post
 from training.__main__ import main
 from training.acgan import acgan_recipe, add_arguments, attribute_loss, parse_attribute_weights
-from training.evaluate_gans import AttributeJudge, acgan_scores, real_face_toggle_success
+from training.attribute_judge import AttributeJudge
+from training.evaluate_gans import acgan_scores, real_face_toggle_success
 
 torch.set_num_threads(1)
 
