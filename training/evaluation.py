@@ -3,7 +3,7 @@ evaluate`` (:mod:`.evaluate`) reads, the error an evaluation raises, the evaluat
 
 The evaluation is layered, each layer importing only those below it:
 
-1. this module (with :mod:`.data`, :mod:`.plots` and :mod:`.common`);
+1. this module (on :mod:`.data` and :mod:`.plots`);
 2. the shared metrics: :mod:`.fid` (Fréchet Inception Distance), :mod:`.attribute_judge` (attribute agreement, judged
    by the project's classifier) and the trainers' validation measures (bits/dim in :mod:`.glow`, MSE in :mod:`.vae`);
 3. one evaluator per family: :mod:`.evaluate_vae`, :mod:`.evaluate_gans` (dcgan, acgan, infogan),
