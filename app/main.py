@@ -257,5 +257,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    """``uvicorn app.main:app``: the served application, built (with the server's logging set up) when the server
+    first asks for it. Importing this module has no side effect, so tests, scripts and the training package can
+    import :func:`create_app` without starting logging or building an app with the environment's settings."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    application = create_app()
+    globals()["app"] = application  # built once: later lookups find it without calling this function
+    return application

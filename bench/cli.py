@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import torch
 
 from app.models.pipelines import SAMPLE
-from bench import e2e, overload, raw, report, server
+from bench import e2e, overload, raw_forward, report, server
 from bench.scenarios import (
     Scenario,
     Upload,
@@ -358,12 +358,12 @@ def measure_raw_all(args: argparse.Namespace, results: dict[str, Any], upload: U
     families = list(dict.fromkeys(s["family"] for s in results["scenarios"]))
     for family in families:
         card = card_for(family, results["models"]) or {}
-        path = raw.find_checkpoint(args.weights, family, card.get("file"))
+        path = raw_forward.find_checkpoint(args.weights, family, card.get("file"))
         if path is None:
             logger.warning("no %s checkpoint in %s: raw figures n/a", family, args.weights)
             continue
         try:
-            results["raw"] += raw.measure_raw(
+            results["raw"] += raw_forward.measure_raw(
                 path, args.device or card.get("device") or "cpu", raw_batches(args), args.repeats, upload, args.threads
             )
         except (RuntimeError, ValueError, TypeError) as error:  # e.g. no cuda here
@@ -404,7 +404,7 @@ def measure_peer(args: argparse.Namespace, results: dict[str, Any]) -> dict[str,
     if reason is None and not any(s["name"] == report.PEER_SCENARIO for s in results["scenarios"]):
         reason = f"the {report.PEER_SCENARIO} scenario was not measured on facegen"
     card = card_for("dcgan", results["models"]) or {}
-    path = raw.find_checkpoint(args.weights, "dcgan", card.get("file")) if reason is None else None
+    path = raw_forward.find_checkpoint(args.weights, "dcgan", card.get("file")) if reason is None else None
     if reason is None and path is None:
         reason = f"no dcgan checkpoint in {args.weights}"
     if reason is not None:

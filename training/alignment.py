@@ -31,9 +31,13 @@ import torch
 from PIL import Image, ImageOps
 
 from app.models.align import CELEBA_FRAME
+from app.models.checkpoint import load_checkpoint
 from app.models.detector import FaceDetector, load_detector
+from app.models.pipelines import build_pipeline
 from app.models.preprocess import DEFAULT_PREPROCESS, PreprocessSpec, aligned_crop, crop_and_resize, crop_square
 
+from .alignment_figure import make_figure
+from .data import SPLITS, read_partition
 from .registry import register_trainer
 
 KINDS = ("similarity", "mirror", "grey", "jpeg30", "all")
@@ -168,8 +172,6 @@ def mse(a: Image.Image, b: Image.Image) -> float:
 
 # ---- the measurements ------------------------------------------------------------------------------------------------
 def split_images(root: Path, split: str, limit: int | None, every: int = 1) -> list[Path]:
-    from .data import SPLITS, read_partition
-
     partition = read_partition(root)
     folder = root / "img_align_celeba"
     names = sorted(name for name, part in partition.items() if part == SPLITS[split] and (folder / name).is_file())
@@ -213,9 +215,6 @@ def measure_landmarks(args: argparse.Namespace) -> dict:
 
 
 def load_classifier(path: Path):
-    from app.models.checkpoint import load_checkpoint
-    from app.models.pipelines import build_pipeline
-
     return build_pipeline(load_checkpoint(path))
 
 
@@ -372,8 +371,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @register_trainer("alignment", add_arguments)
 def main(args: argparse.Namespace) -> None:
     if args.what == "figure":
-        from .alignment_figure import make_figure
-
         make_figure(args)
         return
     measure = {

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from app.main import create_app
+from app.settings import Settings
+
 CELEBA_FACE = Path("tests/data/faces/000001.jpg")
 CELL = 128  # a 64x64 output shown at 2x
 GAP = 8
@@ -39,10 +42,8 @@ def strip_frames(png: bytes, count: int) -> list[Image.Image]:
 
 
 def make_figure(args: argparse.Namespace) -> dict:
+    # optional dependency: Starlette's TestClient needs httpx, which only the dev extras install
     from fastapi.testclient import TestClient
-
-    from app.main import create_app
-    from app.settings import Settings
 
     photo_bytes = args.photo.read_bytes()
     celeba_bytes = CELEBA_FACE.read_bytes()

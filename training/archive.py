@@ -5,7 +5,8 @@ preprocessing to 64x64 and stored as a JPEG (``jpeg``: the bytes concatenated, `
 the 0/1 attributes (``attributes``, uint8 (N, 40)) and the split of each face (``partition``: 0 train, 1 valid,
 2 test); the metadata holds the attribute names, the file names and the preprocessing. celeba-mini's 15,063 faces
 take 35 MB at quality 90 (a raw uint8 pack: 185 MB). Any trainer reads it in place of a CelebA folder
-(``--set data=faces64.safetensors``): the faces are decoded once into the same uint8 pack as a folder's.
+(``--set data=faces64.safetensors``): the faces are decoded once into the same uint8 pack as a folder's
+(:func:`training.data.load_split` reads archives; this module only writes them).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 
 from app.models.checkpoint import write_safetensors
 from app.models.preprocess import DEFAULT_PREPROCESS, PreprocessSpec
 
-from .data import SPLITS, CelebA, PackedSplit
+from .data import SPLITS, CelebA
 from .registry import register_trainer
 
 
@@ -53,53 +53,6 @@ def pack(root: str | Path, out: str | Path, spec: PreprocessSpec = DEFAULT_PREPR
     metadata = {"attribute_names": json.dumps(names), "files": json.dumps(files), "preprocess": spec.to_json()}
     metadata["jpeg_quality"] = str(quality)
     return write_safetensors(out, tensors, metadata)
-
-
-def archive_labels(path: str | Path, split: str, limit: int | None = None) -> tuple[list[str], torch.Tensor]:
-    """The attribute names and the (N, 40) float 0/1 labels of one split of an archive, decoding no image."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if "attribute_names" not in metadata:
-            raise ValueError(f"{path} is not a faces archive written by `python -m training pack`")
-        partition, attributes = handle.get_tensor("partition"), handle.get_tensor("attributes")
-    chosen = (partition == SPLITS[split]).nonzero().flatten()[:limit]
-    if len(chosen) == 0:
-        raise ValueError(f"no images of split {split!r} in {path}")
-    return json.loads(metadata["attribute_names"]), attributes[chosen].float()
-
-
-def load_archive_split(path: str | Path, split: str, spec: PreprocessSpec, limit: int | None = None) -> PackedSplit:
-    """One split of an archive as a :class:`PackedSplit`; the archive's preprocessing must be ``spec``."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    if PreprocessSpec.from_json(metadata["preprocess"]).to_json() != spec.to_json():
-        raise ValueError(
-            f"{path} was packed with preprocessing {metadata['preprocess']}, the run asks {spec.to_json()}"
-        )
-    chosen = (tensors["partition"] == SPLITS[split]).nonzero().flatten()
-    if limit is not None:
-        chosen = chosen[:limit]
-    if len(chosen) == 0:
-        raise ValueError(f"no images of split {split!r} in {path}")
-    data, offsets = tensors["jpeg"].numpy(), tensors["offsets"].tolist()
-    images = torch.stack(
-        [
-            torch.from_numpy(
-                np.asarray(Image.open(io.BytesIO(data[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")).copy()
-            ).permute(2, 0, 1)
-            for i in chosen.tolist()
-        ]
-    )
-    files = json.loads(metadata["files"])
-    return PackedSplit(
-        images,
-        tensors["attributes"][chosen].float(),
-        json.loads(metadata["attribute_names"]),
-        [files[i] for i in chosen.tolist()],
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -136,7 +136,7 @@ def conditional_draw_rates(
     attribute, beside the rate among the faces of ``labels`` (N, A) with the requested values."""
     names = pipeline.attributes
     watched = tuple(name for name in watched if name in names and name not in requested)
-    vectors = pipeline.prepare_samples(draws, seed, attributes=requested).report["attributes"]
+    vectors = pipeline.prepare_samples(draws, seed, attributes=requested).drawn_attributes().vectors
     matching = torch.ones(len(labels), dtype=torch.bool)
     for name, value in requested.items():
         matching &= labels[:, names.index(name)] == float(value)

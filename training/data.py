@@ -4,17 +4,24 @@
 ``list_eval_partition.txt`` (0 train, 1 valid, 2 test). Only images listed in both files *and* present on disk are
 used, so a subset folder works unchanged. Decoding JPEGs dominates a CPU epoch, so :func:`load_split` packs a
 split once into a uint8 tensor file (``.cache`` beside the run, never in the data folder) and reuses it.
+
+The same functions read a faces archive (one safetensors file written by ``python -m training pack``,
+:mod:`.archive`) in place of a folder: reading lives here, writing there, so the two modules import one way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -112,8 +119,6 @@ def load_labels(root: str | Path, split: str, limit: int | None = None) -> tuple
     """The attribute names and (N, 40) labels of one split of a CelebA folder or a faces archive; no image is
     decoded."""
     if Path(root).is_file():
-        from .archive import archive_labels
-
         return archive_labels(root, split, limit)
     dataset = CelebA(root, split, limit=limit)
     return dataset.attribute_names, dataset.attributes
@@ -129,8 +134,6 @@ def load_split(
     """Decode (or reuse a pack of) one split through the shared preprocessing. ``root`` may also be an archive
     written by ``python -m training pack`` (:mod:`.archive`)."""
     if Path(root).is_file():
-        from .archive import load_archive_split
-
         return load_archive_split(root, split, spec, limit)
     dataset = CelebA(root, split, spec, limit)
     key = hashlib.sha256("\n".join([str(Path(root).resolve()), spec.to_json(), *dataset.files]).encode()).hexdigest()[
@@ -155,3 +158,53 @@ def load_split(
             save_file({"images": images}, str(partial))
             os.replace(partial, pack)
     return PackedSplit(images, dataset.attributes, dataset.attribute_names, dataset.files)
+
+
+# --- faces archives (written by `python -m training pack`, :mod:`.archive`) ------------------------------------
+
+
+def archive_labels(path: str | Path, split: str, limit: int | None = None) -> tuple[list[str], torch.Tensor]:
+    """The attribute names and the (N, 40) float 0/1 labels of one split of an archive, decoding no image."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if "attribute_names" not in metadata:
+            raise ValueError(f"{path} is not a faces archive written by `python -m training pack`")
+        partition, attributes = handle.get_tensor("partition"), handle.get_tensor("attributes")
+    chosen = (partition == SPLITS[split]).nonzero().flatten()[:limit]
+    if len(chosen) == 0:
+        raise ValueError(f"no images of split {split!r} in {path}")
+    return json.loads(metadata["attribute_names"]), attributes[chosen].float()
+
+
+def load_archive_split(path: str | Path, split: str, spec: PreprocessSpec, limit: int | None = None) -> PackedSplit:
+    """One split of an archive as a :class:`PackedSplit`; the archive's preprocessing must be ``spec``."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    if PreprocessSpec.from_json(metadata["preprocess"]).to_json() != spec.to_json():
+        raise ValueError(
+            f"{path} was packed with preprocessing {metadata['preprocess']}, the run asks {spec.to_json()}"
+        )
+    chosen = (tensors["partition"] == SPLITS[split]).nonzero().flatten()
+    if limit is not None:
+        chosen = chosen[:limit]
+    if len(chosen) == 0:
+        raise ValueError(f"no images of split {split!r} in {path}")
+    data, offsets = tensors["jpeg"].numpy(), tensors["offsets"].tolist()
+    images = torch.stack(
+        [
+            torch.from_numpy(
+                np.asarray(Image.open(io.BytesIO(data[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")).copy()
+            ).permute(2, 0, 1)
+            for i in chosen.tolist()
+        ]
+    )
+    files = json.loads(metadata["files"])
+    return PackedSplit(
+        images,
+        tensors["attributes"][chosen].float(),
+        json.loads(metadata["attribute_names"]),
+        [files[i] for i in chosen.tolist()],
+    )

@@ -29,8 +29,9 @@ from app.models.checkpoint import Checkpoint
 from app.models.glow import Glow
 from app.models.pipelines.glow import GlowPipeline
 
-from .evaluate import EvaluationError, load_eval_split, register_evaluator
-from .evaluate_gans import attribute_calls, batched, classifier_path, load_judge
+from .attribute_judge import attribute_calls, batched, classifier_path, load_judge
+from .evaluation import EvaluationError, load_eval_split, register_evaluator
+from .glow import validation_bits_per_dim
 from .runtime import save_grid
 
 MANIPULATED = ("Smiling", "Male", "Eyeglasses", "Young")  # the attributes the model-quality targets name
@@ -85,8 +86,6 @@ def run_prepared(pipeline: Any, prepared: list[Any], batch_size: int = 100) -> t
 )
 @torch.inference_mode()
 def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    from .glow import validation_bits_per_dim
-
     model, pipeline = checkpoint.model_as(Glow), GlowPipeline(checkpoint)
     device = pipeline.device
     split = load_eval_split(checkpoint, args)

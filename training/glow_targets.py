@@ -25,8 +25,8 @@ from app.models.checkpoint import load_checkpoint
 from app.models.pipelines import build_pipeline
 from app.models.pipelines.glow import GlowPipeline
 
+from .attribute_judge import batched
 from .data import load_split
-from .evaluate_gans import batched
 from .evaluate_glow import MANIPULATED
 from .fid import FrechetInception, pipeline_samples
 from .registry import register_trainer

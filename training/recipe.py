@@ -33,6 +33,7 @@ else:  # pragma: no cover - Python 3.10
 
 from .distributed import broadcast_object, init_world
 from .registry import TRAINERS, register_trainer
+from .runtime import resolve_device
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 RECIPE_FILE = "recipe.toml"
@@ -207,8 +208,6 @@ def run(args: argparse.Namespace) -> None:
         print(f"{family} from {source}")
         print("python -m training " + shlex.join([family, *trainer_argv, "--out", "RUN_DIR/..."]))
         return
-    from .runtime import resolve_device
-
     world, _ = init_world(resolve_device(str(options.get("device", "auto"))))
     if args.resume:
         folder = Path(args.resume)

@@ -7,6 +7,7 @@ same steps the uninterrupted one would have (sessions here end at a fixed time, 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -109,8 +110,6 @@ def save_train_state(
 def fast_forward(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
     """Step a freshly built scheduler ``steps`` times (no optimiser step): the learning rate (and OneCycle's
     momentum) a resumed run continues from, with no scheduler state to save."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
         for _ in range(steps):

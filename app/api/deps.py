@@ -1,8 +1,11 @@
-"""Typed dependencies for the routes: the settings, the loaded models and the batcher they run through."""
+"""Typed dependencies for the routes (the settings, the loaded models and the batcher they run through) and the
+helpers every route shares. Routes import from here and from :mod:`app.api.uploads`, :mod:`app.api.responses`,
+never from one another."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
@@ -11,6 +14,7 @@ from fastapi import Depends, HTTPException, Request
 
 from app.models.pipelines import Pipeline, Prepared
 from app.models.pipelines.base import Tensors
+from app.schemas import MAX_SEED
 from app.services.batcher import Batcher
 from app.services.model_store import ModelStore
 from app.settings import Settings
@@ -42,6 +46,11 @@ def require_pipeline(store: ModelStore, family: str, kind: type[PipelineT]) -> P
     if not isinstance(pipeline, kind):  # the registry builds each family's own pipeline class: never
         raise TypeError(f"the {family} pipeline is a {type(pipeline).__name__}, not a {kind.__name__}")
     return pipeline
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The request's seed, or a fresh random one (which the answer reports, so the images can be drawn again)."""
+    return secrets.randbelow(MAX_SEED) if seed is None else seed
 
 
 class ClientDisconnected(Exception):

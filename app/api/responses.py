@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from anyio import to_thread
@@ -14,6 +15,18 @@ from app.imaging import base64_pngs, grid_png
 
 # Outputs up to this many values (two 3x64x64 images) are encoded on the event loop, larger ones on a worker thread.
 INLINE_ENCODE_VALUES = 2 * 3 * 64 * 64
+
+T = TypeVar("T")
+
+
+async def encoded(encode: Callable[[], T], values: int) -> T:
+    """``encode()``, the encoding of an output of ``values`` numbers into PNG, GIF or JSON: on the event loop when
+    the output is small, else on a worker thread.
+
+    A 64x64 PNG takes a fraction of a millisecond, less than the hop to a worker thread and back (which, profiled
+    under load, was the largest single cost of a one-image request). A grid of 64 takes milliseconds, which the event
+    loop needs for other clients (health checks, fast 503s) under load."""
+    return encode() if values <= INLINE_ENCODE_VALUES else await to_thread.run_sync(encode)
 
 
 async def image_output(
@@ -29,18 +42,13 @@ async def image_output(
 
     ``json_body(base64 PNGs)`` builds the family's JSON model, only when JSON is asked for (encoding each image
     separately costs more than the grid). ``png_headers`` carry on a PNG what the JSON body says in fields.
-    A few images are encoded on the event loop: a 64x64 PNG takes a fraction of a millisecond, less than the hop to a
-    worker thread and back (which, profiled under load, was the largest single cost of a one-image request). Larger
-    outputs are encoded on a worker thread: a grid of 64 takes milliseconds, which the event loop needs for other
-    clients (health checks, fast 503s) under load.
+    Encoding runs off the event loop unless the output is small (:func:`encoded`).
     """
     headers = {"X-Seed": str(seed)}
-    inline = images[0].numel() * images.shape[0] <= INLINE_ENCODE_VALUES
     if format == "json":
-        encode_json = lambda: json_body(base64_pngs(images)).model_dump_json()  # noqa: E731
-        body = encode_json() if inline else await to_thread.run_sync(encode_json)
+        body = await encoded(lambda: json_body(base64_pngs(images)).model_dump_json(), images.numel())
         return Response(body, media_type="application/json", headers=headers)
-    png = grid_png(images, nrow) if inline else await to_thread.run_sync(grid_png, images, nrow)
+    png = await encoded(lambda: grid_png(images, nrow), images.numel())
     return Response(png, media_type="image/png", headers={**headers, **(png_headers or {})})
 
 

@@ -9,21 +9,23 @@ already aligned CelebA-like frame. What was found and used is reported per uploa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from fastapi import Depends, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, File, Form, HTTPException, Request, UploadFile
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import until_disconnected
-from app.api.responses import field_error
+from app.api.responses import check_count, field_error
 from app.imaging import ImageDecodeError, decode_image
 from app.models.align import CELEBA_FRAME, frame_to_image, transform_scale
 from app.models.detector import DEFAULT_LIMITS, DetectorError, Face
 from app.models.preprocess import PreprocessSpec, crop_square, preprocess
 from app.services.faces import FaceService
+
+MAX_UPLOADS = 32  # images per request to the routes that take a list of uploads (classify, reconstruct, likelihood)
 
 AlignMode = Literal["auto", "none"]
 AlignForm = Annotated[
@@ -60,8 +62,16 @@ class UploadBatch:
     faces: list[FaceReport]
 
 
-class Faces:
-    """Dependency: finds faces in uploads with the app's face service (its own thread and queue; the detector loads
+def image_files(what: str) -> Any:
+    """The ``File`` of a route's list of uploads, with its cap stated in the schema; ``what``: e.g. "face images"."""
+    return File(
+        description=f"1 to {MAX_UPLOADS} {what} (JPEG, PNG or WebP, any size)",
+        json_schema_extra={"maxItems": MAX_UPLOADS},
+    )
+
+
+class FaceFinder:
+    """Finds faces in uploads with the app's face service (its own thread and queue; the detector loads
     on first use). A client that disconnects meanwhile abandons its detection, which stops at the next stage."""
 
     def __init__(self, request: Request):
@@ -74,9 +84,6 @@ class Faces:
             return await until_disconnected(self.request, self.service.find(images, self.timeout_s))
         except DetectorError as error:
             raise HTTPException(503, f"the face detector is not available ({error}); send align=none") from None
-
-
-FacesDep = Annotated[Faces, Depends(Faces)]
 
 
 def face_report(face: Face, found: int, spec: PreprocessSpec) -> FaceReport:
@@ -115,7 +122,7 @@ async def read_upload_batch(
     field: str = "images",
     *,
     align: AlignMode = "none",
-    faces: Faces | None = None,
+    face_finder: FaceFinder | None = None,
 ) -> UploadBatch:
     """Decode every upload (a bad one answers 4xx naming the file), align its largest face when ``align`` is auto
     (422 naming the uploads without one), preprocess with ``spec``."""
@@ -135,9 +142,9 @@ async def read_upload_batch(
         reports = [FaceReport(align="none", warning=warning) for _ in images]
         landmarks: list[tuple | None] = [None] * len(images)
     else:
-        if faces is None:
+        if face_finder is None:
             raise ValueError("align=auto needs a face finder")
-        found = await faces.find(images)
+        found = await face_finder.find(images)
         missing = [name for name, image_faces in zip(names, found) if not image_faces]
         if missing:
             raise field_error(
@@ -150,6 +157,30 @@ async def read_upload_batch(
         landmarks = [image_faces[0].landmarks for image_faces in found]
     batch = await run_in_threadpool(_preprocess_all, images, landmarks, spec)
     return UploadBatch(batch, names, reports)
+
+
+class Uploads:
+    """Dependency of every route that takes uploaded faces: checks how many came, decodes them off the event loop,
+    finds and aligns their faces (align=auto, with the app's face service: its own thread and queue, the detector
+    loaded on first use) and preprocesses them as the model's checkpoint says."""
+
+    def __init__(self, request: Request):
+        self.face_finder = FaceFinder(request)
+        self.max_pixels: int = request.app.state.settings.max_image_pixels
+
+    @staticmethod
+    def check_count(files: list[UploadFile], field: str = "images") -> None:
+        """422 unless 1 to :data:`MAX_UPLOADS` files came; routes check it before looking the model up."""
+        check_count(field, len(files), 1, MAX_UPLOADS)
+
+    async def read(
+        self, files: list[UploadFile], spec: PreprocessSpec, field: str = "images", *, align: AlignMode
+    ) -> UploadBatch:
+        """The uploads as one preprocessed batch (:func:`read_upload_batch`)."""
+        return await read_upload_batch(files, spec, self.max_pixels, field, align=align, face_finder=self.face_finder)
+
+
+UploadsDep = Annotated[Uploads, Depends(Uploads)]
 
 
 def nonfinite_rows(values: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""One checkpoint = one ``.safetensors`` file: tensors plus string metadata (DESIGN.md).
+"""One checkpoint = one ``.safetensors`` file: tensors plus string metadata.
 
 Metadata keys: ``family``, ``format_version``, ``config`` (JSON, rebuilds the module), ``preprocess`` (JSON
 :class:`PreprocessSpec`), ``attributes`` (JSON list), ``metrics``, ``training`` (JSON). Module weights are stored

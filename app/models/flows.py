@@ -174,10 +174,10 @@ class ConvActNorm(nn.Module):
         return F.relu(self.norm(self.conv(x))[0])
 
 
-# The inverse divides by the coupling's scale. Faces never drive it below about 0.05 (measured over validation faces
-# on the shipped Glow), but a latent moved off the training distribution (sampling with an attribute shift, strong
-# manipulation) can, and a division by a near-zero scale overflows to inf and then NaN several steps later. Below
-# this floor the inverse is no longer exact; above it, which covers every face, it is.
+# The inverse divides by the coupling's scale. Faces keep it well above this floor, but a latent moved off the
+# training distribution (sampling with an attribute shift, strong manipulation) can drive it towards zero, and a
+# division by a near-zero scale overflows to inf and then NaN several steps later. Below this floor the inverse is
+# no longer exact; above it, which covers every face, it is.
 MIN_INVERSE_SCALE = 0.02
 # And a bound on the inverse's activations, far above any a face produces (they are standardised by actnorm, so of
 # order 1-10): a latent far off the distribution then decodes to a saturated image instead of inf/NaN. A checkpoint

@@ -21,7 +21,7 @@ from app.main import create_app
 from app.models import build_model
 from app.models.checkpoint import load_checkpoint
 from app.settings import Settings
-from bench import e2e, raw
+from bench import e2e, raw_forward
 from bench.scenarios import all_scenarios, choose_scenarios
 from tests.conftest import tiny_configs
 from tests.families import toy
@@ -144,6 +144,6 @@ def test_it_is_benchmarked_from_bench_scenario_list(trained, tmp_path):
     assert row["scenario"] == "toy" and row["rows_per_request"] == 4
     assert row["ok"] >= 1 and row["errors"] == 0 and row["images_per_s"] > 0
 
-    (forward,) = raw.measure_raw(weights / "toy.safetensors", "cpu", batches=(4,), repeats=1)
+    (forward,) = raw_forward.measure_raw(weights / "toy.safetensors", "cpu", batches=(4,), repeats=1)
     assert (forward["family"], forward["operation"], forward["batch"]) == ("toy", "sample", 4)
     assert forward["images_per_s"] > 0

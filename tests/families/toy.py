@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from torch import nn
 from torch.nn import functional as F
 
-from app.api.deps import InferenceDep, SettingsDep, StoreDep
+from app.api.deps import ServingDep
 from app.api.routes import register_router, unregister_router
 from app.api.routes.generate import IMAGE_RESPONSES, sample_unconditional
 from app.models.checkpoint import Checkpoint, save_checkpoint
@@ -30,7 +30,7 @@ from app.models.preprocess import PreprocessSpec
 from app.models.registry import FamilyModule, register_family, unregister_family
 from app.schemas import GenerateRequest
 from training.data import load_split
-from training.evaluate import EVALUATORS, load_eval_split, register_evaluator
+from training.evaluation import EVALUATORS, load_eval_split, register_evaluator
 from training.registry import TRAINERS, register_trainer
 
 FAMILY = "toy"
@@ -81,11 +81,9 @@ router = APIRouter(prefix="/generate", tags=["generate"])
 
 
 @router.post(f"/{FAMILY}", responses=IMAGE_RESPONSES, response_class=Response)
-async def generate_toy(
-    request: GenerateRequest, store: StoreDep, infer: InferenceDep, settings: SettingsDep
-) -> Response:
+async def generate_toy(request: GenerateRequest, serving: ServingDep) -> Response:
     """``n`` toy samples."""
-    return await sample_unconditional(FAMILY, request, store, infer, settings)
+    return await sample_unconditional(FAMILY, request, serving)
 
 
 # ---- trainer ------------------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from tests.families.gans import SIDE, write_infogan_weights
 from tests.families.gans import post_infogan as post
 from tests.families.gans import tiny_infogan as tiny_generator
 from training.__main__ import main
-from training.evaluate_gans import AttributeJudge, code_effects, q_accuracy, top_effects
+from training.attribute_judge import AttributeJudge
+from training.evaluate_gans import code_effects, q_accuracy, top_effects
 from training.infogan import add_arguments, augment_for_q, infogan_recipe
 
 torch.set_num_threads(1)

@@ -37,7 +37,7 @@ def test_label_vectors_are_added_to_an_existing_checkpoint(tiny_celeba, tmp_path
     assert torch.equal(unpack_label_vectors(new_tensors[f"extra.{LABEL_VECTORS_KEY}"], len(ACGAN_NAMES)), expected)
     pipeline = build_pipeline(load_checkpoint(path))
     assert pipeline.attribute_source.joint
-    drawn = pipeline.prepare_samples(50, 0).report["attributes"]
+    drawn = pipeline.prepare_samples(50, 0).drawn_attributes().vectors
     assert all(row in expected.float().tolist() for row in drawn.tolist()), "every vector is a training face's"
 
 

@@ -107,7 +107,8 @@ def test_shipped_vae_reconstructs_real_faces(face_paths):
 def test_shipped_acgan_obeys_attributes_and_the_smiling_toggle():
     """The shipped classifier judges fresh samples of the shipped ACGAN (a smaller draw than the README's figures,
     with another seed, so the bounds leave room for sampling error)."""
-    from training.evaluate_gans import acgan_scores, load_judge
+    from training.attribute_judge import load_judge
+    from training.evaluate_gans import acgan_scores
 
     torch.set_num_threads(2)
     acgan = load_checkpoint(WEIGHTS / "acgan.safetensors")
@@ -134,7 +135,7 @@ def test_shipped_acgan_draws_a_mans_open_attributes_as_celebas_men_have_them():
     labels = unpack_label_vectors(acgan.checkpoint.extras[LABEL_VECTORS_KEY], len(acgan.attributes))
     assert len(labels) == acgan.checkpoint.training["train_images"]
     names, men = acgan.attributes, labels[:, acgan.attributes.index("Male")]
-    drawn = acgan.prepare_samples(1000, 2026, {"Male": True}).report["attributes"]
+    drawn = acgan.prepare_samples(1000, 2026, {"Male": True}).drawn_attributes().vectors
     for attribute in ("Wearing_Lipstick", "Heavy_Makeup"):
         rate = labels[men, names.index(attribute)].float().mean().item()
         low, high = binomial_bounds(rate, 1000)
@@ -146,7 +147,7 @@ def test_shipped_glow_obeys_requested_attributes_at_the_served_temperature():
     """As a user asks: one attribute on or off, the others drawn, at the service's default temperature and strength;
     judged by the shipped classifier on a smaller draw than the evaluator's, with other seeds."""
     from app.models.pipelines import build_pipeline
-    from training.evaluate_gans import load_judge
+    from training.attribute_judge import load_judge
 
     torch.set_num_threads(2)
     glow = build_pipeline(load_checkpoint(WEIGHTS / "glow.safetensors"))
@@ -221,7 +222,7 @@ def test_shipped_glow_puts_glasses_on_the_test_faces_without_refusing_a_frame(fa
     glasses on most. The earlier calibration, which moved every latent, diverged 2 of the 4 frames; this one leaves
     the top latent alone."""
     from app.models.pipelines import build_pipeline
-    from training.evaluate_gans import load_judge
+    from training.attribute_judge import load_judge
 
     glow = build_pipeline(load_checkpoint(WEIGHTS / "glow.safetensors"))
     judge = load_judge(WEIGHTS / "classifier.safetensors", torch.device("cpu"))

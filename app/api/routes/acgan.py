@@ -15,10 +15,9 @@ from fastapi.responses import Response
 from pydantic import ConfigDict, Field
 
 from app.api.attributes import attribute_header, attribute_report
-from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
+from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline, resolve_seed
 from app.api.responses import check_count, field_error, image_output
-from app.api.routes.generate import resolve_seed
-from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, MAX_STRENGTH
+from app.models.acgan import DEFAULT_TOGGLE_STRENGTH, MAX_TOGGLE_STRENGTH
 from app.models.pipelines.acgan import ACGANPipeline
 from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 
@@ -47,7 +46,7 @@ class ACGANRequest(StrictModel):
     strength: float | None = Field(
         None,
         gt=0,
-        le=MAX_STRENGTH,
+        le=MAX_TOGGLE_STRENGTH,
         description="with `toggle` only: how far the toggled attribute is pushed off and on (the generator's "
         "condition input is -strength/+strength for it, -1/+1 for the others); 1 is as trained; omitted or null: "
         f"{DEFAULT_TOGGLE_STRENGTH}, which makes the change unmistakable",
@@ -105,7 +104,8 @@ async def generate_acgan(
     prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.toggle, strength)
     (images,) = await infer("acgan", prepared)
 
-    names, vectors, warning = pipeline.attributes, prepared.report["attributes"], prepared.report["warning"]
+    names, drawn = pipeline.attributes, prepared.drawn_attributes()
+    vectors, warning = drawn.vectors, drawn.warning
     return await image_output(
         images,
         format=request.format,

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
-from app.api.responses import check_count
-from app.api.uploads import AlignForm, FaceReport, FacesDep, nonfinite_rows, read_upload_batch, refuse_rows
+from app.api.deps import InferenceDep, StoreDep, require_pipeline
+from app.api.uploads import AlignForm, FaceReport, UploadsDep, image_files, nonfinite_rows, refuse_rows
 from app.models.pipelines.classifier import ClassifierPipeline
 
 router = APIRouter(tags=["classifier"])
-MAX_CLASSIFY = 32
 
 
 class ImageAttributes(BaseModel):
@@ -45,28 +43,19 @@ class ClassifyResponse(BaseModel):
 
 @router.post("/classify", response_model=ClassifyResponse)
 async def classify(
-    images: Annotated[
-        list[UploadFile],
-        File(
-            description="1 to 32 face images (JPEG, PNG or WebP, any size)",
-            json_schema_extra={"maxItems": MAX_CLASSIFY},
-        ),
-    ],
+    images: Annotated[list[UploadFile], image_files("face images")],
     store: StoreDep,
     infer: InferenceDep,
-    settings: SettingsDep,
-    faces: FacesDep,
+    uploaded: UploadsDep,
     align: AlignForm = "auto",
 ) -> ClassifyResponse:
     """Every attribute's probability per image (multi-label: each is an independent yes/no), rounded to 4 decimals.
 
     Each upload's largest face is aligned like CelebA's frames (align=auto) and cropped as the classifier's training
     faces were; align=none takes the upload as an already aligned CelebA-like face."""
-    check_count("images", len(images), 1, MAX_CLASSIFY)
+    uploaded.check_count(images)
     pipeline = require_pipeline(store, "classifier", ClassifierPipeline)
-    uploads = await read_upload_batch(
-        images, pipeline.checkpoint.preprocess, settings.max_image_pixels, align=align, faces=faces
-    )
+    uploads = await uploaded.read(images, pipeline.checkpoint.preprocess, align=align)
     filenames = uploads.names
     (probabilities,) = await infer("classifier", pipeline.prepare_classification(uploads.images))
     refuse_rows(nonfinite_rows(probabilities), filenames, "the classifier's output for {which} is not finite")

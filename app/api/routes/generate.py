@@ -3,27 +3,22 @@ pipeline), so the same request with the same seed gives the same images on any d
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
-from app.api.deps import Serving, ServingDep, StoreDep, require_pipeline
+from app.api.deps import Serving, ServingDep, StoreDep, require_pipeline, resolve_seed
 from app.api.responses import check_count, image_output
 from app.models.pipelines import SAMPLE
 from app.models.pipelines.unconditional import NoisePipeline
-from app.schemas import MAX_SEED, GenerateRequest, ImagesResponse
+from app.schemas import GenerateRequest, ImagesResponse
 
 router = APIRouter(prefix="/generate", tags=["generate"])
 
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "model": ImagesResponse, "description": "a PNG grid or JSON"}
 }
-
-
-def resolve_seed(seed: int | None) -> int:
-    return secrets.randbelow(MAX_SEED) if seed is None else seed
 
 
 async def sample_unconditional(family: str, request: GenerateRequest, serving: Serving) -> Response:

@@ -19,10 +19,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.attributes import attribute_header, attribute_report
-from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline
-from app.api.responses import check_count, field_error, image_output
-from app.api.routes.generate import resolve_seed
-from app.api.uploads import AlignForm, FaceReport, FacesDep, nonfinite_rows, read_upload_batch, refuse_rows
+from app.api.deps import InferenceDep, SettingsDep, StoreDep, require_pipeline, resolve_seed
+from app.api.responses import check_count, encoded, field_error, image_output
+from app.api.uploads import AlignForm, FaceReport, UploadsDep, image_files, nonfinite_rows, refuse_rows
 from app.imaging import base64_pngs, gif_bytes, grid_png
 from app.models.attributes import check_attribute_names
 from app.models.pipelines.glow import (
@@ -38,11 +37,12 @@ from app.schemas import MAX_SEED, ImageFormat, ImagesResponse, StrictModel
 router = APIRouter(tags=["glow"])
 
 MAX_FRAMES = 32  # interpolation frames and manipulation strengths per request
-MAX_STRENGTH = 5.0  # |strength| cap (1 changes an attribute for most faces; far beyond, faces dissolve)
-# What `strengths` accepts, stated in the schema: 1..MAX_FRAMES plain decimals within +-MAX_STRENGTH, comma-separated.
-_STRENGTH = rf"-?(?:[0-{int(MAX_STRENGTH) - 1}](?:\.[0-9]+)?|{int(MAX_STRENGTH)}(?:\.0+)?)"
+MAX_MANIPULATION_STRENGTH = 5.0  # |strength| cap (1 changes an attribute for most faces; far beyond, faces dissolve)
+# What `strengths` accepts, stated in the schema: 1..MAX_FRAMES plain decimals within +-MAX_MANIPULATION_STRENGTH,
+# comma-separated.
+_WHOLE = int(MAX_MANIPULATION_STRENGTH)
+_STRENGTH = rf"-?(?:[0-{_WHOLE - 1}](?:\.[0-9]+)?|{_WHOLE}(?:\.0+)?)"
 STRENGTHS_PATTERN = rf"^ *{_STRENGTH} *(?:, *{_STRENGTH} *){{0,{MAX_FRAMES - 1}}}$"
-MAX_LIKELIHOOD_IMAGES = 32
 SequenceFormat = Literal["png", "gif", "json"]
 
 
@@ -134,14 +134,18 @@ class LikelihoodResponse(BaseModel):
     images: list[Likelihood]
 
 
-def sequence_output(
+async def sequence_output(
     frames: torch.Tensor, format: str, json_body: Callable[[], BaseModel], headers: dict[str, str] | None = None
 ) -> Response:
+    """Frames as a PNG strip, a GIF or JSON, encoded off the event loop unless they are few (:func:`encoded`)."""
     if format == "png":
-        return Response(grid_png(frames, nrow=len(frames)), media_type="image/png", headers=headers)
+        png = await encoded(lambda: grid_png(frames, nrow=len(frames)), frames.numel())
+        return Response(png, media_type="image/png", headers=headers)
     if format == "gif":
-        return Response(gif_bytes(frames), media_type="image/gif", headers=headers)
-    return Response(json_body().model_dump_json(), media_type="application/json", headers=headers)
+        gif = await encoded(lambda: gif_bytes(frames), frames.numel())
+        return Response(gif, media_type="image/gif", headers=headers)
+    body = await encoded(lambda: json_body().model_dump_json(), frames.numel())
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def sequence_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
@@ -189,7 +193,8 @@ async def generate_glow(request: GlowRequest, store: StoreDep, infer: InferenceD
     seed = resolve_seed(request.seed)
     prepared = pipeline.prepare_samples(request.n, seed, request.attributes, request.temperature, request.strength)
     (images,) = await infer("glow", prepared)
-    names, vectors, warning = pipeline.attributes, prepared.report["attributes"], prepared.report["warning"]
+    names, drawn = pipeline.attributes, prepared.drawn_attributes()
+    vectors, warning = drawn.vectors, drawn.warning
 
     return await image_output(
         images,
@@ -213,8 +218,7 @@ async def interpolate(
     face_b: Annotated[UploadFile, File(description="the last face")],
     store: StoreDep,
     infer: InferenceDep,
-    settings: SettingsDep,
-    faces: FacesDep,
+    uploaded: UploadsDep,
     steps: Annotated[int, Form(ge=2, le=MAX_FRAMES, description="frames, both ends included")] = 8,
     method: Annotated[
         Literal["linear", "slerp"], Form(description="straight line or great circle in latent space")
@@ -225,17 +229,15 @@ async def interpolate(
     """Frames from face_a to face_b along a path between their latents (all levels); the first and last frames are
     the reconstructions of a and b."""
     pipeline = require_pipeline(store, "glow", GlowPipeline)
-    uploads = await read_upload_batch(
-        [face_a, face_b], pipeline.checkpoint.preprocess, settings.max_image_pixels, "face", align=align, faces=faces
-    )
+    uploads = await uploaded.read([face_a, face_b], pipeline.checkpoint.preprocess, "face", align=align)
     (latents,) = await infer("glow", pipeline.prepare_encoding(uploads.images))
     refuse_rows(nonfinite_rows(latents), uploads.names, "the latent of {which} is not finite" + unaligned_hint(align))
     images, unusable = await infer(
         "glow", pipeline.prepare_decoding(pipeline.interpolation_latents(latents, steps, method))
     )
     frames = pipeline.interpolation_frames(images, unusable)
-    refuse_if_all_failed(frames, f"every frame diverged{DIVERGED}" + unaligned_hint(align))
-    return sequence_output(
+    refuse_if_all_failed(frames, f"every frame diverged{DIVERGENCE_EXPLAINED}" + unaligned_hint(align))
+    return await sequence_output(
         frames.images,
         format,
         lambda: InterpolationResponse(
@@ -249,7 +251,7 @@ async def interpolate(
     )
 
 
-DIVERGED = " (NaN, infinity or values far outside the pixel range: black or white frames)"
+DIVERGENCE_EXPLAINED = " (NaN, infinity or values far outside the pixel range: black or white frames)"
 
 
 def unaligned_hint(align: str) -> str:
@@ -259,7 +261,8 @@ def unaligned_hint(align: str) -> str:
 
 
 def parse_strengths(text: str) -> list[float]:
-    """``"-1,-0.5,0,0.5,1"`` -> floats, each finite and within +-MAX_STRENGTH, at most MAX_FRAMES of them."""
+    """``"-1,-0.5,0,0.5,1"`` -> floats, each finite and within +-MAX_MANIPULATION_STRENGTH, at most MAX_FRAMES of
+    them."""
     items = [item.strip() for item in text.split(",")]
     try:
         values = [float(item) for item in items]
@@ -269,9 +272,10 @@ def parse_strengths(text: str) -> list[float]:
         ) from None
     if not 1 <= len(values) <= MAX_FRAMES:
         raise field_error("strengths", f"give between 1 and {MAX_FRAMES} strengths, got {len(values)}")
-    bad = [value for value in values if not abs(value) <= MAX_STRENGTH]  # also catches nan and inf
+    bad = [value for value in values if not abs(value) <= MAX_MANIPULATION_STRENGTH]  # also catches nan and inf
     if bad:
-        raise field_error("strengths", f"each strength must be between {-MAX_STRENGTH} and {MAX_STRENGTH}; got {bad}")
+        limit = MAX_MANIPULATION_STRENGTH
+        raise field_error("strengths", f"each strength must be between {-limit} and {limit}; got {bad}")
     if not re.fullmatch(STRENGTHS_PATTERN, text, re.ASCII):  # float() also reads other scripts' digits, 1_0, 1e0
         raise field_error(
             "strengths", f"strengths are plain decimals in ASCII digits, e.g. -1,-0.5,0,0.5,1; got {text!r}"
@@ -285,8 +289,7 @@ async def manipulate(
     attribute: Annotated[str, Form(description="the CelebA attribute to move along, e.g. Smiling")],
     store: StoreDep,
     infer: InferenceDep,
-    settings: SettingsDep,
-    faces: FacesDep,
+    uploaded: UploadsDep,
     strengths: Annotated[
         str | None,
         Form(
@@ -303,7 +306,7 @@ async def manipulate(
             ge=2, le=MAX_FRAMES, description="instead of strengths: evenly spaced from -max_strength to +max_strength"
         ),
     ] = None,
-    max_strength: Annotated[float, Form(gt=0, le=MAX_STRENGTH)] = 1.0,
+    max_strength: Annotated[float, Form(gt=0, le=MAX_MANIPULATION_STRENGTH)] = 1.0,
     format: Annotated[SequenceFormat, Form()] = "png",
     align: AlignForm = "auto",
 ) -> Response:
@@ -318,9 +321,7 @@ async def manipulate(
         values = parse_strengths(strengths)
     else:
         values = torch.linspace(-max_strength, max_strength, steps or 5, dtype=torch.float64).tolist()
-    uploads = await read_upload_batch(
-        [face], pipeline.checkpoint.preprocess, settings.max_image_pixels, "face", align=align, faces=faces
-    )
+    uploads = await uploaded.read([face], pipeline.checkpoint.preprocess, "face", align=align)
     batch = uploads.images
     (latent,) = await infer("glow", pipeline.prepare_encoding(batch))
     refuse_rows(nonfinite_rows(latent), uploads.names, "the latent of {which} is not finite" + unaligned_hint(align))
@@ -341,7 +342,7 @@ async def manipulate(
         "X-Applied-Strengths": ",".join("refused" if value is None else f"{value:g}" for value in frames.applied),
         **frame_headers(frames),
     }
-    return sequence_output(
+    return await sequence_output(
         frames.images,
         format,
         lambda: ManipulationResponse(
@@ -360,17 +361,10 @@ async def manipulate(
 
 @router.post("/glow/likelihood", response_model=LikelihoodResponse)
 async def likelihood(
-    images: Annotated[
-        list[UploadFile],
-        File(
-            description="1 to 32 images (JPEG, PNG or WebP, any size)",
-            json_schema_extra={"maxItems": MAX_LIKELIHOOD_IMAGES},
-        ),
-    ],
+    images: Annotated[list[UploadFile], image_files("images")],
     store: StoreDep,
     infer: InferenceDep,
-    settings: SettingsDep,
-    faces: FacesDep,
+    uploaded: UploadsDep,
     align: AlignForm = "auto",
 ) -> LikelihoodResponse:
     """Bits per dimension of each upload (lower = more face-like to the model; non-faces score high).
@@ -380,11 +374,9 @@ async def likelihood(
     dequantisation. It reads a little higher than the training's validation bits/dim, which conditions on the true
     attributes and averages over dequantisation noise.
     """
-    check_count("images", len(images), 1, MAX_LIKELIHOOD_IMAGES)
+    uploaded.check_count(images)
     pipeline = require_pipeline(store, "glow", GlowPipeline)
-    uploads = await read_upload_batch(
-        images, pipeline.checkpoint.preprocess, settings.max_image_pixels, align=align, faces=faces
-    )
+    uploads = await uploaded.read(images, pipeline.checkpoint.preprocess, align=align)
     (bits,) = await infer("glow", pipeline.prepare_likelihood(uploads.images))
     refuse_rows(
         nonfinite_rows(bits), uploads.names, "bits per dimension of {which} are not finite" + unaligned_hint(align)

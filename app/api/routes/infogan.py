@@ -7,9 +7,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import InferenceDep, StoreDep, require_pipeline
+from app.api.deps import InferenceDep, StoreDep, require_pipeline, resolve_seed
 from app.api.responses import image_output
-from app.api.routes.generate import resolve_seed
 from app.models.pipelines.infogan import InfoGANPipeline
 from app.schemas import MAX_SEED, ImageFormat, StrictModel
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..acgan import DEFAULT_TOGGLE_STRENGTH, MAX_STRENGTH, ACGANGenerator, emphasis, toggle_pairs
+from ..acgan import DEFAULT_TOGGLE_STRENGTH, MAX_TOGGLE_STRENGTH, ACGANGenerator, emphasis, toggle_pairs
 from ..attributes import (
     LABEL_VECTORS_KEY,
     AttributeDraw,
@@ -95,8 +95,8 @@ class ACGANPipeline(Pipeline):
     ) -> Prepared:
         """``n`` samples, or with ``toggle`` ``n`` pairs: 2n rows, the n with it off, then the same n with it on,
         the toggled attribute's condition pushed to -strength/+strength (1 = as trained)."""
-        if not 0 < strength <= MAX_STRENGTH:
-            raise InvalidRequest("strength", f"strength must be in (0, {MAX_STRENGTH}], got {strength}")
+        if not 0 < strength <= MAX_TOGGLE_STRENGTH:
+            raise InvalidRequest("strength", f"strength must be in (0, {MAX_TOGGLE_STRENGTH}], got {strength}")
         names = self.attributes
         noise, vectors, drawn = draw_inputs(
             self.model.latent_shape,
@@ -110,7 +110,7 @@ class ACGANPipeline(Pipeline):
         multipliers = torch.ones(len(vectors), len(names))
         if toggle is not None:
             multipliers = emphasis(len(names), names.index(toggle), strength).expand(len(vectors), -1).contiguous()
-        return Prepared("sample", (noise, vectors, multipliers), {"attributes": vectors, "warning": drawn.warning})
+        return Prepared("sample", (noise, vectors, multipliers), AttributeDraw(vectors, drawn.warning))
 
     def generate(self, noise: torch.Tensor, vectors: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
         return finite_images(self.model.generate(noise, vectors, multipliers))

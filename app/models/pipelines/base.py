@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from ..attributes import AttributeDraw
 from ..checkpoint import Checkpoint, CheckpointError
 from ..registry import FamilyModule
 
@@ -55,12 +56,18 @@ class BenchRequest:
 
 @dataclass
 class Prepared:
-    """One request's model inputs for ``operation`` (CPU tensors sharing their first dimension) and what its response
-    reports beside the images (e.g. the attribute vectors drawn)."""
+    """One request's model inputs for ``operation`` (CPU tensors sharing their first dimension) and, for the
+    conditional samplers, the attribute vectors drawn, which the response reports beside the images."""
 
     operation: str
     inputs: Tensors
-    report: dict[str, Any] = field(default_factory=dict)
+    attribute_draw: AttributeDraw | None = None  # per image, the full attribute vector used, and any warning
+
+    def drawn_attributes(self) -> AttributeDraw:
+        """The attribute vectors drawn for the images (only a conditional sampler's samples carry them)."""
+        if self.attribute_draw is None:
+            raise ValueError(f"a prepared {self.operation!r} request draws no attributes")
+        return self.attribute_draw
 
     @property
     def rows(self) -> int:

@@ -15,6 +15,7 @@ from ..artefacts import ARTEFACT_LIMITS_KEY, ArtefactLimits, colour_noise, speck
 from ..attributes import (
     FREQUENCIES_KEY,
     LABEL_VECTORS_KEY,
+    AttributeDraw,
     AttributeSource,
     AttributeSourceError,
     InvalidRequest,
@@ -55,9 +56,9 @@ CORRELATION_RIDGE = 0.05
 # per-attribute units: enough for the classifier to see Smiling change on most faces while the other attributes stay.
 MANIPULATION_UNIT = 2.0
 # A decoded value beyond twice the data range ([-0.5, 0.5] before postprocessing) is where the inverse flow diverged.
-# Measured on the shipped model: frames of aligned faces at strengths up to +-2 have under 1 % such values, the frames
-# of an unaligned portrait (the black ones) 40-100 %.
-DIVERGED = 1.0
+# Frames of aligned faces at the served strengths have almost no such values, the black frames of an unaligned
+# portrait most of theirs: a frame with more than MAX_DIVERGED_FRACTION of them is refused, not served.
+DIVERGENCE_THRESHOLD = 1.0
 MAX_DIVERGED_FRACTION = 0.05
 # A sample the artefact detector flags is drawn again from its own noise at these fractions of its temperature (the
 # noise's outliers are what a flow's inverse turns into speckles; at 0 the sample is the prior's mean face).
@@ -198,7 +199,7 @@ class GlowPipeline(Pipeline):
             solved = torch.linalg.solve(ridged, deviations.T).T * (1 + CORRELATION_RIDGE) / spread
             pushes[:, requested] = (strength * solved * covariance.diagonal()).float()
         inputs = (vectors, eps, torch.full((n,), float(temperature)), pushes)
-        return Prepared("sample", inputs, {"attributes": vectors, "warning": drawn.warning})
+        return Prepared("sample", inputs, AttributeDraw(vectors, drawn.warning))
 
     @functools.cached_property
     def attribute_means(self) -> torch.Tensor:
@@ -254,7 +255,7 @@ class GlowPipeline(Pipeline):
         a few clipped pixels are only clamped."""
         raw = self.model.decode(self.model.unflatten_latents(latents))  # data range [-0.5, 0.5]
         flat = raw.flatten(1)
-        diverged = (~torch.isfinite(flat) | (flat.abs() > DIVERGED)).float().mean(1)
+        diverged = (~torch.isfinite(flat) | (flat.abs() > DIVERGENCE_THRESHOLD)).float().mean(1)
         unusable = torch.isnan(flat).any(1) | (diverged > MAX_DIVERGED_FRACTION)
         return finite_images(postprocess(raw, self.model.config.n_bits)), unusable
 

@@ -9,6 +9,7 @@ import json
 import pytest
 from PIL import Image
 
+from app.api.uploads import MAX_UPLOADS
 from tests.conftest import png_of, write_tiny_checkpoint
 
 
@@ -252,3 +253,15 @@ def test_non_finite_json_literals_are_a_422_naming_the_field(client, path, body,
     assert response.status_code == 422
     errors = response.json()["detail"]
     assert any(error["loc"][-1] == field for error in errors), errors
+
+
+@pytest.mark.parametrize("path", ["/classify", "/vae/reconstruct", "/glow/likelihood"])
+def test_every_route_taking_a_list_of_uploads_states_and_enforces_one_cap(client, face_bytes, path):
+    schema = client.get("/openapi.json").json()
+    reference = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    images = schema["components"]["schemas"][reference.rsplit("/", 1)[1]]["properties"]["images"]
+    assert images["maxItems"] == MAX_UPLOADS and images["description"].startswith(f"1 to {MAX_UPLOADS} ")
+    too_many = [("images", (f"{i}.jpg", face_bytes[0], "image/jpeg")) for i in range(MAX_UPLOADS + 1)]
+    response = client.post(path, files=too_many, data={"align": "none"})
+    assert response.status_code == 422
+    assert f"images must be between 1 and {MAX_UPLOADS}, got {MAX_UPLOADS + 1}" in response.text

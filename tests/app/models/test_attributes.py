@@ -130,8 +130,8 @@ def test_the_source_follows_the_extras():
 def test_the_acgan_pipeline_draws_jointly_from_a_checkpoint_with_label_vectors(tmp_path):
     pipeline = build_pipeline(load_checkpoint(write_joint_acgan_weights(tmp_path) / "acgan.safetensors"))
     prepared = pipeline.prepare_samples(64, 3, {"Male": True})
-    assert prepared.report["warning"] is None
-    assert prepared.report["attributes"].tolist() == [[1.0, 1.0, 0.0]] * 64
+    assert prepared.drawn_attributes().warning is None
+    assert prepared.drawn_attributes().vectors.tolist() == [[1.0, 1.0, 0.0]] * 64
 
 
 def test_a_checkpoint_without_label_vectors_draws_independently_and_says_so(tmp_path, caplog):
@@ -139,7 +139,7 @@ def test_a_checkpoint_without_label_vectors_draws_independently_and_says_so(tmp_
         pipeline = build_pipeline(load_checkpoint(write_acgan_weights(tmp_path) / "acgan.safetensors"))
     assert not pipeline.attribute_source.joint
     assert any("no label_vectors" in record.getMessage() for record in caplog.records)
-    vectors = pipeline.prepare_samples(400, 0, {"Male": True}).report["attributes"]
+    vectors = pipeline.prepare_samples(400, 0, {"Male": True}).drawn_attributes().vectors
     assert 0.85 < vectors[:, 0].mean() < 0.95  # Smiling ~ its frequency 0.9, whatever Male is
 
 

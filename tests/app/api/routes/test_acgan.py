@@ -14,12 +14,10 @@ from app.imaging import base64_pngs, grid_png
 from app.models.acgan import (
     DEFAULT_TOGGLE_STRENGTH,
     emphasis,
-    toggle_pairs,
 )
-from app.models.attributes import resolve_attributes
 from app.models.checkpoint import load_checkpoint
-from app.models.sampling import draw_noise, seeded_generator
-from tests.families.gans import ACGAN_FREQUENCIES as FREQUENCIES
+from app.models.pipelines import build_pipeline
+from app.models.pipelines.base import Tensors
 from tests.families.gans import ACGAN_NAMES as NAMES
 from tests.families.gans import SIDE, write_acgan_weights, write_joint_acgan_weights
 from tests.families.gans import post_acgan as post
@@ -41,11 +39,11 @@ def acgan_client(make_client, weights_dir):
 # --- API ------------------------------------------------------------------------------------------------------------
 
 
-def expected_inputs(seed: int, n: int, requested: dict[str, bool]) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the route draws for a request: noise first, then the open attributes, from one seeded generator."""
-    rng = seeded_generator(seed)
-    noise = draw_noise((8,), n, rng)
-    return noise, resolve_attributes(requested, NAMES, FREQUENCIES, n, rng)
+def pipeline_inputs(weights_dir: Path, n: int, seed: int, requested: dict[str, bool], **options) -> Tensors:
+    """The (noise, attribute vectors, condition multipliers) the family's pipeline draws for a request: the pipeline
+    owns the draw, so the route's images are compared with the model's output for these inputs."""
+    pipeline = build_pipeline(load_checkpoint(weights_dir / "acgan.safetensors"))
+    return pipeline.prepare_samples(n, seed, requested, **options).inputs
 
 
 def test_json_reports_every_attribute_and_honours_requests(acgan_client, weights_dir):
@@ -56,7 +54,7 @@ def test_json_reports_every_attribute_and_honours_requests(acgan_client, weights
     assert [sorted(vector) for vector in body["attributes"]] == [sorted(NAMES)] * 4
     assert all(vector["Smiling"] is False and vector["Blond_Hair"] is True for vector in body["attributes"])
     # The images are the model's output for exactly the reported vectors.
-    noise, vectors = expected_inputs(3, 4, {"Smiling": False, "Blond_Hair": True})
+    noise, vectors, _ = pipeline_inputs(weights_dir, 4, 3, {"Smiling": False, "Blond_Hair": True})
     model = load_checkpoint(weights_dir / "acgan.safetensors").model
     assert body["images"] == base64_pngs(model.generate(noise, vectors))
     assert body["attributes"] == [{name: bool(v) for name, v in zip(NAMES, row.tolist())} for row in vectors]
@@ -91,13 +89,16 @@ def test_toggle_gives_off_then_on_rows_from_the_same_noise(acgan_client, weights
     for before, after in zip(off, on):
         assert before["Smiling"] is False and after["Smiling"] is True
         assert {k: v for k, v in before.items() if k != "Smiling"} == {k: v for k, v in after.items() if k != "Smiling"}
-    # Calling the model directly with the shared noise reproduces both rows.
-    noise, vectors = expected_inputs(5, 3, {})
-    pair_noise, pair_vectors = toggle_pairs(noise, vectors, NAMES.index("Smiling"))
+    # Both rows of a pair share their noise, and only the toggled attribute's condition is pushed, to the default.
+    noise, vectors, multipliers = pipeline_inputs(weights_dir, 3, 5, {"Smiling": True}, toggle="Smiling")
+    assert torch.equal(noise[:3], noise[3:]) and body["strength"] == DEFAULT_TOGGLE_STRENGTH
+    smiling = NAMES.index("Smiling")
+    assert body["attributes"] == [{name: bool(v) for name, v in zip(NAMES, row.tolist())} for row in vectors]
+    assert multipliers[:, smiling].eq(DEFAULT_TOGGLE_STRENGTH).all()
+    assert multipliers[:, [k for k in range(len(NAMES)) if k != smiling]].eq(1).all()
     model = load_checkpoint(weights_dir / "acgan.safetensors").model
-    strength = emphasis(len(NAMES), NAMES.index("Smiling"), DEFAULT_TOGGLE_STRENGTH)
-    images = model.generate(pair_noise, pair_vectors, strength)
-    assert body["images"] == base64_pngs(images) and body["strength"] == DEFAULT_TOGGLE_STRENGTH
+    images = model.generate(noise, vectors, multipliers)
+    assert body["images"] == base64_pngs(images)
     assert not torch.equal(images[:3], images[3:]), "the toggled attribute changes the faces"
 
     png = post(acgan_client, n=3, seed=5, toggle="Smiling")
@@ -108,15 +109,16 @@ def test_toggle_gives_off_then_on_rows_from_the_same_noise(acgan_client, weights
 
 
 def test_toggle_strength_scales_only_the_toggled_attributes_signal(acgan_client, weights_dir):
-    noise, vectors = expected_inputs(5, 2, {})
-    pair_noise, pair_vectors = toggle_pairs(noise, vectors, NAMES.index("Male"))
+    pair_noise, pair_vectors, _ = pipeline_inputs(weights_dir, 2, 5, {}, toggle="Male")
     model = load_checkpoint(weights_dir / "acgan.safetensors").model
+    served = {}
     for strength in (1.0, 2.5):
         body = post(acgan_client, n=2, seed=5, toggle="Male", strength=strength, format="json").json()
         assert body["strength"] == strength
+        served[strength] = body["images"]
         assert body["images"] == base64_pngs(model.generate(pair_noise, pair_vectors, torch.tensor([1, strength, 1])))
-    as_trained = post(acgan_client, n=2, seed=5, toggle="Male", strength=1, format="json").json()["images"]
-    assert as_trained == base64_pngs(model.generate(pair_noise, pair_vectors)), "strength 1 is the model as trained"
+    assert served[1.0] != served[2.5], "the strength changes the faces"
+    assert served[1.0] == base64_pngs(model.generate(pair_noise, pair_vectors)), "strength 1 is the model as trained"
     assert post(acgan_client, n=2, seed=5, format="json").json()["strength"] is None
 
 
