@@ -1,4 +1,4 @@
-"""Benchmark of the facegen service: ``python -m bench --startup`` (see :mod:`bench.cli` and README "Benchmark").
+"""Benchmark of the facegen service: ``python -m bench --startup`` (see :mod:`bench.cli` and docs/benchmarks.md).
 
 It measures, side by side in one run: closed-loop HTTP load per scenario (:mod:`bench.scenarios`) and concurrency
 with dynamic batching on and off, the end-to-end cost of a request of 64 against the raw in-process forward

@@ -16,7 +16,7 @@ Checks, each a section of one JSON report (``--out``, default ``gpu_check.json``
 
 Exit status 0 when every section passed, 1 otherwise, 2 when there is no usable CUDA device (nothing is run).
 The service's Python packages must be importable: ``make gpu-wheels`` (on a networked machine) downloads them as
-Python 3.12 wheels, and ``make gpu-check`` installs them offline. See the README's GPU section.
+Python 3.12 wheels, and ``make gpu-check`` installs them offline. See docs/gpu.md.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import torch  # noqa: E402  (after the path: the check runs from a bare checkout
 
 FACES = sorted((ROOT / "tests" / "data" / "faces").glob("*.jpg"))
 PHOTO = ROOT / "tests" / "data" / "photos" / "astronaut.jpg"
-# Seeded images: the README promises byte-identical images in any batch; on a GPU, kernels chosen per batch size may
+# Seeded images: the docs promise byte-identical images in any batch; on a GPU, kernels chosen per batch size may
 # still differ in their last float bits, so a few values one 8-bit level off are tolerated and reported. Against
 # the CPU (other kernels, other summation orders) a little more.
 TOLERANCES = {

@@ -1,4 +1,4 @@
-"""The README's figure of a photo that is not a CelebA frame, through the service itself (in-process, the shipped
+"""The docs' figure of a photo (docs/faces.md) that is not a CelebA frame, through the service itself (in-process, the shipped
 weights): ``python -m training alignment figure --photo tests/data/photos/astronaut.jpg --out docs/alignment.png``.
 
 Row 1: the photo with the face found and its five landmarks; the align=none crop (the centre of the photo) and the
@@ -121,7 +121,7 @@ def make_figure(args: argparse.Namespace) -> dict:
     out = args.out or Path("docs/alignment.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.save(out, optimize=True)
-    record = Path("runs/alignment") / f"{out.stem}.json"  # the numbers go into the README; this is the record
+    record = Path("runs/alignment") / f"{out.stem}.json"  # the numbers go into docs/faces.md; this is the record
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(numbers, indent=1) + "\n")
     print(json.dumps(numbers, indent=1))

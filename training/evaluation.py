@@ -36,7 +36,7 @@ class EvaluatorSpec:
     """What ``evaluate`` runs for one family."""
 
     function: Evaluator
-    metrics: tuple[str, ...]  # the headline metrics it reports (model cards, the README table), FID's included
+    metrics: tuple[str, ...]  # the headline metrics it reports (model cards, the results tables), FID's included
     fid: str | None = None  # "pipeline": evaluate adds the FID of pipeline samples; "own": the function does it
     always_fid: bool = False  # FID is the family's only quality score: measured without --fid
 

@@ -12,7 +12,7 @@ faces.
 
 First, unless ``--envelope-faces 0``, it encodes and decodes that many training faces and stores the largest
 |activation| each coupling's inverse produces (extra ``inverse_bounds``): decoding then clamps there. Faces stay
-inside, so they still reconstruct exactly (figures in the README), but a latent pushed far along a direction
+inside, so they still reconstruct exactly (figures in docs/results.md), but a latent pushed far along a direction
 saturates a few values instead of cascading into a frame of noise, which is what used to stop glasses and age from
 showing.
 """

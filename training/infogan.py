@@ -70,7 +70,7 @@ def augment_for_q(images: torch.Tensor, strength: float, rng: torch.Generator) -
 
     A code Q can read only through these must live in what survives them: the face's layout, shapes and colours,
     not a pixel-exact pattern. (With the paper's 10 codes this alone did not make them stronger; with 3 codes each
-    moves an attribute visibly: README, "InfoGAN's codes".)"""
+    moves an attribute visibly: docs/results.md, "InfoGAN's codes".)"""
     n = images.shape[0]
     shift = (torch.rand(n, 2, generator=rng) * 2 - 1) * 2 * strength  # affine_grid's coordinates span 2
     zoom = 1 + (torch.rand(n, generator=rng) * 2 - 1) * strength

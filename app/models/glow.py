@@ -45,10 +45,10 @@ COVARIANCE_KEY = "attribute_covariance"  # (A, A) covariance of the training lab
 MANIPULATION_UNITS_KEY = "manipulation_units"
 # (A, latents) per attribute, the weight of each latent (finest split first, the top last) in its manipulation direction
 # (`calibrate-glow`). A push on the top latent passes through every coupling's inverse, so it is the first to diverge;
-# some attributes change more cleanly without it (figures in the README).
+# some attributes change more cleanly without it (figures in docs/results.md).
 MANIPULATION_LEVELS_KEY = "manipulation_levels"
 # (couplings,) the largest |activation| each coupling's inverse produced on training faces (`calibrate-glow`): decoding
-# clamps there. Faces stay within (so they still reconstruct exactly; figures in the README), while a latent pushed
+# clamps there. Faces stay within (so they still reconstruct exactly; figures in docs/results.md), while a latent pushed
 # far off the faces' distribution saturates a few values instead of cascading into a frame of noise.
 INVERSE_BOUNDS_KEY = "inverse_bounds"
 

@@ -75,7 +75,7 @@ def resolve_device(name: str, setting: str = "FACEGEN_DEVICE") -> torch.device:
 def exact_float32() -> None:
     """Full float32 in cuDNN convolutions and cuBLAS matmuls, not TF32 (10-bit mantissa, on by default for
     convolutions on Ampere and newer): the service promises exact Glow reconstructions and byte-identical seeded
-    images in any batch, and TF32 breaks both (see the README's GPU section for what was measured)."""
+    images in any batch, and TF32 breaks both (see docs/gpu.md for what was measured)."""
     backends = torch.backends
     if hasattr(backends.cudnn, "conv") and hasattr(backends.cudnn.conv, "fp32_precision"):
         backends.cudnn.conv.fp32_precision = "ieee"

@@ -23,8 +23,8 @@ SHIPPED_FAMILIES = {path.stem for path in SHIPPED}
 # Floors for the shipped GANs, well under what was measured, so that sampling error passes and a broken model or a
 # regression in the code does not. ACGAN (all 40 attributes) agreement: 0.85 here, where every attribute is drawn
 # independently from its frequency (as the service draws open ones; combinations real faces rarely show), against
-# README's 0.924 on the validation split's real label vectors. Smiling toggle 0.98 here at the service's default
-# strength 1.5, 0.86 at strength 1 (README: 0.972 and 0.832 over 500 pairs), InfoGAN Q accuracy 0.55 (README).
+# the results page's 0.924 on the validation split's real label vectors. Smiling toggle 0.98 here at the service's default
+# strength 1.5, 0.86 at strength 1 (docs/results.md: 0.972 and 0.832 over 500 pairs), InfoGAN Q accuracy 0.55 (docs/results.md).
 # Since the pairs' other attributes are drawn jointly (from real faces, not conditioned on Smiling), about half of
 # the pairs carry a smiler's High_Cheekbones and Mouth_Slightly_Open, which the "off" row must overcome: 200 pairs of
 # this test measured 0.93 at 1.5 and 0.69 at strength 1 (independent draws: 0.97 and 0.83).
@@ -32,7 +32,7 @@ ACGAN_MIN_AGREEMENT = 0.8
 ACGAN_MIN_TOGGLE_SUCCESS = 0.9  # at the service's default toggle strength 1.5
 ACGAN_MIN_TOGGLE_SUCCESS_AS_TRAINED = 0.6  # at strength 1
 INFOGAN_MIN_Q_ACCURACY = 0.4
-# Glow, one attribute requested (README, 200 samples each: 0.975-1.0 for Smiling, Male, Eyeglasses and Young)
+# Glow, one attribute requested (docs/results.md, 200 samples each: 0.975-1.0 for Smiling, Male, Eyeglasses and Young)
 GLOW_MIN_CONDITION_OBEYED = 0.8
 GLOW_MIN_MANIPULATION_FLIP = 0.9  # each of Smiling, Male, Eyeglasses, Young: the goal (the 3-epoch model: 0.28)
 GLOW_MIN_MANIPULATION_KEEP = 0.85  # the other 39 calls, each of the four: the goal
@@ -105,7 +105,7 @@ def test_shipped_vae_reconstructs_real_faces(face_paths):
 
 @pytest.mark.skipif(not {"acgan", "classifier"} <= SHIPPED_FAMILIES, reason="needs the shipped acgan and classifier")
 def test_shipped_acgan_obeys_attributes_and_the_smiling_toggle():
-    """The shipped classifier judges fresh samples of the shipped ACGAN (a smaller draw than the README's figures,
+    """The shipped classifier judges fresh samples of the shipped ACGAN (a smaller draw than the results page's figures,
     with another seed, so the bounds leave room for sampling error)."""
     from training.attribute_judge import load_judge
     from training.evaluate_gans import acgan_scores

@@ -44,11 +44,11 @@ LIKELIHOOD_DRAWS = 32  # attribute vectors averaged over for the marginal likeli
 LIKELIHOOD_SEED = 0  # fixed: the same image always gets the same bits/dim
 MAX_TEMPERATURE = 1.5
 # The served temperature: where the FID of the shipped flow's samples is lowest (0.7 is the Glow paper's choice for a
-# far larger model; here it leaves blotches). Figures in the README, from `python -m training evaluate`.
+# far larger model; here it leaves blotches). Figures in docs/results.md, from `python -m training evaluate`.
 DEFAULT_TEMPERATURE = 0.3
 # How far a requested attribute moves a sample, in units of the move from the training mean latent to the mean latent
 # of faces with (without) it: a little beyond 1, where the project's classifier finds every attribute it can judge
-# obeyed with no sample degenerating (figures in the README, from `python -m training evaluate`).
+# obeyed with no sample degenerating (figures in docs/results.md, from `python -m training evaluate`).
 DEFAULT_CONDITION_STRENGTH = 1.5
 MAX_CONDITION_STRENGTH = 3.0
 CORRELATION_RIDGE = 0.05
