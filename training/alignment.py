@@ -10,7 +10,8 @@
   against the ``none`` crop of the frame made grey, mirrored and JPEG'd like the view, which leaves the geometry
   as the only difference).
 * ``speed``: detection + alignment of a 1024x1024 photo.
-* ``figure``: the docs figure from a photo (docs/faces.md) (detection, aligned crop, reconstruction, interpolation, manipulation).
+* ``figure``: docs/faces.md's figure from a photo (detection, aligned crop, reconstruction, interpolation,
+  manipulation).
 
 The view generator (:func:`render_view`) is also what ``tests/app/models/test_align.py`` runs on a fixed subset.
 """

@@ -1,4 +1,4 @@
-"""The docs' figure of a photo (docs/faces.md) that is not a CelebA frame, through the service itself (in-process, the shipped
+"""docs/faces.md's figure of a photo that is not a CelebA frame, through the service itself (in-process, the shipped
 weights): ``python -m training alignment figure --photo tests/data/photos/astronaut.jpg --out docs/alignment.png``.
 
 Row 1: the photo with the face found and its five landmarks; the align=none crop (the centre of the photo) and the

@@ -23,8 +23,9 @@ SHIPPED_FAMILIES = {path.stem for path in SHIPPED}
 # Floors for the shipped GANs, well under what was measured, so that sampling error passes and a broken model or a
 # regression in the code does not. ACGAN (all 40 attributes) agreement: 0.85 here, where every attribute is drawn
 # independently from its frequency (as the service draws open ones; combinations real faces rarely show), against
-# the results page's 0.924 on the validation split's real label vectors. Smiling toggle 0.98 here at the service's default
-# strength 1.5, 0.86 at strength 1 (docs/results.md: 0.972 and 0.832 over 500 pairs), InfoGAN Q accuracy 0.55 (docs/results.md).
+# docs/results.md's 0.924 on the validation split's real label vectors. Smiling toggle 0.98 here at the service's
+# default strength 1.5, 0.86 at strength 1 (docs/results.md: 0.972 and 0.832 over 500 pairs), InfoGAN Q accuracy
+# 0.55 (docs/results.md).
 # Since the pairs' other attributes are drawn jointly (from real faces, not conditioned on Smiling), about half of
 # the pairs carry a smiler's High_Cheekbones and Mouth_Slightly_Open, which the "off" row must overcome: 200 pairs of
 # this test measured 0.93 at 1.5 and 0.69 at strength 1 (independent draws: 0.97 and 0.83).
