@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from bench import e2e, profiled_server, server
-from bench.scenarios import SCENARIO_NAMES, find_scenario, load_upload
+from bench.scenarios import find_scenario, load_upload, scenario_names
 
 logger = logging.getLogger("bench")
 
@@ -375,7 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--weights", type=Path, default=server.REPO_ROOT / "weights", help="checkpoint folder")
-    parser.add_argument("--scenario", choices=SCENARIO_NAMES, default="dcgan")
+    parser.add_argument("--scenario", choices=scenario_names(), default="dcgan")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured load (py-spy samples it all)")
     parser.add_argument("--warmup", type=float, default=3.0, help="load before measuring, seconds")
