@@ -46,6 +46,7 @@ class EvaluatorSpec:
     metrics: tuple[str, ...]  # the headline metrics it reports (model cards, the README table), FID's included
     fid: str | None = None  # "pipeline": evaluate adds the FID of pipeline samples; "own": the function does it
     always_fid: bool = False  # FID is the family's only quality score: measured without --fid
+    single_attribute: bool = False  # measures single-attribute requests (--single-attribute-samples)
 
 
 EVALUATORS: dict[str, EvaluatorSpec] = {}
@@ -56,7 +57,12 @@ class EvaluationError(ValueError):
 
 
 def register_evaluator(
-    family: str, *, metrics: tuple[str, ...], fid: str | None = None, always_fid: bool = False
+    family: str,
+    *,
+    metrics: tuple[str, ...],
+    fid: str | None = None,
+    always_fid: bool = False,
+    single_attribute: bool = False,
 ) -> Callable[[Evaluator], Evaluator]:
     """Make ``function`` the evaluator of checkpoints of ``family``, reporting ``metrics``."""
     if fid not in (None, "pipeline", "own"):
@@ -65,7 +71,7 @@ def register_evaluator(
     def decorate(function: Evaluator) -> Evaluator:
         if family in EVALUATORS:
             raise ValueError(f"family {family!r} has two evaluators")
-        EVALUATORS[family] = EvaluatorSpec(function, metrics, fid, always_fid)
+        EVALUATORS[family] = EvaluatorSpec(function, metrics, fid, always_fid, single_attribute)
         return function
 
     return decorate
@@ -109,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--single-attribute-samples",
         type=int,
         default=200,
-        help="acgan: images per attribute and value (on, off) requested with that attribute alone, and as many "
+        help="acgan, glow: images per attribute and value (on, off) requested with that attribute alone, and as many "
         "given real faces' label vectors with it (0 = not measured); 200 for the model card",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -194,6 +200,8 @@ def evaluate_command(args: argparse.Namespace, family: str) -> str:
     spec = EVALUATORS[family]
     if spec.fid and (args.fid or spec.always_fid):
         words += [*(["--fid"] if args.fid else []), "--fid-samples", str(args.fid_samples)]
+    if spec.single_attribute:
+        words += ["--single-attribute-samples", str(getattr(args, "single_attribute_samples", 0))]
     return shlex.join(words)
 
 
