@@ -2,7 +2,7 @@
 
 - **bits/dim** of the evaluated split under p(x | y) with its true attributes (the training's validation bound).
 - **condition obeyed**: for each of CONDITIONED, samples requested with it on and with it off (the other attributes
-  left open, drawn from the training frequencies), as a user asks; the share the classifier judges as requested.
+  left open, drawn as the service draws them), as a user asks; the share the classifier judges as requested.
 - **conditional agreement**: samples requested with the attribute vectors of real faces of the split, drawn through
   the pipeline at the service's default temperature, judged by the attribute classifier (``--classifier``); the
   classifier's agreement with the same labels on the real faces is the ceiling beside it. Course report 2's c-Glow
