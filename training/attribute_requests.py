@@ -2,8 +2,9 @@
 serves it: requests that fix a single attribute, judged by the attribute classifier, beside the same model given
 whole label vectors of real faces with that value, and how the open attributes of a request are drawn.
 
-Shared by the family evaluators (:mod:`.evaluate_gans`; the Glow's can call the same functions): they only need a
-pipeline whose ``prepare_samples(n, seed, attributes=...)`` draws as the service does, and a judge.
+Shared by the family evaluators (:mod:`.evaluate_gans`' ACGAN, :mod:`.evaluate_glow`) through
+:func:`attribute_request_metrics`: they only need a pipeline whose ``prepare_samples(n, seed, attributes=...)`` draws
+as the service does, and a judge.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from app.models.attributes import attribute_source
 from app.models.pipelines.base import Pipeline, Prepared
 from app.models.sampling import seeded_generator
 
@@ -61,6 +63,41 @@ def balanced_accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> list
             continue
         result.append(0.5 * (calls[on, k].float().mean().item() + (~calls[off, k]).float().mean().item()))
     return result
+
+
+def judge_balanced_accuracy(
+    judge: Judge, images: torch.Tensor, labels: torch.Tensor, batch_size: int = BATCH_SIZE
+) -> list[float | None]:
+    """:func:`balanced_accuracy` of the judge on real ``images`` with their ``labels`` (N, A)."""
+    probabilities = torch.cat([judge(images[i : i + batch_size]).cpu() for i in range(0, len(images), batch_size)])
+    return balanced_accuracy(probabilities, labels)
+
+
+def attribute_request_metrics(
+    pipeline: Pipeline,
+    judge: Judge,
+    labels: torch.Tensor,
+    real_images: torch.Tensor,
+    real_labels: torch.Tensor,
+    *,
+    samples: int = SINGLE_ATTRIBUTE_SAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every figure of what users send to an attribute-conditioned family, for its evaluator: how the open attributes
+    are drawn (``open_attributes``: joint or independent), a ``Male: true`` request's draws of ``MALE_WATCHED``
+    beside the rate among the men of ``labels`` (the evaluated split's, the pipeline's attribute order), and, unless
+    ``samples`` is 0, :func:`single_attribute_agreement` beside the judge's balanced accuracy on ``real_images``
+    (labelled ``real_labels``)."""
+    joint = attribute_source(pipeline.attributes, pipeline.checkpoint.extras).joint
+    metrics: dict[str, Any] = {"open_attributes": "joint" if joint else "independent"}
+    if "Male" in pipeline.attributes:
+        metrics["male_open_attribute_draws"] = conditional_draw_rates(
+            pipeline, {"Male": True}, MALE_WATCHED, labels, seed=seed
+        )
+    if samples:
+        accuracy = judge_balanced_accuracy(judge, real_images, real_labels)
+        metrics.update(single_attribute_agreement(pipeline, judge, labels, accuracy, samples=samples, seed=seed))
+    return metrics
 
 
 def single_attribute_agreement(

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--single-attribute-samples",
         type=int,
         default=200,
-        help="acgan: images per attribute and value (on, off) requested with that attribute alone, and as many "
+        help="acgan, glow: images per attribute and value (on, off) requested with that attribute alone, and as many "
         "given real faces' label vectors with it (0 = not measured); 200 for the model card",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -118,6 +118,8 @@ def evaluate_command(args: argparse.Namespace, family: str) -> str:
     spec = EVALUATORS[family]
     if spec.fid and (args.fid or spec.always_fid):
         words += [*(["--fid"] if args.fid else []), "--fid-samples", str(args.fid_samples)]
+    if spec.single_attribute:
+        words += ["--single-attribute-samples", str(getattr(args, "single_attribute_samples", 0))]
     return shlex.join(words)
 
 

@@ -41,12 +41,7 @@ from app.models.pipelines.acgan import draw_inputs
 from app.models.sampling import draw_noise, seeded_generator
 
 from .attribute_judge import BATCH_SIZE, AttributeJudge, batched, classifier_path, load_judge
-from .attribute_requests import (
-    MALE_WATCHED,
-    balanced_accuracy,
-    conditional_draw_rates,
-    single_attribute_agreement,
-)
+from .attribute_requests import attribute_request_metrics
 from .data import load_labels
 from .evaluation import EvaluationError, load_eval_split, register_evaluator
 from .fid import FrechetInception, real_statistics
@@ -281,7 +276,9 @@ def acgan_fid(
     }
 
 
-@register_evaluator("acgan", metrics=("classifier_agreement", "toggle_success", "fid_samples"), fid="own")
+@register_evaluator(
+    "acgan", metrics=("classifier_agreement", "toggle_success", "fid_samples"), fid="own", single_attribute=True
+)
 def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     generator = checkpoint.model_as(ACGANGenerator)
     names = generator.attribute_names
@@ -318,26 +315,18 @@ def evaluate_acgan(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pa
     }
     metrics["classifier"] = judge.source
     metrics["evaluated_split"] = args.split
-    metrics["open_attributes"] = "joint" if source.joint else "independent"
-    pipeline = build_pipeline(checkpoint)
-    if "Male" in names:
-        metrics["male_open_attribute_draws"] = conditional_draw_rates(
-            pipeline, {"Male": True}, MALE_WATCHED, labels, seed=args.seed
+    columns = judge.columns(names)
+    metrics.update(
+        attribute_request_metrics(
+            build_pipeline(checkpoint),
+            lambda x: judge.probabilities(x.to(device_of(generator)))[:, columns],
+            labels,
+            real_images,
+            real.attributes[:, label_columns],
+            samples=getattr(args, "single_attribute_samples", 0),
+            seed=args.seed,
         )
-    samples = getattr(args, "single_attribute_samples", 0)
-    if samples:
-        columns = judge.columns(names)
-        probabilities = batched(lambda x: judge.probabilities(x.to(device_of(generator)))[:, columns], real_images)
-        metrics.update(
-            single_attribute_agreement(
-                pipeline,
-                lambda x: judge.probabilities(x.to(device_of(generator)))[:, columns],
-                labels,
-                balanced_accuracy(probabilities, real.attributes[:, label_columns]),
-                samples=samples,
-                seed=args.seed,
-            )
-        )
+    )
     if fid is not None:
         metrics.update(
             acgan_fid(

@@ -2,11 +2,16 @@
 
 - **bits/dim** of the evaluated split under p(x | y) with its true attributes (the training's validation bound).
 - **condition obeyed**: for each of CONDITIONED, samples requested with it on and with it off (the other attributes
-  left open, drawn from the training frequencies), as a user asks; the share the classifier judges as requested.
+  left open, drawn as the service draws them), as a user asks; the share the classifier judges as requested.
 - **conditional agreement**: samples requested with the attribute vectors of real faces of the split, drawn through
   the pipeline at the service's default temperature, judged by the attribute classifier (``--classifier``); the
   classifier's agreement with the same labels on the real faces is the ceiling beside it. Course report 2's c-Glow
   scored under 0.2 here ("the condition failed completely").
+- **single-attribute requests** (:mod:`.attribute_requests`, as the ACGAN's evaluator measures them): every
+  attribute requested alone, on and off (``--single-attribute-samples`` each), beside the same pipeline given real
+  faces' whole label vectors with that value and the classifier's balanced accuracy on the split's faces; and how
+  often a ``Male: true`` request's open attributes turn on lipstick and heavy make-up, beside the rate among the
+  split's men.
 - **manipulation flip and keep rates** for the attributes the model-quality targets name (Smiling, Male,
   Eyeglasses, Young): each face is moved along the attribute's direction by the pipeline (+1 where the classifier
   says the face lacks it, -1 where it has it); *flip* is the share whose classifier call for that attribute
@@ -30,6 +35,7 @@ from app.models.glow import Glow
 from app.models.pipelines.glow import GlowPipeline
 
 from .attribute_judge import attribute_calls, batched, classifier_path, load_judge
+from .attribute_requests import attribute_request_metrics
 from .evaluation import EvaluationError, load_eval_split, register_evaluator
 from .glow import validation_bits_per_dim
 from .runtime import save_grid
@@ -83,6 +89,7 @@ def run_prepared(pipeline: Any, prepared: list[Any], batch_size: int = 100) -> t
         "fid_samples",
     ),
     fid="pipeline",
+    single_attribute=True,
 )
 @torch.inference_mode()
 def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
@@ -131,10 +138,30 @@ def evaluate_glow(checkpoint: Checkpoint, args: argparse.Namespace, out_dir: Pat
     real_images = split.batch(picks)[0]
     metrics["classifier_agreement"] = round(agree.mean().item(), 4)
     metrics["classifier_agreement_per_attribute"] = {n: round(v, 4) for n, v in zip(names, agree.mean(0).tolist())}
-    metrics["classifier_agreement_real"] = round((calls(real_images) == labels).float().mean().item(), 4)
+    real_agree = (calls(real_images) == labels).float()
+    metrics["classifier_agreement_real"] = round(real_agree.mean().item(), 4)
+    # the ceiling per attribute, beside the samples' in the report's attribute table
+    metrics["classifier_agreement_real_per_attribute"] = {
+        n: round(v, 4) for n, v in zip(names, real_agree.mean(0).tolist())
+    }
     metrics["agreement_samples"] = AGREEMENT_SAMPLES
     metrics["classifier"] = judge.source
     save_grid(samples[:32], out_dir / "conditional_samples.png", nrow=8)
+
+    # what users send: one attribute fixed, the others drawn as the service draws them
+    split_columns = [split.attribute_names.index(name) for name in names]
+    split_labels = split.attributes[:, split_columns]
+    metrics.update(
+        attribute_request_metrics(
+            pipeline,
+            lambda x: judge.probabilities(x.to(device))[:, columns],
+            split_labels,
+            split.batch(torch.arange(len(split)))[0],
+            split_labels,
+            samples=getattr(args, "single_attribute_samples", 0),
+            seed=args.seed,
+        )
+    )
 
     # manipulation: move each face along one attribute's direction, towards the other value
     faces = split.batch(torch.arange(min(MANIPULATED_FACES, len(split))))[0]

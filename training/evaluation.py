@@ -39,6 +39,7 @@ class EvaluatorSpec:
     metrics: tuple[str, ...]  # the headline metrics it reports (model cards, the results tables), FID's included
     fid: str | None = None  # "pipeline": evaluate adds the FID of pipeline samples; "own": the function does it
     always_fid: bool = False  # FID is the family's only quality score: measured without --fid
+    single_attribute: bool = False  # measures single-attribute requests (--single-attribute-samples)
 
 
 EVALUATORS: dict[str, EvaluatorSpec] = {}
@@ -49,7 +50,12 @@ class EvaluationError(ValueError):
 
 
 def register_evaluator(
-    family: str, *, metrics: tuple[str, ...], fid: str | None = None, always_fid: bool = False
+    family: str,
+    *,
+    metrics: tuple[str, ...],
+    fid: str | None = None,
+    always_fid: bool = False,
+    single_attribute: bool = False,
 ) -> Callable[[Evaluator], Evaluator]:
     """Make ``function`` the evaluator of checkpoints of ``family``, reporting ``metrics``."""
     if fid not in (None, "pipeline", "own"):
@@ -58,7 +64,7 @@ def register_evaluator(
     def decorate(function: Evaluator) -> Evaluator:
         if family in EVALUATORS:
             raise ValueError(f"family {family!r} has two evaluators")
-        EVALUATORS[family] = EvaluatorSpec(function, metrics, fid, always_fid)
+        EVALUATORS[family] = EvaluatorSpec(function, metrics, fid, always_fid, single_attribute)
         return function
 
     return decorate

@@ -23,13 +23,15 @@ from .evaluate import EVALUATORS
 from .registry import register_trainer
 
 START, END = "<!-- metrics:start -->", "<!-- metrics:end -->"
-# The ACGAN's per-attribute agreement, written between these when the page has them.
+# The attribute-conditioned families' (ACGAN, Glow) per-attribute agreement, written between these when the page
+# has them (the markers keep their first name).
 ATTRIBUTES_START, ATTRIBUTES_END = "<!-- acgan-attributes:start -->", "<!-- acgan-attributes:end -->"
 LICENCE = (
     "Trained on CelebA (Liu et al., ICCV 2015), which is available for non-commercial research purposes only; "
     "these weights inherit that restriction (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)."
 )
 CALIBRATION = "manipulation_calibration"  # a Glow's metrics entry written by calibrate-glow
+SINGLE_ATTRIBUTE = "single_attribute_per_attribute"  # an attribute family's requests that fix one attribute
 # Headline metrics of families without an evaluator (the classifier measures itself while training).
 TRAINING_HEADLINES = {"classifier": ("valid_mean_accuracy", "majority_mean_accuracy")}
 
@@ -90,43 +92,45 @@ def metrics_table(found: list[tuple[Path, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def attribute_block(name: str, metrics: dict[str, Any]) -> str | None:
+    """Per conditioned attribute of one checkpoint (any attribute-conditioned family): how often the classifier agrees
+    with the requested value on samples, and with the true labels on real faces (its own ceiling); where measured,
+    requests that fix that attribute alone, beside the model given real faces' label vectors with it and the
+    classifier's balanced accuracy. None when the checkpoint has no per-attribute figures."""
+    samples = metrics.get("classifier_agreement_per_attribute")
+    if not samples:
+        return None
+    real = metrics.get("classifier_agreement_real_per_attribute", {})
+    # requests that fix one attribute (what users send), when the evaluator measured them
+    single = metrics.get(SINGLE_ATTRIBUTE, {})
+    extra_header = (
+        " requested alone (on/off mean) | given real faces' label vectors | relative | classifier's balanced "
+        "accuracy (real) |"
+        if single
+        else ""
+    )
+    lines = [
+        f"| `{name}`: attribute | classifier agrees with the request (samples) | with the labels (real) |"
+        + extra_header,
+        "|---|---|---|" + ("---|---|---|---|" if single else ""),
+    ]
+    for attribute, value in samples.items():
+        row = single.get(attribute, {})
+        columns = ("requested_alone", "real_label_vectors", "relative", "classifier_balanced_accuracy")
+        extra = "".join(f" {show(row.get(key))} |" for key in columns) if single else ""
+        lines.append(f"| {attribute} | {show(value)} | {show(real.get(attribute))} |{extra}")
+    mean_extra = f" **{show(metrics.get('single_attribute_agreement'))}** | | | |" if single else ""
+    lines.append(
+        f"| **mean** | **{show(metrics.get('classifier_agreement'))}** | "
+        f"**{show(metrics.get('classifier_agreement_real'))}** |{mean_extra}"
+    )
+    return "\n".join(lines)
+
+
 def attribute_table(found: list[tuple[Path, dict[str, Any]]]) -> str:
-    """Per conditioned attribute of each ACGAN checkpoint: how often the classifier agrees with the requested value
-    on samples, and with the true labels on real faces (its own ceiling); where measured, requests that fix that
-    attribute alone, beside the model given real faces' label vectors with it and the classifier's balanced
-    accuracy."""
-    blocks = []
-    for path, metadata in found:
-        metrics = metadata.get("metrics", {})
-        samples = metrics.get("classifier_agreement_per_attribute")
-        if metadata["family"] != "acgan" or not samples:
-            continue
-        real = metrics.get("classifier_agreement_real_per_attribute", {})
-        # requests that fix one attribute (what users send), when the evaluator measured them
-        single = metrics.get("single_attribute_per_attribute", {})
-        extra_header = (
-            " requested alone (on/off mean) | given real faces' label vectors | relative | classifier's balanced "
-            "accuracy (real) |"
-            if single
-            else ""
-        )
-        lines = [
-            f"| `{path.name}`: attribute | classifier agrees with the request (samples) | with the labels (real) |"
-            + extra_header,
-            "|---|---|---|" + ("---|---|---|---|" if single else ""),
-        ]
-        for name, value in samples.items():
-            row = single.get(name, {})
-            columns = ("requested_alone", "real_label_vectors", "relative", "classifier_balanced_accuracy")
-            extra = "".join(f" {show(row.get(key))} |" for key in columns) if single else ""
-            lines.append(f"| {name} | {show(value)} | {show(real.get(name))} |{extra}")
-        mean_extra = f" **{show(metrics.get('single_attribute_agreement'))}** | | | |" if single else ""
-        lines.append(
-            f"| **mean** | **{show(metrics.get('classifier_agreement'))}** | "
-            f"**{show(metrics.get('classifier_agreement_real'))}** |{mean_extra}"
-        )
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) or "(no ACGAN checkpoint with per-attribute figures)"
+    """:func:`attribute_block` of every checkpoint that has per-attribute figures (ACGAN, Glow)."""
+    blocks = [attribute_block(path.name, metadata.get("metrics", {})) for path, metadata in found]
+    return "\n\n".join(block for block in blocks if block) or "(no checkpoint with per-attribute figures)"
 
 
 def measured_by(family: str, metrics: dict[str, Any]) -> str:
@@ -170,9 +174,19 @@ def model_card(path: Path, metadata: dict[str, Any]) -> str:
             continue
         if name == CALIBRATION and isinstance(value, dict):  # its per-attribute part is the table below
             value = {key: entry for key, entry in value.items() if key != "per_attribute"}
+        if name == SINGLE_ATTRIBUTE:  # the attribute table below shows it
+            continue
         text = json.dumps(value) if isinstance(value, (dict, list)) else show(value)
         lines.append(f"  - `{name}`: {text if len(text) <= 300 else text[:297] + '...'}")
     lines += calibration_table(metrics)
+    block = attribute_block(path.name, metrics)
+    if block:
+        lines += [
+            "",
+            "Per attribute (`training evaluate`, judged by the classifier on the evaluated split):",
+            "",
+            block,
+        ]
     lines += ["", f"- **Licence**: {LICENCE}", ""]
     return "\n".join(lines)
 

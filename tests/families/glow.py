@@ -42,10 +42,16 @@ def tiny_glow(dtype: torch.dtype = torch.float64, **overrides) -> Glow:
     return perturb(model).to(dtype).eval()
 
 
-def tiny_glow_pipeline(directory, artefact_limits: torch.Tensor | None = None) -> GlowPipeline:
-    """A served tiny Glow (float32, 16x16) with small attribute directions and, when given, artefact limits."""
+def tiny_glow_pipeline(
+    directory, artefact_limits: torch.Tensor | None = None, extras: dict[str, torch.Tensor] | None = None
+) -> GlowPipeline:
+    """A served tiny Glow (float32, 16x16) with small attribute directions and, when given, artefact limits and other
+    ``extras`` (label vectors, frequencies)."""
     model = tiny_glow(torch.float32)
-    extras = {DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=torch.Generator().manual_seed(0)) * 0.1}
+    extras = {
+        DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=torch.Generator().manual_seed(0)) * 0.1,
+        **(extras or {}),
+    }
     if artefact_limits is not None:
         extras[ARTEFACT_LIMITS_KEY] = artefact_limits
     path = directory / "glow.safetensors"

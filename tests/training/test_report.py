@@ -144,3 +144,47 @@ def test_single_attribute_requests_join_the_acgan_attribute_table_when_measured(
     assert "requested alone (on/off mean) | given real faces' label vectors | relative |" in text
     assert "| Smiling | 0.95 | 0.9 | 0.96 | 0.98 | 0.9796 | 0.84 |" in text
     assert "| **mean** | **0.9** | **0.88** | **0.965** | | | |" in text
+
+
+def test_a_glows_single_attribute_figures_join_the_attribute_table_and_its_card(tmp_path):
+    """Every attribute-conditioned family's per-attribute figures are tabled, in the README and in the model card (the
+    Glow's beside the ACGAN's); the card's metric list leaves the per-attribute dump to the table."""
+    from training.report import ATTRIBUTES_END, ATTRIBUTES_START
+
+    weights = tmp_path / "weights"
+    single = {
+        "Smiling": {
+            "requested_alone": 0.9,
+            "requested_alone_off_on": [0.95, 0.85],
+            "real_label_vectors": 0.92,
+            "relative": 0.9783,
+            "classifier_balanced_accuracy": 0.84,
+        }
+    }
+    metrics = {
+        "classifier_agreement": 0.7,
+        "classifier_agreement_per_attribute": {"Smiling": 0.8},
+        "classifier_agreement_real": 0.9,
+        "single_attribute_agreement": 0.9,
+        "single_attribute_per_attribute": single,
+    }
+    write_tiny_checkpoint(weights, "glow", metrics=metrics)
+    write_tiny_checkpoint(
+        weights, "acgan", metrics={"classifier_agreement": 0.9, "classifier_agreement_per_attribute": {"Male": 0.85}}
+    )
+    write_tiny_checkpoint(weights, "vae", metrics={"valid_mse": 0.5})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n\n{ATTRIBUTES_START}\nold\n{ATTRIBUTES_END}\n")
+    main(["report", "--weights", str(weights), "--readme", str(readme)])
+    text = readme.read_text()
+    glow_row = "| Smiling | 0.8 | – | 0.9 | 0.92 | 0.9783 | 0.84 |"
+    assert "| `glow.safetensors`: attribute |" in text and glow_row in text
+    assert "| `acgan.safetensors`: attribute |" in text and "| Male | 0.85 | – |" in text
+    assert "vae.safetensors`: attribute" not in text
+    cards = (weights / "README.md").read_text()
+    glow_card = cards[cards.index("## `glow.safetensors`") : cards.index("## `vae.safetensors`")]
+    assert glow_row in glow_card and "| **mean** | **0.7** | **0.9** | **0.9** | | | |" in glow_card
+    assert "`single_attribute_per_attribute`" not in cards and "`single_attribute_agreement`: 0.9" in glow_card
+    vae_card = cards[cards.index("## `vae.safetensors`") :]
+    assert "Per attribute" not in vae_card
+    main(["report", "--weights", str(weights), "--readme", str(readme), "--check"])

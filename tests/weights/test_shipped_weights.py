@@ -124,19 +124,24 @@ def test_shipped_acgan_obeys_attributes_and_the_smiling_toggle():
     assert metrics["toggle_probability_on"] - metrics["toggle_probability_off"] > 0.5, metrics
 
 
-@pytest.mark.skipif("acgan" not in SHIPPED_FAMILIES, reason="needs the shipped acgan")
-def test_shipped_acgan_draws_a_mans_open_attributes_as_celebas_men_have_them():
+@pytest.mark.parametrize("family", ["acgan", "glow"])
+def test_shipped_model_draws_a_mans_open_attributes_as_celebas_men_have_them(family):
     """1,000 ``Male: true`` draws turn on lipstick and heavy make-up at the rate among the men of the training faces'
     label vectors the checkpoint carries (CelebA: under 2 %; independent draws gave about half of them lipstick),
     within a binomial 99 % interval."""
     from app.models.pipelines import build_pipeline
 
-    acgan = build_pipeline(load_checkpoint(WEIGHTS / "acgan.safetensors"))
-    assert acgan.attribute_source.joint, "the shipped acgan carries its training faces' label vectors"
-    labels = unpack_label_vectors(acgan.checkpoint.extras[LABEL_VECTORS_KEY], len(acgan.attributes))
-    assert len(labels) == acgan.checkpoint.training["train_images"]
-    names, men = acgan.attributes, labels[:, acgan.attributes.index("Male")]
-    drawn = acgan.prepare_samples(1000, 2026, {"Male": True}).drawn_attributes().vectors
+    if family not in SHIPPED_FAMILIES:
+        pytest.skip(f"needs the shipped {family}")
+    pipeline = build_pipeline(load_checkpoint(WEIGHTS / f"{family}.safetensors"))
+    assert pipeline.attribute_source.joint, (
+        f"the shipped {family} carries no training label vectors: python -m training label-vectors "
+        f"weights/{family}.safetensors --data ../shared/data/celeba-mini"
+    )
+    labels = unpack_label_vectors(pipeline.checkpoint.extras[LABEL_VECTORS_KEY], len(pipeline.attributes))
+    assert len(labels) == pipeline.checkpoint.training["train_images"]
+    names, men = pipeline.attributes, labels[:, pipeline.attributes.index("Male")]
+    drawn = pipeline.prepare_samples(1000, 2026, {"Male": True}).drawn_attributes().vectors
     for attribute in ("Wearing_Lipstick", "Heavy_Makeup"):
         rate = labels[men, names.index(attribute)].float().mean().item()
         low, high = binomial_bounds(rate, 1000)

@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from app.models import build_model
 from app.models.attributes import (
     FREQUENCIES_KEY,
     LABEL_VECTORS_KEY,
@@ -19,9 +20,13 @@ from app.models.attributes import (
     pack_label_vectors,
     unpack_label_vectors,
 )
-from app.models.checkpoint import CheckpointError, load_checkpoint
+from app.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from app.models.pipelines import build_pipeline
+from app.models.pipelines.base import Pipeline
+from app.models.preprocess import PreprocessSpec
 from app.models.sampling import seeded_generator
+from tests.conftest import ATTRIBUTE_NAMES, TINY_CONFIGS
+from tests.families.attributes import MAKE_UP_RATES, make_up_labels
 from tests.families.gans import (
     ACGAN_NAMES,
     binomial_bounds,
@@ -29,6 +34,7 @@ from tests.families.gans import (
     write_acgan_weights,
     write_joint_acgan_weights,
 )
+from tests.families.glow import tiny_glow_pipeline
 
 torch.set_num_threads(1)
 
@@ -167,3 +173,37 @@ def test_the_male_lipstick_rate_is_the_datas_within_a_binomial_bound():
         low, high = binomial_bounds(rate, 1000)
         assert low <= int(drawn[:, column].sum()) <= high, names[column]
         assert labels[:, column].float().mean() > 0.2  # the independent draw would be far off
+
+
+def make_up_pipeline(family: str, directory) -> Pipeline:
+    """A served tiny ``family`` model whose checkpoint carries :func:`make_up_labels` as its training label vectors
+    (the ACGAN on three of the attributes, the Glow on all 40)."""
+    if family == "glow":
+        labels = make_up_labels(list(ATTRIBUTE_NAMES))
+        return tiny_glow_pipeline(directory, extras={LABEL_VECTORS_KEY: pack_label_vectors(labels)})
+    names = ["Male", *MAKE_UP_RATES]
+    model = build_model("acgan", {**TINY_CONFIGS["acgan"], "attributes": names})
+    extras = {LABEL_VECTORS_KEY: pack_label_vectors(make_up_labels(names))}
+    path = save_checkpoint(
+        directory / "acgan.safetensors", model, preprocess=PreprocessSpec(size=16), attributes=names, extras=extras
+    )
+    return build_pipeline(load_checkpoint(path))
+
+
+@pytest.mark.parametrize("family", ["acgan", "glow"])
+def test_a_pipelines_male_requests_wear_make_up_at_the_mens_rate_within_a_binomial_bound(family, tmp_path):
+    """Through each family's pipeline, as the service draws: 1,000 ``Male: true`` draws turn on lipstick and heavy
+    make-up at the rate among the carried labels' men (2 % and 1 %), not at their overall 35 % and 29 %."""
+    pipeline = make_up_pipeline(family, tmp_path)
+    names = pipeline.attributes
+    labels = unpack_label_vectors(pipeline.checkpoint.extras[LABEL_VECTORS_KEY], len(names))
+    men = labels[:, names.index("Male")]
+    prepared = pipeline.prepare_samples(1000, 7, {"Male": True})
+    drawn = prepared.report["attributes"]
+    assert prepared.report["warning"] is None and bool(drawn[:, names.index("Male")].all())
+    for attribute in MAKE_UP_RATES:
+        column = names.index(attribute)
+        rate = labels[men, column].float().mean().item()
+        low, high = binomial_bounds(rate, 1000)
+        assert rate < 0.03 and labels[:, column].float().mean() > 0.25, attribute  # independent draws: far off
+        assert low <= int(drawn[:, column].sum()) <= high, (attribute, int(drawn[:, column].sum()), low, high)

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from app.models.attributes import FREQUENCIES_KEY
+from app.models.attributes import FREQUENCIES_KEY, LABEL_VECTORS_KEY, pack_label_vectors
 from app.models.checkpoint import save_checkpoint
 from app.models.glow import DIRECTIONS_KEY
 from app.models.preprocess import PreprocessSpec
 from tests.conftest import ATTRIBUTE_NAMES, png_of, write_tiny_checkpoint
-from tests.families.glow import tiny_glow
+from tests.families.attributes import MEN_ONLY, make_up_labels
+from tests.families.glow import tiny_glow, tiny_glow_pipeline
 
 torch.set_num_threads(1)
 
@@ -251,3 +252,32 @@ def test_frame_status_without_artefact_limits(glow_client, face_bytes):
     assert body["frame_status"] == ["ok"] * 3 and body["applied_strengths"] == [-1, 0, 1]
     interpolation = glow_client.post("/glow/interpolate", files=files_ab(face_bytes), data={"steps": "4"})
     assert interpolation.headers["x-frame-status"] == "ok,ok,ok,ok" and "x-refused-frames" not in interpolation.headers
+
+
+# ---- open attributes drawn jointly (a checkpoint with label vectors) -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def joint_glow_weights(tmp_path_factory):
+    """The tiny Glow carrying :func:`make_up_labels` as its training faces' label vectors: no woman has a goatee."""
+    directory = tmp_path_factory.mktemp("joint-glow-weights")
+    tiny_glow_pipeline(directory, extras={LABEL_VECTORS_KEY: pack_label_vectors(make_up_labels(list(ATTRIBUTE_NAMES)))})
+    return directory
+
+
+def test_glow_draws_a_combination_no_training_face_has_with_a_warning(make_client, joint_glow_weights):
+    client = make_client(weights_dir=joint_glow_weights, device="cpu")
+    request = {"n": 4, "seed": 5, "attributes": {"Male": False, MEN_ONLY: True}}
+    body = client.post("/generate/glow", json={**request, "format": "json"})
+    assert body.status_code == 200, body.text
+    warning = body.json()["warning"]
+    assert warning.startswith(f"0 of the 5000 training faces have Male=false, {MEN_ONLY}=true"), warning
+    assert all(not vector["Male"] and vector[MEN_ONLY] for vector in body.json()["attributes"])
+    png = client.post("/generate/glow", json=request)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.headers["x-warning"] == warning
+    common = client.post("/generate/glow", json={"n": 4, "seed": 5, "attributes": {"Male": True}, "format": "json"})
+    assert common.status_code == 200 and common.json()["warning"] is None
+    assert (
+        "x-warning" not in client.post("/generate/glow", json={"n": 2, "seed": 5, "attributes": {"Male": True}}).headers
+    )
