@@ -199,8 +199,8 @@ def test_a_pipelines_male_requests_wear_make_up_at_the_mens_rate_within_a_binomi
     labels = unpack_label_vectors(pipeline.checkpoint.extras[LABEL_VECTORS_KEY], len(names))
     men = labels[:, names.index("Male")]
     prepared = pipeline.prepare_samples(1000, 7, {"Male": True})
-    drawn = prepared.report["attributes"]
-    assert prepared.report["warning"] is None and bool(drawn[:, names.index("Male")].all())
+    drawn = prepared.drawn_attributes().vectors
+    assert prepared.drawn_attributes().warning is None and bool(drawn[:, names.index("Male")].all())
     for attribute in MAKE_UP_RATES:
         column = names.index(attribute)
         rate = labels[men, column].float().mean().item()
