@@ -122,7 +122,11 @@ class GlowLevel(nn.Module):
         return cast("Sequence[FlowStep]", self.steps)
 
 
-@register_family("glow")
+@register_family(
+    "glow",
+    summary="conditional Glow (prior conditioned on the 40 attributes): samples, interpolation, manipulation, bits/dim",
+    tiny={"image_size": 16, "levels": 2, "steps": 2, "hidden": 8},
+)
 class Glow(FamilyModule):
     config_class = GlowConfig
 

@@ -35,7 +35,7 @@ from ..glow import (
     postprocess,
 )
 from ..sampling import seeded_generator
-from .base import ENCODE, SAMPLE, SCORE, Pipeline, Prepared, finite_images, register_pipeline
+from .base import ENCODE, SAMPLE, SCORE, BenchRequest, Pipeline, Prepared, finite_images, register_pipeline
 
 logger = logging.getLogger("facegen.models")
 
@@ -96,7 +96,8 @@ def neutral_tiles(images: torch.Tensor, refused: torch.Tensor) -> torch.Tensor:
     return torch.where(refused[:, None, None, None], torch.zeros_like(images), images)
 
 
-@register_pipeline("glow", SAMPLE, ENCODE, SCORE)
+# Benchmarked with the route's defaults for the rest of the body: attributes drawn, the served temperature, PNG.
+@register_pipeline("glow", SAMPLE, ENCODE, SCORE, bench=BenchRequest("/generate/glow"))
 class GlowPipeline(Pipeline):
     """Sampling draw order, from one generator seeded with the request's seed: the n attribute vectors (open ones
     ~ Bernoulli(training frequency)), then one (n, latent_dim) standard normal draw. The temperature travels per row,
