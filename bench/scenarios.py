@@ -43,6 +43,7 @@ class Scenario:
     body: BodyFn | None = None
     upload: bool = False
     expect: str = "image/png"
+    max_rows: int | None = None  # the most rows one request may ask for (None: more than the benchmark asks)
 
     def request(self, seed: int, upload: Upload | None = None) -> dict[str, Any]:
         """Keyword arguments of ``httpx.AsyncClient.request`` for the request with ``seed``."""
@@ -59,7 +60,13 @@ class Scenario:
         """The same request asking for ``rows`` images (sampling scenarios only)."""
         if self.body is None or self.upload:
             raise ValueError(f"scenario {self.name} has no image count to change")
+        if not self.takes_rows(rows):
+            raise ValueError(f"scenario {self.name} asks at most {self.max_rows} rows a request, not {rows}")
         return dataclasses.replace(self, rows=rows)
+
+    def takes_rows(self, rows: int) -> bool:
+        """Whether one request may ask for ``rows`` rows."""
+        return self.max_rows is None or rows <= self.max_rows
 
     def describe(self) -> dict[str, Any]:
         example = self.request(0, Upload("face.jpg", b"")) if self.upload else self.request(0)
@@ -94,6 +101,7 @@ def scenario_of(family: str, bench: BenchRequest) -> Scenario:
         body,
         upload=bench.count_field is None,
         expect=bench.expect,
+        max_rows=bench.max_rows,
     )
 
 

@@ -57,8 +57,9 @@ def test_count_statuses_uses_string_keys_sorted():
 
 
 def test_scenario_table_matches_the_issue():
-    assert [s.name for s in SCENARIOS] == ["acgan", "classify", "dcgan", "glow", "vae"]  # by family name
-    assert {s.name: s.rows for s in SCENARIOS} == {"dcgan": 1, "acgan": 8, "vae": 1, "glow": 1, "classify": 1}
+    assert [s.name for s in SCENARIOS] == ["acgan", "classify", "dcgan", "glow", "infogan", "vae"]  # by family name
+    rows = {"dcgan": 1, "acgan": 8, "vae": 1, "glow": 1, "classify": 1, "infogan": 1}
+    assert {s.name: s.rows for s in SCENARIOS} == rows
     assert find_scenario("dcgan").request(7) == {
         "method": "POST",
         "url": "/generate/dcgan",
@@ -80,8 +81,13 @@ def test_scenario_table_matches_the_issue():
     }
     with pytest.raises(ValueError):
         classify.request(1)
+    assert find_scenario("infogan").request(4) == {  # one sweep of code 0: the row count is the InfoGAN's own field
+        "method": "POST",
+        "url": "/generate/infogan",
+        "json": {"rows": 1, "seed": 4, "code": 0, "format": "png"},
+    }
     with pytest.raises(KeyError):
-        find_scenario("infogan")
+        find_scenario("stylegan")
 
 
 def test_with_rows_changes_the_image_count_of_sampling_scenarios_only():
@@ -91,6 +97,9 @@ def test_with_rows_changes_the_image_count_of_sampling_scenarios_only():
     assert find_scenario("acgan").rows == 8  # frozen: a copy
     with pytest.raises(ValueError):
         find_scenario("classify").with_rows(64)
+    with pytest.raises(ValueError, match="at most 16 rows"):
+        find_scenario("infogan").with_rows(64)
+    assert find_scenario("infogan").with_rows(16).request(0)["json"]["rows"] == 16
     assert find_scenario("classify").describe()["files"] == "1 image in field 'images'"
     assert find_scenario("glow").describe()["json"] == {"n": 1, "seed": 0}
 
@@ -106,7 +115,7 @@ CARDS = [
 def test_choose_scenarios_uses_model_capabilities():
     chosen, skipped = choose_scenarios(CARDS)
     assert [s.name for s in chosen] == ["classify", "dcgan", "vae"]
-    assert set(skipped) == {"acgan", "glow"}
+    assert set(skipped) == {"acgan", "glow", "infogan"}
     assert "capability 'sample'" in skipped["glow"] and "glow(encode,score)" in skipped["glow"]
     chosen, skipped = choose_scenarios(CARDS, ["classify", "dcgan", "nope"])
     assert [s.name for s in chosen] == ["classify", "dcgan"]
@@ -508,7 +517,7 @@ def test_option_parsing():
             cli.int_list(bad)
     args = cli.parse_args([])
     assert args.concurrency == [1, 8, 32, 64] and args.seconds == 5.0 and args.modes == ["on", "off"]
-    assert args.scenarios == ["acgan", "classify", "dcgan", "glow", "vae"]
+    assert args.scenarios == ["acgan", "classify", "dcgan", "glow", "infogan", "vae"]
     assert args.peer and args.overload and args.peer_concurrency == [1, 8, 32]
     assert (args.overload_clients, args.overload_queue, args.overload_scenario) == (256, 64, "acgan")
     assert args.raw_batches == [1, 32, 64] and args.ratio_n == 64 and args.target_concurrency == 32
@@ -539,7 +548,7 @@ def test_option_parsing():
     with pytest.raises(SystemExit):
         cli.parse_args(["--modes", "sideways"])
     with pytest.raises(SystemExit):
-        cli.parse_args(["--scenarios", "infogan"])
+        cli.parse_args(["--scenarios", "stylegan"])
     assert cli.MODE_SETTINGS == {"on": {}, "off": {"FACEGEN_MAX_BATCH": "1"}}
 
 

@@ -9,11 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import InferenceDep, StoreDep, require_pipeline, resolve_seed
 from app.api.responses import image_output
-from app.models.pipelines.infogan import InfoGANPipeline
+from app.models.pipelines.infogan import MAX_ROWS, InfoGANPipeline
 from app.schemas import MAX_SEED, ImageFormat, StrictModel
 
 router = APIRouter(prefix="/generate", tags=["generate"])
-MAX_ROWS = 16
 
 
 class InfoGANRequest(StrictModel):

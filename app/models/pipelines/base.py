@@ -46,12 +46,13 @@ class BenchRequest:
     and ``seed``; without a ``count_field`` the request uploads one face instead."""
 
     path: str  # e.g. "/generate/dcgan"
-    rows: int = 1  # images one request asks for (what images/s counts)
+    rows: int = 1  # images (InfoGAN: sweeps, a row of images) one request asks for: what images/s counts
     count_field: str | None = "n"  # the body field that asks for ``rows`` images; None: an upload
     fields: Mapping[str, Any] = field(default_factory=dict)  # the body's other fixed fields
     capability: str = SAMPLE  # the card capability a served model needs for the scenario to run
     name: str = ""  # the scenario's name; empty: the family's
     expect: str = "image/png"  # the Content-Type a 200 must have to count
+    max_rows: int | None = None  # the most rows one request may ask for, where below the benchmark's large request
 
 
 @dataclass

@@ -10,10 +10,19 @@ import torch
 from ..attributes import InvalidRequest
 from ..infogan import InfoGANGenerator, draw_codes, sweep_inputs
 from ..sampling import draw_noise, seeded_generator
-from .base import SAMPLE, Pipeline, Prepared, finite_images, register_pipeline
+from .base import SAMPLE, BenchRequest, Pipeline, Prepared, finite_images, register_pipeline
 
+MAX_ROWS = 16  # noise vectors (rows) one request may sweep: 16 x 10 categories is a 160-image grid
 
-@register_pipeline("infogan", SAMPLE)
+# A sweep of code 0 per request: its images/s counts sweeps (a row of the code's categories), so the service's cost of
+# one InfoGAN request shows beside the other families'.
+@register_pipeline(
+    "infogan",
+    SAMPLE,
+    bench=BenchRequest(
+        "/generate/infogan", count_field="rows", fields={"code": 0, "format": "png"}, max_rows=MAX_ROWS
+    ),
+)
 class InfoGANPipeline(Pipeline):
     """Draw order: the rows' noise vectors, then their codes; each row is then repeated once per category of the
     swept code (row-major: rows x categories images)."""
