@@ -61,6 +61,10 @@ def sampling_models(url: str) -> set[str]:
         return {card["name"] for card in json.load(response) if "sample" in card["capabilities"]}
 
 
+def covered_order(labels: list[str], name: str) -> int:
+    return next(i for i, label in enumerate(labels) if label.split(" ")[0] == name)
+
+
 def test_samples_from_every_family(page, server):
     open_page(page, server)
     covered = set()
@@ -73,6 +77,17 @@ def test_samples_from_every_family(page, server):
         assert re.fullmatch(r"\d+", page.inner_text("#samples .seed-used"))
         assert f"/generate/{family}" in page.inner_text("#samples .request code")
         covered.add(family)
+    # which families have a panel of their own is read from the page: they come last, marked, and the InfoGAN
+    # (rows and a code, no n) is only named, with a link to its panel
+    labels = page.eval_on_selector_all("#samples-family option", "options => options.map(o => o.textContent)")
+    assert "infogan" not in covered and labels[-1].endswith("(more in its panel)")
+    assert [label.endswith("(more in its panel)") for label in labels] == sorted(
+        label.endswith("(more in its panel)") for label in labels
+    )
+    assert "(more in its panel)" in labels[covered_order(labels, "acgan")]
+    note = page.locator("#samples .intro .own")
+    assert note.count() == 1 and "infogan draws sweeps of one code rather than n faces" in note.inner_text()
+    assert note.locator("a").get_attribute("href") == "#infogan"
 
     # ACGAN: one attribute fixed, Smiling toggled: pairs off/on; a dice seed is the seed reported back
     page.select_option("#acgan-attribute-Male", "false")

@@ -32,17 +32,19 @@ const context = {
 };
 
 for (const panel of document.querySelectorAll(".panel")) addRequestBox(panel);
-const panels = {
-  samples: initSamples($("#samples")),
-  acgan: initAcgan($("#acgan")),
-  infogan: initInfogan($("#infogan")),
-  glowSamples: initGlowSamples($("#glow-samples")),
-  interpolate: initInterpolate($("#interpolate")),
-  manipulate: initManipulate($("#manipulate"), context),
-  uploads: initUploads($("#uploads")),
-  models: initModels($("#models"), context),
+// Each panel's code, by the id of its section. A panel with `data-family` is fitted to that family's model card
+// whenever the cards are read: which panel belongs to which family is said once, in the page.
+const inits = {
+  samples: initSamples,
+  acgan: initAcgan,
+  infogan: initInfogan,
+  "glow-samples": initGlowSamples,
+  interpolate: initInterpolate,
+  manipulate: initManipulate,
+  uploads: initUploads,
+  models: initModels,
 };
-const byFamily = { acgan: panels.acgan, infogan: panels.infogan, glow: [panels.glowSamples, panels.manipulate] };
+const panels = Object.fromEntries(Object.entries(inits).map(([id, init]) => [id, init($(`#${id}`), context)]));
 
 /** Read the model cards, then fit every panel to what this server serves. */
 async function refresh() {
@@ -54,9 +56,9 @@ async function refresh() {
   }
   context.cards = cards;
   panels.samples.models(cards);
-  for (const [family, handlers] of Object.entries(byFamily)) {
-    const card = context.card(family);
-    if (card) [handlers].flat().forEach((handler) => handler.model(card));
+  for (const section of document.querySelectorAll(".panel[data-family]")) {
+    const card = context.card(section.dataset.family);
+    if (card) panels[section.id]?.model?.(card);
   }
   // A panel (or button) whose model is not loaded says so, and does not send requests that can only fail.
   for (const holder of document.querySelectorAll("[data-family]")) {

@@ -1,11 +1,18 @@
 // Samples: POST /generate/{family} with n and seed, for every family whose model card says it can sample.
-// Families with a panel of their own come last (their panel has their other fields); InfoGAN's request has rows and a
-// code instead of n, so it is only in its panel.
+// Families with a panel of their own (a `.panel[data-family]` on the page) come last: their panel has their other
+// fields. A family whose panel has `data-not-in-samples` (InfoGAN: rows and a code instead of n) is only in its panel.
 
 import { blobImage, compact, el, integerOrText, runJob, seedControl, showResult } from "../ui.js";
 
-const OWN_PANEL = { acgan: "#acgan", glow: "#glow-samples", infogan: "#infogan" };
-const NO_N = new Set(["infogan"]);
+/** family -> { href of its first panel, why it is left out of this panel (or undefined) }, read from the page. */
+function familyPanels() {
+  const found = {};
+  for (const panel of document.querySelectorAll(".panel[data-family]")) {
+    const entry = (found[panel.dataset.family] ??= { href: `#${panel.id}` });
+    entry.notHere ??= panel.dataset.notInSamples;
+  }
+  return found;
+}
 
 export function initSamples(panel) {
   const form = panel.querySelector("form");
@@ -31,19 +38,21 @@ export function initSamples(panel) {
     });
   });
 
+  const own = familyPanels();
   return {
     models(cards) {
-      const samplers = cards.filter((card) => card.capabilities.includes("sample") && !NO_N.has(card.family));
-      samplers.sort((a, b) => Boolean(OWN_PANEL[a.family]) - Boolean(OWN_PANEL[b.family]));
+      const sampling = cards.filter((card) => card.capabilities.includes("sample"));
+      const samplers = sampling.filter((card) => !own[card.family]?.notHere);
+      samplers.sort((a, b) => Boolean(own[a.family]) - Boolean(own[b.family]));
       const current = family.value;
       family.replaceChildren(...samplers.map((card) =>
-        el("option", { value: card.name, text: OWN_PANEL[card.family] ? `${card.name} (more in its panel)` : card.name })));
+        el("option", { value: card.name, text: own[card.family] ? `${card.name} (more in its panel)` : card.name })));
       if ([...family.options].some((option) => option.value === current)) family.value = current;
       const intro = panel.querySelector(".intro");
-      intro.querySelector(".own")?.remove();
-      if (cards.some((card) => NO_N.has(card.family))) {
-        intro.append(el("span", { class: "own" }, " InfoGAN draws sweeps rather than n faces: see ",
-          el("a", { href: OWN_PANEL.infogan, text: "its panel" }), "."));
+      intro.querySelectorAll(".own").forEach((note) => note.remove());
+      for (const card of sampling.filter((card) => own[card.family]?.notHere)) {
+        intro.append(el("span", { class: "own" }, ` ${card.name} ${own[card.family].notHere}: see `,
+          el("a", { href: own[card.family].href, text: "its panel" }), "."));
       }
       form.querySelector("button[type=submit]").disabled = !samplers.length;
     },
