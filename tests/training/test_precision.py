@@ -12,6 +12,7 @@ import torch
 
 from app.models.checkpoint import load_checkpoint
 from training.__main__ import main
+from training.runtime import cpu_has_native_bf16
 
 TINY_DCGAN = ["--image-size", "16", "--latent-dim", "8", "--g-width", "4", "--d-width", "4", "--batch-size", "4"]
 # The first step's losses under reduced precision, against fp32's: the same batch and weights, so they differ only by
@@ -59,3 +60,19 @@ def test_compile_trains_the_same_steps(tiny_celeba, tmp_path):
     for column in ("loss_d", "loss_g"):
         assert rows[0][column] == pytest.approx(reference[0][column], rel=1e-3)
     load_checkpoint(tmp_path / "compiled" / "dcgan.safetensors")  # strict: no "_orig_mod." prefixes
+
+
+# ---- the warning a CPU run in bf16 gets where the CPU emulates bf16 (about 25x slower than fp32 there) ----
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert cpu_has_native_bf16(AVX2_ONLY) is False
+    assert cpu_has_native_bf16(SAPPHIRE_RAPIDS) is True
+    assert cpu_has_native_bf16("processor\t: 0\nflags\t\t: avx512f avx512_bf16\n") is True
+
+
+def test_nothing_is_claimed_without_flags():
+    assert cpu_has_native_bf16("") is True  # no flags line (not x86 Linux): no warning

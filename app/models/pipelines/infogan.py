@@ -14,14 +14,13 @@ from .base import SAMPLE, BenchRequest, Pipeline, Prepared, finite_images, regis
 
 MAX_ROWS = 16  # noise vectors (rows) one request may sweep: 16 x 10 categories is a 160-image grid
 
+
 # A sweep of code 0 per request: its images/s counts sweeps (a row of the code's categories), so the service's cost of
 # one InfoGAN request shows beside the other families'.
 @register_pipeline(
     "infogan",
     SAMPLE,
-    bench=BenchRequest(
-        "/generate/infogan", count_field="rows", fields={"code": 0, "format": "png"}, max_rows=MAX_ROWS
-    ),
+    bench=BenchRequest("/generate/infogan", count_field="rows", fields={"code": 0, "format": "png"}, max_rows=MAX_ROWS),
 )
 class InfoGANPipeline(Pipeline):
     """Draw order: the rows' noise vectors, then their codes; each row is then repeated once per category of the
