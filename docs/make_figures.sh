@@ -48,6 +48,15 @@ curl -sf -X POST "$URL/glow/manipulate" -F face=@$faces/000002.jpg -F attribute=
      -o glow_manipulation_smiling.png && echo glow_manipulation_smiling.png
 curl -sf -X POST "$URL/glow/manipulate" -F face=@$faces/000002.jpg -F attribute=Eyeglasses -F strengths=-1,-0.5,0,0.5,1 \
      -o glow_manipulation_eyeglasses.png && echo glow_manipulation_eyeglasses.png
+# a real photo that is not a CelebA frame (align=auto finds and aligns the face): Smiling and Male moved, then a morph
+# to a CelebA face; the headers say which frames the artefact guard served at a reduced strength
+photo=../tests/data/photos/astronaut.jpg
+for attribute in Smiling Male; do
+  curl -sf -X POST "$URL/glow/manipulate" -F face=@$photo -F attribute=$attribute -F strengths=-1,-0.5,0,0.5,1 \
+       -o glow_photo_${attribute,,}.png && echo glow_photo_${attribute,,}.png
+done
+curl -sf -X POST "$URL/glow/interpolate" -F face_a=@$photo -F face_b=@$faces/000001.jpg -F steps=8 \
+     -o glow_photo_interpolation.png && echo glow_photo_interpolation.png
 # the condition at the default strength: the same seed asked for Male off, then on
 post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": false}}' glow_male_off.png
 post /generate/glow '{"n": 8, "seed": 3, "temperature": 0.3, "attributes": {"Male": true}}' glow_male_on.png
