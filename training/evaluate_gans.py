@@ -50,7 +50,7 @@ from .runtime import save_grid
 
 ACGAN_SAMPLES = 1000  # conditioned samples scored for agreement
 TOGGLE_PAIRS = 500  # off/on pairs scored for the toggle success rate
-TOGGLE_STRENGTHS = (1.0, 1.25, 1.5, 2.0)  # strengths of the toggled attribute also scored (same pairs)
+TOGGLE_STRENGTHS = (1.0, 1.25, 1.5, 1.75, 2.0)  # strengths of the toggled attribute also scored (same pairs)
 FID_TOGGLE_STRENGTHS = (1.0, DEFAULT_TOGGLE_STRENGTH)  # as trained, and as served
 Q_SAMPLES = 1000  # fresh samples whose codes Q must recover
 SWEEP_ROWS = 50  # noise vectors per code sweep when measuring attribute changes

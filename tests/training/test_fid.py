@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from app.models.acgan import DEFAULT_TOGGLE_STRENGTH
 from tests.conftest import cli, write_tiny_checkpoint
 from training.__main__ import main
 from training.fid import FIDUnavailable, FrechetInception
@@ -66,7 +67,7 @@ def test_evaluate_reports_fid_of_samples_and_of_pairs_as_trained_and_as_served(t
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fid_generated_images"] == 4 and metrics["fid_real_images"] >= 2
-    assert set(metrics["fid_toggle_pairs_by_strength"]) == {"1", "1.5"}
+    assert set(metrics["fid_toggle_pairs_by_strength"]) == {"1", f"{DEFAULT_TOGGLE_STRENGTH:g}"}
     values = [metrics["fid_samples"], *metrics["fid_toggle_pairs_by_strength"].values()]
     assert all(math.isfinite(value) and value > 0 for value in values)
 

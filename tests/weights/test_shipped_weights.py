@@ -28,9 +28,10 @@ SHIPPED_FAMILIES = {path.stem for path in SHIPPED}
 # 0.55 (docs/results.md).
 # Since the pairs' other attributes are drawn jointly (from real faces, not conditioned on Smiling), about half of
 # the pairs carry a smiler's High_Cheekbones and Mouth_Slightly_Open, which the "off" row must overcome: 200 pairs of
-# this test measured 0.93 at 1.5 and 0.69 at strength 1 (independent draws: 0.97 and 0.83).
+# this test measured 0.93 at 1.5 and 0.69 at strength 1 (independent draws: 0.97 and 0.83); hence the served 1.75
+# (docs/results.md: 0.972 over 500 pairs).
 ACGAN_MIN_AGREEMENT = 0.8
-ACGAN_MIN_TOGGLE_SUCCESS = 0.9  # at the service's default toggle strength 1.5
+ACGAN_MIN_TOGGLE_SUCCESS = 0.93  # at the service's default toggle strength
 ACGAN_MIN_TOGGLE_SUCCESS_AS_TRAINED = 0.6  # at strength 1
 INFOGAN_MIN_Q_ACCURACY = 0.4
 # Glow, one attribute requested (docs/results.md, 200 samples each: 0.975-1.0 for Smiling, Male, Eyeglasses and Young)

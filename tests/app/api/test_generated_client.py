@@ -20,6 +20,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.models.acgan import DEFAULT_TOGGLE_STRENGTH
 from app.models.attributes import FREQUENCIES_KEY
 from app.models.glow import DIRECTIONS_KEY
 from app.settings import Settings
@@ -275,11 +276,12 @@ def test_the_generated_client_calls_the_operation(gen: Generated, operation: str
 
 # The three failures of issue 26, each as a user of the generated client met it.
 def test_acgan_request_with_only_n_is_served(gen: Generated) -> None:
-    """It was a 422: the schema declared strength's default (1.5), so the client always sent it, without toggle."""
+    """It was a 422: the schema declared strength's default, so the client always sent it, without toggle."""
     assert "strength" not in gen.models.ACGANRequest(n=1).to_dict()
     gen.image(gen.call("generate", "generate_acgan", body=gen.models.ACGANRequest(n=1)))
     toggled = gen.models.ACGANJSONRequest(n=1, toggle=gen.models.ACGANJSONRequestToggleType0.SMILING)
-    assert gen.model(gen.call("generate", "generate_acgan_json", body=toggled), "ACGANResponse").strength == 1.5
+    answer = gen.model(gen.call("generate", "generate_acgan_json", body=toggled), "ACGANResponse")
+    assert answer.strength == DEFAULT_TOGGLE_STRENGTH
 
 
 def test_a_png_answer_parses_to_its_bytes(gen: Generated, served: TestClient) -> None:

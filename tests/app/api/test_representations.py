@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.models.acgan import DEFAULT_TOGGLE_STRENGTH
+
 # What openapi-python-client 0.29.1 recognises in a response's content (parser/responses.py): the first of these
 # decides how it reads the body.
 RECOGNISED = re.compile(r"^(application/json|application/[^/]+\+json|application/octet-stream|text/.+)$")
@@ -70,7 +72,7 @@ def test_every_json_answer_declares_its_model(document: dict[str, Any]) -> None:
 
 def test_every_declared_default_is_accepted(client: TestClient, document: dict[str, Any]) -> None:
     """A generated model sends every declared default; the server must take each JSON body's defaults, sent
-    explicitly. ACGAN's strength (1.5) was refused without toggle."""
+    explicitly. ACGAN's strength (its default) was refused without toggle."""
     failures = []
     for path, methods in document["paths"].items():
         for method, operation in methods.items():
@@ -93,7 +95,8 @@ def test_acgan_strength_is_not_a_declared_default_and_null_is_absent(client: Tes
     refused = client.post("/generate/acgan", json={"n": 1, "strength": 2})
     assert refused.status_code == 422 and "only to a toggled attribute" in refused.text
     body = client.post("/generate/acgan/json", json={"n": 1, "toggle": "Smiling"}).json()
-    assert body["strength"] == 1.5 and len(body["images"]) == 2  # the default still applies with a toggle
+    # the default still applies with a toggle
+    assert body["strength"] == DEFAULT_TOGGLE_STRENGTH and len(body["images"]) == 2
 
 
 def test_a_json_twin_answers_what_format_json_answers(client: TestClient) -> None:
