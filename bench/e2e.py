@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from bench.client import LoadClient, TransportError
 from bench.scenarios import Scenario, Upload
 from bench.stats import count_statuses, images_per_second, latency_summary
 
@@ -36,12 +37,15 @@ class Outcome:
         return self.status == OK
 
 
-async def send(client: httpx.AsyncClient, scenario: Scenario, seed: int, upload: Upload | None = None) -> Outcome:
+Client = httpx.AsyncClient | LoadClient
+
+
+async def send(client: Client, scenario: Scenario, seed: int, upload: Upload | None = None) -> Outcome:
     kwargs = scenario.request(seed, upload)
     start = time.perf_counter()
     try:
         response = await client.request(**kwargs)
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, TransportError) as error:
         return Outcome(type(error).__name__, time.perf_counter() - start, detail=str(error)[:200])
     seconds = time.perf_counter() - start
     status = str(response.status_code)
@@ -54,7 +58,7 @@ async def send(client: httpx.AsyncClient, scenario: Scenario, seed: int, upload:
 
 
 async def closed_loop(
-    client: httpx.AsyncClient,
+    client: Client,
     scenario: Scenario,
     concurrency: int,
     seconds: float,
@@ -77,7 +81,7 @@ async def closed_loop(
 
 
 async def fixed_count(
-    client: httpx.AsyncClient,
+    client: Client,
     scenario: Scenario,
     requests: int,
     upload: Upload | None = None,
@@ -109,7 +113,7 @@ def summarize(outcomes: Sequence[Outcome], rows_per_request: int, wall_s: float)
 
 
 async def run_cell(
-    client: httpx.AsyncClient,
+    client: Client,
     scenario: Scenario,
     concurrency: int,
     seconds: float,
@@ -151,13 +155,12 @@ async def run_cell(
     return row
 
 
-def make_client(url: str, api_key: str | None, connections: int, timeout_s: float = 120.0) -> httpx.AsyncClient:
-    """One client per measured server; its pool holds ``connections`` (the highest concurrency), so no request
-    waits for a connection."""
+def make_client(url: str, api_key: str | None, connections: int, timeout_s: float = 120.0) -> LoadClient:
+    """One client per measured server (:class:`bench.client.LoadClient`: light enough that the load generator does
+    not cap the rate it measures); it opens a connection per request in flight, up to ``connections``."""
     headers = {"X-API-Key": api_key} if api_key else {}
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout_s, trust_env=False)
+    return LoadClient(url, headers=headers, timeout_s=timeout_s)
 
 
-async def fetch_models(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+async def fetch_models(client: Client) -> list[dict[str, Any]]:
     return (await client.get("/models")).raise_for_status().json()

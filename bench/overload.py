@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from bench.e2e import OK, Outcome, closed_loop
+from bench.e2e import OK, Client, Outcome, closed_loop
 from bench.scenarios import Scenario, Upload
 from bench.server import child_env
 from bench.stats import count_statuses, images_per_second, latency_summary
@@ -110,7 +110,7 @@ class Prober:
 
 
 async def run_overload(
-    client: httpx.AsyncClient,
+    client: Client,
     url: str,
     scenario: Scenario,
     clients: int,

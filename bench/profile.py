@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 
 from bench import e2e, profiled_server, server
+from bench.client import Response
 from bench.scenarios import find_scenario, load_upload, scenario_names
 
 logger = logging.getLogger("bench")
@@ -167,7 +168,7 @@ async def load(url: str, scenario_name: str, concurrency: int, seconds: float, w
     }
 
 
-def batches(metrics: httpx.Response, family: str) -> tuple[float, float]:
+def batches(metrics: httpx.Response | Response, family: str) -> tuple[float, float]:
     """(forwards, requests in them) of ``family`` so far, from the server's ``facegen_batch_requests`` histogram."""
     found = {"count": 0.0, "sum": 0.0}
     for line in metrics.text.splitlines():
