@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import importlib.util
 import itertools
@@ -114,6 +115,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell (default 5)")
     load.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)")
     load.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with --startup: each cell measured this many times per mode, the modes' servers taking turns; the "
+        "round of median throughput is reported (default 3)",
+    )
+    load.add_argument(
         "--target-concurrency",
         type=int,
         default=report.TARGET_CONCURRENCY,
@@ -177,6 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     out.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.repeats < 1 or args.ratio_requests < 0 or args.ratio_n < 1:
         parser.error("--repeats and --ratio-n must be >= 1, --ratio-requests >= 0")
     if args.seconds <= 0 or args.warmup < 0 or args.peer_warmup < 0 or args.client_timeout <= 0:
@@ -200,6 +210,7 @@ def config_of(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "seconds": args.seconds,
         "warmup_s": args.warmup,
+        "rounds": args.rounds if args.startup else 1,
         "target_concurrency": args.target_concurrency,
         "raw_batches": raw_batches(args),
         "repeats": args.repeats,
@@ -248,48 +259,93 @@ def empty_results(args: argparse.Namespace) -> dict[str, Any]:
 # ---- one facegen server -----------------------------------------------------------------------------------------
 
 
-async def measure_server(
-    url: str,
-    mode: str,
+Measured = dict[str, tuple[str, int | None]]  # mode -> (url, server pid or None)
+
+
+async def measure_modes(
+    servers: Measured,
     args: argparse.Namespace,
     results: dict[str, Any],
     upload: Upload | None,
-    with_ratio: bool,
-    pid: int | None = None,
+    ratio_mode: str | None,
+    rounds: int = 1,
 ) -> None:
-    """Every scenario at every concurrency (rows appended to results["e2e"] with ``mode``), and with ``with_ratio``
-    the n=64 requests of each sampling scenario (results["ratio"]). The first server measured decides the scenarios
-    (from its GET /models)."""
-    async with e2e.make_client(url, args.api_key, max(args.concurrency), args.client_timeout) as client:
-        cards = await e2e.fetch_models(client)
+    """Every scenario at every concurrency on every server (rows appended to results["e2e"] with their mode), and on
+    ``ratio_mode``'s server the n=64 requests of each sampling scenario (results["ratio"]). The first server decides
+    the scenarios (from its GET /models).
+
+    With ``rounds`` > 1 each cell runs that many times per server, the servers taking turns (in alternating order):
+    a 4-second cell varies by several per cent from one run to the next (a fresh server's first cell is often the
+    slowest), so a ratio of two cells measured minutes apart can pass or fail on noise. The row reported is the
+    round of median throughput; every round's throughput is kept in it (``rounds_images_per_s``)."""
+    modes = list(servers)
+    clients = {
+        mode: e2e.make_client(url, args.api_key, max(args.concurrency), args.client_timeout)
+        for mode, (url, _) in servers.items()
+    }
+    try:
+        cards = await e2e.fetch_models(clients[modes[0]])
         if not results["models"]:
-            results["models"] = [
-                {key: card.get(key) for key in ("name", "family", "capabilities", "file", "device")} for card in cards
-            ]
-            results["device"] = cards[0].get("device") if cards else None
-            scenarios, skipped = choose_scenarios(cards, args.scenarios)
-            for scenario in scenarios:
-                if scenario.upload and upload is None:
-                    skipped[scenario.name] = "no image to upload (tests/data/faces/*.jpg missing; give --face)"
-            results["scenarios"] = [s.describe() for s in scenarios if s.name not in skipped]
-            results["skipped_scenarios"] = skipped
-            for name, why in skipped.items():
-                logger.warning("skipping scenario %s: %s", name, why)
+            choose_measured_scenarios(cards, args, results, upload)
         scenarios = [find_scenario(s["name"]) for s in results["scenarios"]]
         seeds = itertools.count(1)
-        cpu = functools.partial(server.cpu_seconds, pid) if pid else None
+        cpu = {mode: functools.partial(server.cpu_seconds, pid) if pid else None for mode, (_, pid) in servers.items()}
         for scenario in scenarios:
             for concurrency in args.concurrency:
-                row = await e2e.run_cell(client, scenario, concurrency, args.seconds, args.warmup, upload, seeds, cpu)
-                results["e2e"].append({"mode": mode, **row})
-        if with_ratio and args.ratio_requests:
+                measured: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+                for round_index in range(rounds):
+                    for mode in modes if round_index % 2 == 0 else modes[::-1]:
+                        measured[mode].append(
+                            await e2e.run_cell(
+                                clients[mode],
+                                scenario,
+                                concurrency,
+                                args.seconds,
+                                args.warmup,
+                                upload,
+                                seeds,
+                                cpu[mode],
+                            )
+                        )
+                for mode in modes:
+                    results["e2e"].append({"mode": mode, **median_round(measured[mode])})
+        if ratio_mode is not None and args.ratio_requests:
             for scenario in scenarios:
                 if scenario.capability != SAMPLE:
                     continue
                 if not scenario.takes_rows(args.ratio_n):  # the InfoGAN's sweeps: at most 16 rows a request
                     logger.info("ratio %s: skipped, a request takes at most %d rows", scenario.name, scenario.max_rows)
                     continue
-                results["ratio"].append(await measure_ratio(client, scenario, mode, args, seeds))
+                results["ratio"].append(await measure_ratio(clients[ratio_mode], scenario, ratio_mode, args, seeds))
+    finally:
+        for client in clients.values():
+            await client.aclose()
+
+
+def median_round(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of median throughput among one cell's rounds (the lower middle of an even count), with every round's
+    throughput beside it."""
+    ranked = sorted(rows, key=lambda row: row["images_per_s"])
+    chosen = dict(ranked[(len(ranked) - 1) // 2])
+    chosen["rounds_images_per_s"] = [row["images_per_s"] for row in rows]
+    return chosen
+
+
+def choose_measured_scenarios(
+    cards: list[dict[str, Any]], args: argparse.Namespace, results: dict[str, Any], upload: Upload | None
+) -> None:
+    results["models"] = [
+        {key: card.get(key) for key in ("name", "family", "capabilities", "file", "device")} for card in cards
+    ]
+    results["device"] = cards[0].get("device") if cards else None
+    scenarios, skipped = choose_scenarios(cards, args.scenarios)
+    for scenario in scenarios:
+        if scenario.upload and upload is None:
+            skipped[scenario.name] = "no image to upload (tests/data/faces/*.jpg missing; give --face)"
+    results["scenarios"] = [s.describe() for s in scenarios if s.name not in skipped]
+    results["skipped_scenarios"] = skipped
+    for name, why in skipped.items():
+        logger.warning("skipping scenario %s: %s", name, why)
 
 
 async def measure_ratio(client, scenario: Scenario, mode: str, args: argparse.Namespace, seeds) -> dict[str, Any]:
@@ -339,20 +395,25 @@ def measure_servers(args: argparse.Namespace, results: dict[str, Any], upload: U
     if not args.startup:
         url = args.url.rstrip("/")
         pid = url_server_pid(args)
-        asyncio.run(measure_server(url, URL_MODE, args, results, upload, with_ratio=True, pid=pid))
+        asyncio.run(measure_modes({URL_MODE: (url, pid)}, args, results, upload, ratio_mode=URL_MODE))
         results["servers"][URL_MODE] = server_info(pid, None, None, url)
         return
     # The ratio is measured in the batching-on server (or the first, if "on" is not among the modes).
     ratio_mode = report.ON if report.ON in args.modes else args.modes[0]
-    for mode in args.modes:
-        logger.info("starting the server with batching %s", mode)
-        with server.StartedServer(args.weights, args.threads, env=MODE_SETTINGS[mode], device=args.device) as started:
-            startup = started.wait_ready(api_key=args.api_key)
-            logger.info("server (batching %s) ready in %.1f s at %s", mode, startup, started.url)
-            asyncio.run(
-                measure_server(started.url, mode, args, results, upload, with_ratio=mode == ratio_mode, pid=started.pid)
+    with contextlib.ExitStack() as stack:
+        started: dict[str, server.StartedServer] = {}
+        startup: dict[str, float] = {}
+        for mode in args.modes:  # one after another, so each start-up time is its own; an idle server costs no CPU
+            logger.info("starting the server with batching %s", mode)
+            started[mode] = stack.enter_context(
+                server.StartedServer(args.weights, args.threads, env=MODE_SETTINGS[mode], device=args.device)
             )
-            results["servers"][mode] = server_info(started.pid, startup, started.settings, started.url)
+            startup[mode] = started[mode].wait_ready(api_key=args.api_key)
+            logger.info("server (batching %s) ready in %.1f s at %s", mode, startup[mode], started[mode].url)
+        measured = {mode: (s.url, s.pid) for mode, s in started.items()}
+        asyncio.run(measure_modes(measured, args, results, upload, ratio_mode, rounds=args.rounds))
+        for mode, s in started.items():
+            results["servers"][mode] = server_info(s.pid, startup[mode], s.settings, s.url)
 
 
 # ---- raw forwards -----------------------------------------------------------------------------------------------

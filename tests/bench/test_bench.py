@@ -229,6 +229,15 @@ def test_send_flags_a_200_of_the_wrong_type_and_transport_errors():
     assert refused.status == "ConnectError" and "refused" in refused.detail
 
 
+def test_median_round_reports_the_middle_round_and_keeps_every_round():
+    rows = [{"images_per_s": rate, "p95_ms": rate / 10} for rate in (90.0, 70.0, 110.0)]
+    chosen = cli.median_round(rows)
+    assert chosen["images_per_s"] == 90.0 and chosen["p95_ms"] == 9.0  # one round's row, whole
+    assert chosen["rounds_images_per_s"] == [90.0, 70.0, 110.0] and "rounds_images_per_s" not in rows[0]
+    assert cli.median_round(rows[:2])["images_per_s"] == 70.0  # an even count: the lower middle
+    assert cli.median_round(rows[:1])["rounds_images_per_s"] == [90.0]
+
+
 # ---- comparisons and targets ------------------------------------------------------------------------------------
 
 
