@@ -33,6 +33,10 @@ class ReadError(TransportError):
     pass
 
 
+class Disconnected(ReadError):
+    """The server closed the connection before answering a byte: a kept-alive connection it timed out."""
+
+
 class ReadTimeout(TransportError):
     pass
 
@@ -117,7 +121,21 @@ class LoadClient:
         return await self.request("GET", url, **kwargs)
 
     async def _send(self, payload: bytes, head: bool) -> Response:
-        connection = self.idle.pop() if self.idle else await self._connect()
+        # A kept-alive connection the server closed while it sat idle (uvicorn's keep-alive timeout is 5 s, shorter
+        # than a benchmark's pause between two cells of one server) is dropped; one that it closes just as the
+        # request goes out is retried once on a new connection, as a browser or httpx would.
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.reader.at_eof():
+                connection.close()
+                continue
+            try:
+                return await self._exchange(connection, payload, head)
+            except Disconnected:
+                break
+        return await self._exchange(await self._connect(), payload, head)
+
+    async def _exchange(self, connection: Connection, payload: bytes, head: bool) -> Response:
         try:
             connection.writer.write(payload)
             response, keep_alive = await read_response(connection.reader, head)
@@ -143,7 +161,9 @@ async def read_response(reader: asyncio.StreamReader, head: bool = False) -> tup
     try:
         block = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as error:
-        raise ReadError("the server closed the connection") from error
+        if not error.partial:
+            raise Disconnected("the server closed the connection without answering") from error
+        raise ReadError("the server closed the connection mid-headers") from error
     except asyncio.LimitOverrunError as error:
         raise ProtocolError("response headers too large") from error
     status_line, *header_lines = block[:-4].decode("latin-1").split("\r\n")

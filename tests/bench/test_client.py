@@ -65,6 +65,10 @@ class Server:
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort")
             await writer.drain()
             return False
+        elif path == b"/drop-second" and self.connections == 1 and len(self.requests) == 2:
+            return False  # closes the kept-alive connection as the second request arrives, answering nothing
+        elif path == b"/drop-second":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         elif path == b"/slow":
             await asyncio.sleep(5)
         return True
@@ -127,6 +131,27 @@ def test_chunked_bodies_connection_close_and_bodies_until_eof():
     assert closed.text == "ok" and after_close.content == PNG
     assert server.connections == 2  # a new connection after the server closed its first one
     assert until_eof.status_code == 200 and until_eof.text == "to the end"
+
+
+def test_connections_the_server_closed_while_idle_or_at_the_request_are_replaced():
+    async def test(server, url):
+        async with LoadClient(url) as client:
+            first = await client.get("/png")
+            client.idle[0].writer.transport.abort()  # as if the server's keep-alive timeout had closed it
+            await asyncio.sleep(0.05)
+            second = await client.get("/png")
+            return first, second, server.connections
+
+    first, second, connections = asyncio.run(with_server(test))
+    assert first.content == second.content == PNG and connections == 2
+
+    async def raced(server, url):
+        async with LoadClient(url) as client:
+            answers = [await client.get("/drop-second") for _ in range(2)]
+            return answers, server.connections
+
+    answers, connections = asyncio.run(with_server(raced))
+    assert [a.text for a in answers] == ["ok", "ok"] and connections == 2  # the second retried on a new connection
 
 
 def test_failures_are_named_and_the_benchmark_counts_them():
