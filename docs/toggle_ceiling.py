@@ -28,8 +28,9 @@ TOGGLE, OTHERS = "Smiling", ("High_Cheekbones", "Mouth_Slightly_Open")
 @torch.inference_mode()
 def judged_probabilities(judge, split, batch_size: int = 256) -> torch.Tensor:
     indices = torch.arange(len(split))
-    return torch.cat([judge.probabilities(split.batch(indices[i:i + batch_size])[0])
-                      for i in range(0, len(split), batch_size)])
+    return torch.cat(
+        [judge.probabilities(split.batch(indices[i : i + batch_size])[0]) for i in range(0, len(split), batch_size)]
+    )
 
 
 def main() -> None:
@@ -47,12 +48,19 @@ def main() -> None:
     toggle = labels[:, names.index(TOGGLE)]
     others = torch.stack([labels[:, names.index(name)] for name in OTHERS], 1)
     success, rows = real_face_toggle_success(seen, toggle, others)
-    print(f"{args.split} split, {len(split)} faces; judged correctly = the classifier's {TOGGLE} call matches the label")
+    print(
+        f"{args.split} split, {len(split)} faces; judged correctly = the classifier's {TOGGLE} call matches the label"
+    )
     for row in rows:
         combination = " ".join(f"{name}={value}" for name, value in zip(OTHERS, row["others"]))
-        print(f"  {combination} (share of pairs {row['share']:.3f}): judged correctly "
-              + ", ".join(f"{TOGGLE}={state}: {row['accuracy'][state]:.3f} of {row['faces'][state]} faces" for state in (0, 1)))
+        print(
+            f"  {combination} (share of pairs {row['share']:.3f}): judged correctly "
+            + ", ".join(
+                f"{TOGGLE}={state}: {row['accuracy'][state]:.3f} of {row['faces'][state]} faces" for state in (0, 1)
+            )
+        )
     print(f"toggle success of a generator drawing real faces (pairs drawn as the service draws them): {success:.3f}")
+
 
 if __name__ == "__main__":
     main()
