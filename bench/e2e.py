@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -155,10 +156,14 @@ async def run_cell(
     return row
 
 
-def make_client(url: str, api_key: str | None, connections: int, timeout_s: float = 120.0) -> LoadClient:
-    """One client per measured server (:class:`bench.client.LoadClient`: light enough that the load generator does
-    not cap the rate it measures); it opens a connection per request in flight, up to ``connections``."""
+def make_client(url: str, api_key: str | None, connections: int, timeout_s: float = 120.0) -> Client:
+    """One client per measured server: :class:`bench.client.LoadClient` (light enough that the load generator does
+    not cap the rate it measures; it opens a connection per request in flight), or for an ``https`` URL, which it
+    does not speak, httpx with a pool of ``connections``."""
     headers = {"X-API-Key": api_key} if api_key else {}
+    if urlsplit(url).scheme == "https":
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout_s, trust_env=False)
     return LoadClient(url, headers=headers, timeout_s=timeout_s)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 
+import httpx
 import pytest
 
 from bench import e2e
@@ -178,6 +179,19 @@ def test_failures_are_named_and_the_benchmark_counts_them():
     assert outcome.status == "ConnectError" and not outcome.ok
     with pytest.raises(ValueError, match="plain http"):
         LoadClient("https://example.org")
+
+
+def test_the_benchmark_uses_the_load_client_for_http_and_httpx_for_https():
+    async def clients():
+        plain = e2e.make_client("http://127.0.0.1:9", "key", 4)
+        secure = e2e.make_client("https://facegen.example", "key", 4)
+        await plain.aclose()
+        await secure.aclose()
+        return plain, secure
+
+    plain, secure = asyncio.run(clients())
+    assert isinstance(plain, LoadClient) and plain.headers == {"X-API-Key": "key"}
+    assert isinstance(secure, httpx.AsyncClient) and secure.headers["x-api-key"] == "key"
 
 
 def test_closed_loop_through_the_load_client_matches_the_server_s_count():
