@@ -25,7 +25,7 @@ from app.models.glow import COVARIANCE_KEY, DIRECTIONS_KEY, Glow, GlowConfig
 
 from . import loop
 from .data import PackedSplit
-from .distributed import rank_seed
+from .distributed import rank_seed, shard
 from .loop import Batch, Checkpoint, EpochEnd, Logged, Run, Task, one_model
 from .plots import plot_smoothed, saved_figure
 from .registry import register_trainer
@@ -59,11 +59,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--direction-images", type=int, default=2000, help="training faces averaged for the attribute directions"
     )
     parser.add_argument(
+        "--hflip",
+        action="store_true",
+        help="mirror each training face left-right with probability 1/2 (a fresh choice per face and epoch): the "
+        "14k training faces are few enough for the flow to overfit them",
+    )
+    parser.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
         help="start from this Glow checkpoint's weights (same architecture; --y-condition may differ) instead of a "
         "fresh initialisation: more epochs for a shipped model without repeating the ones it has had",
     )
+
+
+def mirrored(images: torch.Tensor, indices: torch.Tensor, faces: int, epoch: int, seed: int) -> torch.Tensor:
+    """``images`` (the training faces at ``indices``, of ``faces``) each mirrored left-right or not, by a coin drawn per
+    face and epoch from ``seed``: the same choice on any rank and after a resume, with no generator state to keep."""
+    coins = torch.rand(faces, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return torch.where((coins[indices] < 0.5)[:, None, None, None], images.flip(3), images)
 
 
 def learning_rate_factor(step: int, warmup: int, total: int) -> float:
@@ -213,8 +226,11 @@ def glow_task(run: Run) -> Task:
         fast_forward(scheduler, position.step)
 
     def step(batch: Batch, epoch: int, number: int) -> Logged:
+        images = batch.images
+        if args.hflip:
+            images = mirrored(images, shard(batch.indices, world), len(train_split), epoch, args.seed)
         with run.autocast():
-            loss, bits_per_dim, class_bits = model_call(run.to_batch(batch.images), batch.attributes.to(device), noise)
+            loss, bits_per_dim, class_bits = model_call(run.to_batch(images), batch.attributes.to(device), noise)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"glow: loss became {loss.item()} at step {number} (epoch {epoch}); try a lower --lr, a longer "
@@ -268,6 +284,7 @@ def glow_task(run: Run) -> Task:
                 "warmup": args.warmup,
                 "clip_norm": args.clip_norm,
                 "init_images": args.init_images,
+                "hflip": args.hflip,
                 **({"init_from": started_from} if started_from else {}),
             },
             extras={

@@ -118,3 +118,28 @@ def test_init_from_continues_a_checkpoint(tiny_celeba, tmp_path, monkeypatch):
 
     with pytest.raises(SystemExit, match=r"differs in hidden \(hidden=4\)"):
         main(tiny_glow_argv(tiny_celeba, tmp_path / "third.safetensors", tmp_path / "run3", hidden=8, init_from=first))
+
+
+def test_mirrored_faces_are_chosen_per_face_and_epoch():
+    """About half the faces are mirrored, the same ones whatever batch or rank they travel in, others next epoch."""
+    from training.glow import mirrored
+
+    faces = torch.arange(200 * 3 * 4 * 4, dtype=torch.float32).reshape(200, 3, 4, 4)
+    indices = torch.arange(200)
+    out = mirrored(faces, indices, 200, epoch=1, seed=0)
+    flipped = (out != faces).flatten(1).any(1)
+    assert torch.equal(out[flipped], faces[flipped].flip(3)) and torch.equal(out[~flipped], faces[~flipped])
+    assert 70 < int(flipped.sum()) < 130
+    part = torch.tensor([5, 150, 17])
+    assert torch.equal(mirrored(faces[part], part, 200, epoch=1, seed=0), out[part])
+    assert not torch.equal(mirrored(faces, indices, 200, epoch=2, seed=0), out)
+
+
+def test_hflip_recipe_switch_trains(tiny_celeba, tmp_path, monkeypatch):
+    from training.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "g.safetensors"
+    main([*tiny_glow_argv(tiny_celeba, out, tmp_path / "run"), "--hflip"])
+    checkpoint = load_checkpoint(out, "cpu")
+    assert checkpoint.training["hflip"] is True and 0 < checkpoint.metrics["valid_bits_per_dim"] < 20
