@@ -1,11 +1,12 @@
 """The one training loop every family runs in; a family hands it only what is its own.
 
 The shape is stylegan3's ``training_loop`` and nanoGPT's ``train.py``: set up (threads, process group, seeds,
-device), build, resume, then epoch after epoch of batches -> step -> log, and at each epoch's end validation, figures,
-the checkpoint and the train state. What lives here, once: the batch order and its sharding over the ranks
-(:mod:`.distributed`), resume (:mod:`.train_state`), the per-step log (``losses.csv``) and its reduction over the
-ranks, the progress bar, ``--max-steps`` and ``--stop-after``, the checkpoint's write with the metadata every run
-records, mixed precision and DDP wrapping (through :class:`Run`), and the moving average of weights (:func:`ema_copy`).
+device), build, resume, then epoch after epoch of batches -> step -> log, and at each epoch's end the train state,
+then validation, figures, the checkpoint and the train state marked finished. What lives here, once: the batch order
+and its sharding over the ranks (:mod:`.distributed`), resume (:mod:`.train_state`), the per-step log
+(``losses.csv``) and its reduction over the ranks, the progress bar, ``--max-steps`` and ``--stop-after``, the
+checkpoint's write with the metadata every run records, mixed precision and DDP wrapping (through :class:`Run`),
+and the moving average of weights (:func:`ema_copy`).
 
 What a family hands over is a :class:`Task`, made by a function of the :class:`Run`:
 
@@ -224,6 +225,8 @@ def train(args: argparse.Namespace, make_task: Callable[[Run], Task]) -> None:
     if task.start is not None:
         task.start(position)
     started, step = time.time() - position.seconds, position.step
+    if not position.finished:  # the last run was cut short at its epoch's end: do it now, as it would have
+        finish_epoch(run, task, state, log, position.epoch, step, started)
     for epoch in range(position.epoch + 1, args.epochs + 1):
         if task.start_epoch is not None:
             task.start_epoch(epoch)
@@ -244,12 +247,23 @@ def train(args: argparse.Namespace, make_task: Callable[[Run], Task]) -> None:
             progress.set_postfix(task.postfix(scalars))
             if args.max_steps and step >= args.max_steps:
                 break
-        if log is not None:
-            write_checkpoint(run, task.end_epoch(EpochEnd(epoch, step, log)), epoch, step, started)
-        save_state(run, task, state, RunPosition(epoch, step, time.time() - started))
-        barrier(world)
+        # The epoch's training is kept first: the end (validation, figures, a Glow's attribute directions) can take
+        # minutes, and a run cut short there resumes by doing it, not by training the epoch again.
+        save_state(run, task, state, RunPosition(epoch, step, time.time() - started, finished=False))
+        finish_epoch(run, task, state, log, epoch, step, started)
         if (args.max_steps and step >= args.max_steps) or epoch == args.stop_after:
             break
+
+
+def finish_epoch(
+    run: Run, task: Task, state: TrainState, log: StepLog | None, epoch: int, step: int, started: float
+) -> None:
+    """The end of ``epoch``: rank 0's validation, figures and checkpoint, then the train state marked finished."""
+    if log is not None:
+        write_checkpoint(run, task.end_epoch(EpochEnd(epoch, step, log)), epoch, step, started)
+    save_state(run, task, state, RunPosition(epoch, step, time.time() - started))
+    if run.world is not None:
+        barrier(run.world)
 
 
 def resume(run: Run, task: Task, state: TrainState) -> RunPosition:

@@ -26,6 +26,9 @@ class RunPosition:
     epoch: int  # epochs completed
     step: int  # optimiser steps of G completed
     seconds: float  # training time so far
+    # whether the epoch's end (validation, figures, the checkpoint) was done: the state is written before it too, so
+    # that an epoch's training survives a run cut short there (older states, written only after it, say nothing)
+    finished: bool = True
 
 
 class _TrainStateRequired(TypedDict):
@@ -103,7 +106,12 @@ def save_train_state(
     return write_safetensors(
         directory / STATE_FILE,
         tensors,
-        {"epoch": str(position.epoch), "step": str(position.step), "seconds": f"{position.seconds:.1f}"},
+        {
+            "epoch": str(position.epoch),
+            "step": str(position.step),
+            "seconds": f"{position.seconds:.1f}",
+            "finished": str(int(position.finished)),
+        },
     )
 
 
@@ -194,4 +202,9 @@ def load_train_state(
         generator.set_state(tensors[f"rng.{name}"])
     for name, scaler in (scalers or {}).items():
         _load_scaler(name, scaler, tensors)
-    return RunPosition(int(metadata["epoch"]), int(metadata["step"]), float(metadata["seconds"]))
+    return RunPosition(
+        int(metadata["epoch"]),
+        int(metadata["step"]),
+        float(metadata["seconds"]),
+        finished=metadata.get("finished", "1") == "1",
+    )

@@ -7,9 +7,12 @@ import csv
 
 import pytest
 import torch
+from safetensors import safe_open
 
+import training.loop
 from app.models.checkpoint import load_checkpoint
 from training.__main__ import main
+from training.train_state import STATE_FILE
 
 TINY = {
     "vae": {"widths": "[4, 8]", "latent-dim": "6"},
@@ -63,3 +66,39 @@ def test_a_resumed_run_takes_the_same_steps_as_an_uninterrupted_one(family, tiny
 def test_resume_needs_a_run_folder(tmp_path):
     with pytest.raises(SystemExit, match="no recipe.toml inside"):
         main(["run", "--resume", str(tmp_path)])
+
+
+class CutShort(Exception):
+    """Stands for the end of a session arriving while an epoch's end (validation, figures, checkpoint) runs."""
+
+
+@pytest.mark.parametrize("family", ["glow", "dcgan"])
+def test_a_run_cut_short_at_an_epochs_end_keeps_that_epochs_training(family, tiny_celeba, tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path, tiny_celeba, family)
+    runs = tmp_path / "runs"
+    main(["run", recipe, "--runs", str(runs)])
+    whole, cut = runs / f"{family}-00000", runs / f"{family}-00001"
+
+    write_checkpoint = training.loop.write_checkpoint
+
+    def cut_at_the_second_end(run, checkpoint, epoch, step, started):
+        if epoch == 2:
+            raise CutShort
+        write_checkpoint(run, checkpoint, epoch, step, started)
+
+    monkeypatch.setattr(training.loop, "write_checkpoint", cut_at_the_second_end)
+    with pytest.raises(CutShort):
+        main(["run", recipe, "--runs", str(runs)])
+    monkeypatch.undo()
+    with safe_open(str(cut / STATE_FILE), framework="pt") as handle:
+        assert (handle.metadata() or {})["epoch"] == "2" and handle.metadata()["finished"] == "0"
+    assert load_checkpoint(cut / f"{family}.safetensors").training["epochs"] == 1
+
+    main(["run", "--resume", str(cut)])  # finishes epoch 2 (its checkpoint), then trains only epoch 3
+    expected = load_checkpoint(whole / f"{family}.safetensors")
+    resumed = load_checkpoint(cut / f"{family}.safetensors")
+    assert resumed.training["epochs"] == 3 and resumed.training["steps"] == expected.training["steps"]
+    for name, tensor in expected.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert read_rows(cut / "losses.csv") == read_rows(whole / "losses.csv")
+    assert (cut / "samples_epoch002.png").is_file() or (cut / "samples_epoch002_t0.5.png").is_file()
