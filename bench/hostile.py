@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import io
 import json
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +29,7 @@ import httpx
 from PIL import Image
 
 from bench.server import REPO_ROOT, read_memory
-from bench.soak import start_server
+from bench.soak import started_server
 
 FACES_DIR = REPO_ROOT / "tests" / "data" / "faces"
 DCGAN = {"n": 1, "format": "json"}
@@ -125,23 +123,19 @@ async def measure(url: str, photo: bytes, copies: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     photo = worst_photo()
-    process: subprocess.Popen | None = None
+    own_server = None
     if args.url:
         url, pid = args.url.rstrip("/"), args.pid
     else:
-        process, url = start_server(Path(args.weights), args.threads)
-        pid = process.pid
+        own_server = started_server(Path(args.weights), args.threads)
+        url, pid = own_server.url, own_server.pid
     try:
         before = read_memory(pid) if pid else None
         report = asyncio.run(measure(url, photo, args.copies))
         after = read_memory(pid) if pid else None
     finally:
-        if process is not None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        if own_server is not None:
+            own_server.stop(grace_s=60)
     if before and after:
         report["rss_mb"] = {
             "before": round(before.rss_bytes / 2**20, 1),

@@ -259,12 +259,12 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"the server's Python lacks uvloop or httptools (the production stack): {environment}")
     with tempfile.TemporaryDirectory() as folder:
         env = {"FACEGEN_MAX_BATCH": "1"} if args.batching == "off" else {}
-        launcher: tuple[str, ...] = ("-m", "uvicorn")
+        command = server.UVICORN
         stats_file, collapsed = Path(folder) / "loop.pstats", Path(folder) / "stacks.txt"
         if args.profiler == "cprofile":
-            launcher = ("-m", "bench.profiled_server")
+            command = server.PROFILED
             env[profiled_server.OUTPUT] = str(stats_file)
-        with server.StartedServer(args.weights, threads=args.threads, env=env, launcher=launcher) as started:
+        with server.StartedServer(args.weights, threads=args.threads, env=env, command=command) as started:
             started.wait_ready()
             if args.warmup > 0:
                 asyncio.run(load(started.url, args.scenario, args.concurrency, args.warmup, 0))

@@ -104,12 +104,19 @@ def child_env(extra: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -
     return env
 
 
+UVICORN = ("-m", "uvicorn", "app.main:app")
+PROFILED = ("-m", "bench.profiled_server", "app.main:app")  # uvicorn's command line, profiled on SIGUSR1
+SERVICE = ("-m", "app")  # the service's own entry point, as `make serve` runs it (header and body timeouts too)
+
+
 class StartedServer:
-    """``python -m uvicorn app.main:app`` on a free loopback port; the PID is uvicorn's own (no wrapper).
+    """``python -m uvicorn app.main:app`` (or ``command``) on a free loopback port; the PID is the server's own (no
+    wrapper).
 
     ``env``: extra ``FACEGEN_*`` settings (e.g. ``{"FACEGEN_MAX_BATCH": "1"}``); the batching settings not given
-    there are the service's defaults whatever the bench's environment says. ``launcher``: what runs uvicorn's command
-    line (``python -m bench.profiled_server`` profiles it)."""
+    there are the service's defaults whatever the bench's environment says. ``command``: the Python arguments that
+    start the server, before ``--host``, ``--port`` and ``--log-level`` (:data:`UVICORN`, :data:`PROFILED`,
+    :data:`SERVICE`). ``keep_log``: the server's log stays on disk after :meth:`stop` (at ``log_path``)."""
 
     def __init__(
         self,
@@ -118,7 +125,8 @@ class StartedServer:
         host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
         device: str | None = None,
-        launcher: tuple[str, ...] = ("-m", "uvicorn"),
+        command: tuple[str, ...] = UVICORN,
+        keep_log: bool = False,
     ):
         self.host, self.port = host, free_port(host)
         self.url = f"http://{host}:{self.port}"
@@ -128,13 +136,14 @@ class StartedServer:
         if device:
             self.settings["FACEGEN_DEVICE"] = device
         self.settings.update(env or {})
+        self.keep_log = keep_log
         self.log = tempfile.NamedTemporaryFile(prefix="facegen-bench-server-", suffix=".log", delete=False)
+        self.log_path = Path(self.log.name)
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                *launcher,
-                "app.main:app",
+                *command,
                 "--host",
                 host,
                 "--port",
@@ -172,18 +181,20 @@ class StartedServer:
 
     def log_tail(self, chars: int = 2000) -> str:
         self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")[-chars:]
+        return self.log_path.read_text(errors="replace")[-chars:]
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM (the server's graceful shutdown), SIGKILL after ``grace_s``."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
+        if not self.keep_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> StartedServer:
         return self

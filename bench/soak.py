@@ -19,11 +19,8 @@ import asyncio
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -32,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.server import REPO_ROOT, child_env, free_port, read_memory
+from bench.server import REPO_ROOT, SERVICE, StartedServer, read_memory
 
 FACES_DIR = REPO_ROOT / "tests" / "data" / "faces"
 
@@ -149,44 +146,29 @@ def sample_rss(pid: int, started: float, seconds: float, samples: list, every_s:
         time.sleep(every_s)
 
 
-def start_server(weights: Path, threads: int | None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {"FACEGEN_WEIGHTS_DIR": str(weights.resolve()), "FACEGEN_DEVICE": os.environ.get("FACEGEN_DEVICE", "cpu")}
-    if threads:
-        env["FACEGEN_TORCH_THREADS"] = str(threads)
-    log = tempfile.NamedTemporaryFile(prefix="facegen-soak-server-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env=child_env(env),
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def started_server(weights: Path, threads: int | None, keep_log: bool = False) -> StartedServer:
+    """The service as ``make serve`` runs it (``python -m app``) on a free loopback port, ready (``FACEGEN_DEVICE``
+    from the environment, else the CPU)."""
+    started = StartedServer(
+        weights, threads, device=os.environ.get("FACEGEN_DEVICE", "cpu"), command=SERVICE, keep_log=keep_log
     )
-    process.log_path = log.name  # type: ignore[attr-defined]
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {Path(log.name).read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2, trust_env=False).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise TimeoutError("server not ready in 180 s")
+    try:
+        started.wait_ready(timeout_s=180)
+    except BaseException:
+        started.stop()
+        raise
+    return started
 
 
 def run(args: argparse.Namespace) -> dict:
     faces = [path.read_bytes() for path in sorted(FACES_DIR.glob("*.jpg"))]
     mix = [item for item in request_mix(faces) if not args.routes or any(part in item[0] for part in args.routes)]
-    process = None
+    own_server = None
     if args.url:
         url, pid = args.url.rstrip("/"), args.pid
     else:
-        process, url = start_server(Path(args.weights), args.threads)
-        pid = process.pid
+        own_server = started_server(Path(args.weights), args.threads, keep_log=True)
+        url, pid = own_server.url, own_server.pid
     try:
         warm = asyncio.run(phase(url, mix, args.warmup_seconds, args.concurrency, seed=1000))
         rss_after_warmup = read_memory(pid) if pid else None
@@ -201,13 +183,9 @@ def run(args: argparse.Namespace) -> dict:
             sampler.join()
         rss_end = read_memory(pid) if pid else None
     finally:
-        if process is not None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            print(f"server log: {process.log_path}", file=sys.stderr)
+        if own_server is not None:
+            own_server.stop(grace_s=60)
+            print(f"server log: {own_server.log_path}", file=sys.stderr)
     everything = [value for values in results.latencies.values() for value in values]
     report = {
         "seconds": round(elapsed, 1),
