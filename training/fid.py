@@ -129,11 +129,11 @@ def real_statistics(
     return statistics
 
 
-def pipeline_samples(pipeline: Any, count: int, seed: int, batch_size: int = 250) -> torch.Tensor:
+def pipeline_samples(pipeline: Any, count: int, seed: int, batch_size: int = 250, **request: Any) -> torch.Tensor:
     """``count`` images drawn as the service draws them: the pipeline's ``prepare_samples`` (InfoGAN's rows are
-    sweeps of ``categories`` images each) run in chunks."""
+    sweeps of ``categories`` images each) run in chunks; ``request`` is passed on (Glow: ``temperature``)."""
     per_row = getattr(pipeline, "categories", 1)
-    prepared = pipeline.prepare_samples(-(-count // per_row), seed)
+    prepared = pipeline.prepare_samples(-(-count // per_row), seed, **request)
     images = [
         pipeline.run(prepared.operation, tuple(t[start : start + batch_size] for t in prepared.inputs))[0]
         for start in range(0, prepared.rows, batch_size)
