@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from app.models.artefacts import ARTEFACT_LIMITS_KEY
+from app.models.attributes import FREQUENCIES_KEY
 from app.models.checkpoint import load_checkpoint, save_checkpoint
 from app.models.glow import DIRECTIONS_KEY, Glow, GlowConfig
 from app.models.pipelines.glow import GlowPipeline
@@ -40,6 +43,26 @@ def tiny_glow(dtype: torch.dtype = torch.float64, **overrides) -> Glow:
     model = Glow(GlowConfig(**{**TINY_CONFIGS["glow"], **overrides}))
     model.initialize(random_images(8, model.config.image_size), random_attributes(8))
     return perturb(model).to(dtype).eval()
+
+
+def write_served_tiny_glow(directory: Path) -> Path:
+    """``directory/glow.safetensors``: a perturbed tiny Glow (so its outputs are not trivial) with attribute directions
+    (small: manipulation strength 1 is MANIPULATION_UNIT (2) directions, and a tiny flow diverges quickly) and
+    training frequencies, stored as float32: what the service loads."""
+    model = tiny_glow(torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    extras = {
+        DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=generator) * 0.1,
+        FREQUENCIES_KEY: torch.rand(40, generator=generator),
+    }
+    return save_checkpoint(
+        directory / "glow.safetensors",
+        model,
+        preprocess=PreprocessSpec(size=16),
+        attributes=list(ATTRIBUTE_NAMES),
+        extras=extras,
+        dtype=None,
+    )
 
 
 def tiny_glow_pipeline(

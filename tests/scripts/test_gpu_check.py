@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.models.attributes import FREQUENCIES_KEY
-from app.models.checkpoint import save_checkpoint
-from app.models.glow import DIRECTIONS_KEY
-from app.models.preprocess import PreprocessSpec
-from tests.conftest import ATTRIBUTE_NAMES, TINY_CONFIGS, write_tiny_checkpoint
-from tests.families.glow import tiny_glow
+from tests.conftest import TINY_CONFIGS, write_tiny_checkpoint
+from tests.families.glow import write_served_tiny_glow
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -61,20 +57,7 @@ def every_family(tmp_path_factory) -> Path:
     for family in TINY_CONFIGS:
         if family != "glow":
             write_tiny_checkpoint(directory, family)
-    model = tiny_glow(torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    extras = {
-        DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=generator) * 0.1,
-        FREQUENCIES_KEY: torch.rand(40, generator=generator),
-    }
-    save_checkpoint(
-        directory / "glow.safetensors",
-        model,
-        preprocess=PreprocessSpec(size=16),
-        attributes=list(ATTRIBUTE_NAMES),
-        extras=extras,
-        dtype=None,
-    )
+    write_served_tiny_glow(directory)
     return directory
 
 

@@ -11,13 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from app.models.attributes import FREQUENCIES_KEY, LABEL_VECTORS_KEY, pack_label_vectors
-from app.models.checkpoint import save_checkpoint
-from app.models.glow import DIRECTIONS_KEY
-from app.models.preprocess import PreprocessSpec
+from app.models.attributes import LABEL_VECTORS_KEY, pack_label_vectors
 from tests.conftest import ATTRIBUTE_NAMES, png_of, write_tiny_checkpoint
 from tests.families.attributes import MEN_ONLY, make_up_labels
-from tests.families.glow import tiny_glow, tiny_glow_pipeline
+from tests.families.glow import tiny_glow_pipeline, write_served_tiny_glow
 
 torch.set_num_threads(1)
 
@@ -29,21 +26,7 @@ torch.set_num_threads(1)
 def glow_weights(tmp_path_factory):
     """A perturbed tiny Glow (so its outputs are not trivial) with directions and frequencies, stored as float32."""
     directory = tmp_path_factory.mktemp("glow-weights")
-    model = tiny_glow(torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    extras = {
-        # small: manipulation strength 1 is MANIPULATION_UNIT (2) directions, and a tiny flow diverges quickly
-        DIRECTIONS_KEY: torch.randn((40, model.latent_dim), generator=generator) * 0.1,
-        FREQUENCIES_KEY: torch.rand(40, generator=generator),
-    }
-    save_checkpoint(
-        directory / "glow.safetensors",
-        model,
-        preprocess=PreprocessSpec(size=16),
-        attributes=list(ATTRIBUTE_NAMES),
-        extras=extras,
-        dtype=None,
-    )
+    write_served_tiny_glow(directory)
     return directory
 
 
