@@ -28,8 +28,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from bench.server import REPO_ROOT, read_memory
-from bench.soak import started_server
+from bench.server import REPO_ROOT, read_memory, started_service
 
 FACES_DIR = REPO_ROOT / "tests" / "data" / "faces"
 DCGAN = {"n": 1, "format": "json"}
@@ -127,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.url:
         url, pid = args.url.rstrip("/"), args.pid
     else:
-        own_server = started_server(Path(args.weights), args.threads)
+        own_server = started_service(Path(args.weights), args.threads)
         url, pid = own_server.url, own_server.pid
     try:
         before = read_memory(pid) if pid else None

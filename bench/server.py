@@ -203,6 +203,20 @@ class StartedServer:
         self.stop()
 
 
+def started_service(weights: Path, threads: int | None, keep_log: bool = False) -> StartedServer:
+    """The service as ``make serve`` runs it (``python -m app``) on a free loopback port, ready (``FACEGEN_DEVICE``
+    from the environment, else the CPU)."""
+    started = StartedServer(
+        weights, threads, device=os.environ.get("FACEGEN_DEVICE", "cpu"), command=SERVICE, keep_log=keep_log
+    )
+    try:
+        started.wait_ready(timeout_s=180)
+    except BaseException:
+        started.stop()
+        raise
+    return started
+
+
 # ---- CPU time and the server's environment ------------------------------------------------------------------------
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.server import REPO_ROOT, SERVICE, StartedServer, read_memory
+from bench.server import REPO_ROOT, read_memory, started_service
 
 FACES_DIR = REPO_ROOT / "tests" / "data" / "faces"
 
@@ -146,20 +145,6 @@ def sample_rss(pid: int, started: float, seconds: float, samples: list, every_s:
         time.sleep(every_s)
 
 
-def started_server(weights: Path, threads: int | None, keep_log: bool = False) -> StartedServer:
-    """The service as ``make serve`` runs it (``python -m app``) on a free loopback port, ready (``FACEGEN_DEVICE``
-    from the environment, else the CPU)."""
-    started = StartedServer(
-        weights, threads, device=os.environ.get("FACEGEN_DEVICE", "cpu"), command=SERVICE, keep_log=keep_log
-    )
-    try:
-        started.wait_ready(timeout_s=180)
-    except BaseException:
-        started.stop()
-        raise
-    return started
-
-
 def run(args: argparse.Namespace) -> dict:
     faces = [path.read_bytes() for path in sorted(FACES_DIR.glob("*.jpg"))]
     mix = [item for item in request_mix(faces) if not args.routes or any(part in item[0] for part in args.routes)]
@@ -167,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.url:
         url, pid = args.url.rstrip("/"), args.pid
     else:
-        own_server = started_server(Path(args.weights), args.threads, keep_log=True)
+        own_server = started_service(Path(args.weights), args.threads, keep_log=True)
         url, pid = own_server.url, own_server.pid
     try:
         warm = asyncio.run(phase(url, mix, args.warmup_seconds, args.concurrency, seed=1000))
